@@ -1,0 +1,19 @@
+"""bayesdrop: dropout that learns its own rates and reads as Bayesian inference."""
+
+from . import estimators, functional, nn
+from .nn import LearnableBernoulliDropout, MCDropout
+from .objectives import dropout_rates, kl_divergence, objective
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "estimators",
+    "functional",
+    "nn",
+    "objective",
+    "kl_divergence",
+    "dropout_rates",
+    "LearnableBernoulliDropout",
+    "MCDropout",
+    "__version__",
+]

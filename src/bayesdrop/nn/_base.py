@@ -1,0 +1,54 @@
+"""The base class every bayesdrop dropout module derives from.
+
+It fixes the contract of DESIGN.md: ``p`` is a read-only tensor of drop probabilities, ``kl()``
+is a 0-dim sum over the module's own parameters (never scaled by the data-set size), and noise is
+sampled when the module is in training mode *or* when MC sampling has been switched on
+(``mc_sampling``), so that ``model.eval()`` is deterministic while MC prediction is not.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+__all__ = ["DropoutModule"]
+
+
+class DropoutModule(nn.Module):
+    """Base class of all bayesdrop dropout modules.
+
+    Subclasses implement :attr:`p` and, when they carry a prior, :meth:`kl`.
+
+    Attributes:
+        mc_sampling: when ``True`` the module samples noise even in eval mode (MC prediction).
+            It is a plain attribute, never part of ``state_dict``; use
+            :func:`bayesdrop.uncertainty.mc_sampling` to switch it for a whole model.
+        generator: optional :class:`torch.Generator` used for every random draw of this module
+            (not saved in ``state_dict``).
+    """
+
+    def __init__(self, generator: torch.Generator | None = None) -> None:
+        super().__init__()
+        if generator is not None and not isinstance(generator, torch.Generator):
+            raise TypeError(
+                f"generator must be a torch.Generator or None, but got {type(generator).__name__}"
+            )
+        self.mc_sampling = False
+        self.generator = generator
+
+    @property
+    def sampling(self) -> bool:
+        """Whether the next forward pass samples noise (training mode or MC sampling on)."""
+        return self.training or self.mc_sampling
+
+    @property
+    def p(self) -> Tensor:
+        """Drop probabilities, one per rate the module has (detached, read-only)."""
+        raise NotImplementedError
+
+    def kl(self) -> Tensor:
+        """KL divergence (or negative log prior) of this module's parameters, a 0-dim tensor."""
+        ref = next(self.parameters(), None)
+        if ref is None:
+            return torch.zeros(())
+        return ref.new_zeros(())
