@@ -15,10 +15,15 @@ def all_masks(d: int, dtype: torch.dtype = torch.float64) -> torch.Tensor:
 
 def bernoulli_log_prob(z: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
     """log P(z) under independent Bernoulli(sigmoid(logits)), summed over the last dim."""
-    return (z * torch.nn.functional.logsigmoid(logits) + (1 - z) * torch.nn.functional.logsigmoid(-logits)).sum(-1)
+    return (
+        z * torch.nn.functional.logsigmoid(logits)
+        + (1 - z) * torch.nn.functional.logsigmoid(-logits)
+    ).sum(-1)
 
 
-def assert_within_se(estimates: torch.Tensor, exact: torch.Tensor, k: float = 4.5, atol: float = 1e-9) -> None:
+def assert_within_se(
+    estimates: torch.Tensor, exact: torch.Tensor, k: float = 4.5, atol: float = 1e-9
+) -> None:
     """Assert the mean of i.i.d. ``estimates`` (first dim) is within k standard errors of ``exact``."""
     n = estimates.shape[0]
     mean = estimates.mean(0)

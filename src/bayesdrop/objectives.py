@@ -75,6 +75,8 @@ def _pair_context(modules: Sequence[LearnableBernoulliDropout], mode: str) -> It
 
 
 def _concat(x: Any, dim: int, name: str) -> Any:
+    if x is None:
+        return None
     if isinstance(x, Tensor):
         return torch.cat([x, x], dim=dim)
     if isinstance(x, (tuple, list)):
@@ -136,7 +138,7 @@ def objective(
         model: any module (also a ``DistributedDataParallel`` wrapper).
         inputs: a tensor, or tuple/list of tensors, passed as ``model(inputs)`` (a tuple/list is
             unpacked: ``model(*inputs)``).
-        targets: passed to ``nll``.
+        targets: passed to ``nll`` (a tensor, a tuple/list of tensors, or ``None``).
         nll: ``nll(outputs, targets)`` returning per-example losses of shape ``(batch,)``.
         n_data: data-set size :math:`N` (the KL is divided by it, once, here).
         kl_weight: multiplier of the KL term (e.g. for annealing); ``>= 0``.

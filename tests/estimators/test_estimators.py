@@ -101,6 +101,10 @@ def test_bad_input(name):
 
 def test_generator_reproducible():
     logits = torch.tensor([0.3, -1.0])
-    a = disarm(lambda z: f(z.double()).float(), logits, (10,), generator=torch.Generator().manual_seed(3))
-    b = disarm(lambda z: f(z.double()).float(), logits, (10,), generator=torch.Generator().manual_seed(3))
+    a = disarm(
+        lambda z: f(z.double()).float(), logits, (10,), generator=torch.Generator().manual_seed(3)
+    )
+    b = disarm(
+        lambda z: f(z.double()).float(), logits, (10,), generator=torch.Generator().manual_seed(3)
+    )
     assert torch.equal(a, b)

@@ -52,7 +52,9 @@ def bernoulli_dropout(x: Tensor, logit_p: Tensor, keep: Tensor) -> Tensor:
     return x * (keep.to(x.dtype) * inverted_scale(logit_p).to(x.dtype))
 
 
-def gal_bernoulli_kl(logit_p: Tensor, weight_sq_norms: Tensor | None, length_scale: float) -> Tensor:
+def gal_bernoulli_kl(
+    logit_p: Tensor, weight_sq_norms: Tensor | None, length_scale: float
+) -> Tensor:
     r"""Gal's quantised-Gaussian KL for Bernoulli dropout on input units (LBD paper, §2.2).
 
     With keep probability :math:`\pi_k = 1 - p_k` of input unit :math:`k`, prior

@@ -88,7 +88,9 @@ def batch_dim(layer: nn.Module | None) -> int:
     return 0
 
 
-def mask_shape(x: Tensor, layer: nn.Module | None, units: int, name: str = "input") -> tuple[int, ...]:
+def mask_shape(
+    x: Tensor, layer: nn.Module | None, units: int, name: str = "input"
+) -> tuple[int, ...]:
     """Shape of one mask value per example and unit, broadcastable against ``x``.
 
     * bare form and ``nn.Linear``: ``x.shape`` (every position of ``(*, units)`` is its own unit

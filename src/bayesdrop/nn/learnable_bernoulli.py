@@ -177,7 +177,9 @@ class LearnableBernoulliDropout(DropoutModule):
             keep = z1
         else:
             if pair.cursor >= len(pair.draws):
-                raise RuntimeError("second pass of the antithetic pair called this module more often")
+                raise RuntimeError(
+                    "second pass of the antithetic pair called this module more often"
+                )
             draw = pair.draws[pair.cursor]
             pair.cursor += 1
             if tuple(draw.u.shape) != tuple(shape):

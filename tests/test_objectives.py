@@ -1,0 +1,177 @@
+"""objective(): the total LBD gradient (ARM/DisARM part + pathwise 1/(1-p) part) is unbiased.
+
+The exact expected loss of a tiny network is computed by enumerating every joint mask of all its
+LBD units; its autograd gradient is compared with the Monte Carlo mean of objective() gradients.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import bayesdrop
+from bayesdrop import LearnableBernoulliDropout, kl_divergence, objective
+from tests.conftest import all_masks, assert_within_se, bernoulli_log_prob
+
+N_DATA = 50
+
+
+def sq_err(out, y):
+    return (out.squeeze(-1) - y) ** 2
+
+
+def make_net(estimator: str) -> nn.Sequential:
+    torch.manual_seed(3)
+    net = nn.Sequential(
+        LearnableBernoulliDropout(nn.Linear(2, 3), estimator=estimator, length_scale=0.5),
+        nn.ReLU(),
+        LearnableBernoulliDropout(nn.Linear(3, 1), estimator=estimator, length_scale=0.5),
+    ).double()
+    with torch.no_grad():
+        net[0].logit_p.copy_(torch.tensor([-1.0, 0.8]))
+        net[2].logit_p.copy_(torch.tensor([0.3, -2.0, 1.5]))
+    return net
+
+
+def exact_loss(net: nn.Sequential, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """E_z[mean_i (f(x_i; z_i) - y_i)^2] + KL/N by enumeration of the 2^5 joint masks."""
+    l1, l2 = net[0], net[2]
+    keep_logits = torch.cat([-l1.logit_p, -l2.logit_p])
+    z = all_masks(5)  # (32, 5)
+    logp = bernoulli_log_prob(z, keep_logits)  # (32,)
+    s1, s2 = 1 + torch.exp(l1.logit_p), 1 + torch.exp(l2.logit_p)
+    h = torch.relu(l1.layer(x[:, None, :] * z[None, :, :2] * s1))  # (B, 32, 3)
+    out = l2.layer(h * z[None, :, 2:] * s2).squeeze(-1)  # (B, 32)
+    per_mask = ((out - y[:, None]) ** 2).mean(0)
+    return (logp.exp() * per_mask).sum() + kl_divergence(net) / N_DATA
+
+
+def grads(net):
+    return torch.cat([p.grad.reshape(-1) for p in net.parameters()])
+
+
+@pytest.mark.parametrize("estimator", ["arm", "disarm"])
+@pytest.mark.parametrize("pair", ["concat", "nograd"])
+def test_total_gradient_unbiased(estimator, pair):
+    net = make_net(estimator)
+    x = torch.tensor([[0.5, -1.2], [1.5, 0.3]], dtype=torch.float64)
+    y = torch.tensor([0.7, -0.4], dtype=torch.float64)
+    net.zero_grad()
+    exact_loss(net, x, y).backward()
+    exact = grads(net).clone()
+    gen = torch.Generator().manual_seed(11)
+    for m in (net[0], net[2]):
+        m.generator = gen
+    reps, rep_batch = 150, 100  # each call averages 100 copies of the 2 examples
+    xb, yb = x.repeat(rep_batch, 1), y.repeat(rep_batch)
+    est = []
+    for _ in range(reps):
+        net.zero_grad()
+        objective(net, xb, yb, sq_err, N_DATA, pair=pair).backward()
+        est.append(grads(net).clone())
+    assert_within_se(torch.stack(est), exact, k=4.5)
+
+
+def test_loss_value_is_the_data_loss_plus_kl():
+    net = make_net("disarm")
+    x = torch.randn(6, 2, dtype=torch.float64)
+    y = torch.randn(6, dtype=torch.float64)
+    net.eval()
+    loss = objective(net, x, y, sq_err, N_DATA, kl_weight=0.3)
+    expected = sq_err(net(x), y).mean() + 0.3 * kl_divergence(net) / N_DATA
+    assert torch.allclose(loss, expected)
+
+
+def test_rejects_non_per_example_nll():
+    net = make_net("arm")
+    x, y = torch.randn(4, 2, dtype=torch.float64), torch.randn(4, dtype=torch.float64)
+    with pytest.raises(ValueError, match="nll must return per-example losses"):
+        objective(net, x, y, lambda o, t: F.mse_loss(o.squeeze(-1), t), N_DATA)
+    with pytest.raises(ValueError, match="n_data"):
+        objective(net, x, y, sq_err, 0)
+    with pytest.raises(ValueError, match="kl_weight"):
+        objective(net, x, y, sq_err, 10, kl_weight=-1.0)
+    with pytest.raises(ValueError, match="pair"):
+        objective(net, x, y, sq_err, 10, pair="both")
+
+
+def test_informative_input_keeps_lower_drop_rate():
+    """1 informative + 9 pure-noise inputs: LBD on the inputs learns to keep the informative one."""
+    g = torch.Generator().manual_seed(0)
+    n = 512
+    x = torch.randn(n, 10, generator=g)
+    y = 2.0 * x[:, 0] + 0.1 * torch.randn(n, generator=g)
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        LearnableBernoulliDropout(nn.Linear(10, 16), init_p=0.3, estimator="disarm"),
+        nn.ReLU(),
+        nn.Linear(16, 1),
+    )
+    opt = torch.optim.Adam(model.parameters(), lr=3e-2)
+    for _ in range(300):
+        idx = torch.randint(0, n, (64,), generator=g)
+        opt.zero_grad()
+        objective(model, x[idx], y[idx], sq_err, n).backward()
+        opt.step()
+    p = bayesdrop.dropout_rates(model)["0"]
+    assert p[0] < 0.1, p
+    assert p[0] + 0.2 < p[1:].min(), p
+
+
+def test_no_batch_size_state_and_pair_cleared():
+    net = make_net("arm")
+    for b in (8, 5, 1):
+        x, y = torch.randn(b, 2, dtype=torch.float64), torch.randn(b, dtype=torch.float64)
+        objective(net, x, y, sq_err, N_DATA).backward()
+    assert net[0]._pair is None and net[2]._pair is None
+    assert set(net.state_dict()) == {
+        "0.logit_p",
+        "0.layer.weight",
+        "0.layer.bias",
+        "2.logit_p",
+        "2.layer.weight",
+        "2.layer.bias",
+    }
+
+
+def test_per_unit_rates_get_per_unit_gradients():
+    net = make_net("arm")
+    x, y = torch.randn(32, 2, dtype=torch.float64), torch.randn(32, dtype=torch.float64)
+    objective(net, x, y, sq_err, N_DATA, kl_weight=0.0).backward()
+    g = net[2].logit_p.grad
+    assert g.shape == (3,) and len(set(g.tolist())) == 3
+
+
+def test_extreme_logits_finite():
+    net = make_net("disarm")
+    with torch.no_grad():
+        net[0].logit_p.copy_(torch.tensor([30.0, -30.0]))
+        net[2].logit_p.copy_(torch.tensor([100.0, -100.0, 29.0]))
+    x, y = torch.randn(16, 2, dtype=torch.float64), torch.randn(16, dtype=torch.float64)
+    for pair in ("concat", "nograd"):
+        net.zero_grad()
+        loss = objective(net, x, y, sq_err, N_DATA, pair=pair)
+        loss.backward()
+        assert torch.isfinite(loss)
+        assert all(torch.isfinite(p.grad).all() for p in net.parameters())
+
+
+def test_tuple_inputs_and_models_without_lbd():
+    class Two(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.drop = LearnableBernoulliDropout(num_features=3)
+            self.lin = nn.Linear(3, 1)
+
+        def forward(self, a, b):
+            return self.lin(self.drop(a + b))
+
+    m = Two()
+    a, b, y = torch.randn(4, 3), torch.randn(4, 3), torch.randn(4)
+    loss = objective(m, (a, b), y, sq_err, 10)
+    loss.backward()
+    assert m.drop.logit_p.grad is not None
+    plain = nn.Sequential(nn.Linear(3, 1), nn.Dropout(0.2))
+    assert torch.isfinite(objective(plain, a, y, sq_err, 10))
