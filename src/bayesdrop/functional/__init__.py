@@ -1,5 +1,6 @@
 """Pure tensor math: masks, relaxations, local-reparameterisation moments, fast-dropout moments, KLs."""
 
+from .ard import ard_gamma_constant, kl_ard, kl_ard_gamma
 from .bernoulli import (
     LOGIT_BOUND,
     bernoulli_dropout,
@@ -9,6 +10,9 @@ from .bernoulli import (
 )
 
 __all__ = [
+    "ard_gamma_constant",
+    "kl_ard",
+    "kl_ard_gamma",
     "LOGIT_BOUND",
     "bernoulli_dropout",
     "bernoulli_entropy",
