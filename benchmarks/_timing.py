@@ -1,0 +1,28 @@
+"""Side-by-side timing helpers for the benchmarks (ratios measured in one run, interleaved)."""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Callable
+
+
+def interleaved_median(
+    fns: dict[str, Callable[[], object]], rounds: int = 7, reps: int = 10, warmup: int = 3
+) -> dict[str, float]:
+    """Median seconds per call of each function, measured in interleaved rounds.
+
+    Interleaving (A, B, C, A, B, C, ...) exposes every candidate to the same machine load, so
+    ratios stay meaningful on a busy machine even when absolute times drift.
+    """
+    for fn in fns.values():
+        for _ in range(warmup):
+            fn()
+    samples: dict[str, list[float]] = {k: [] for k in fns}
+    for _ in range(rounds):
+        for name, fn in fns.items():
+            t0 = time.perf_counter()
+            for _ in range(reps):
+                fn()
+            samples[name].append((time.perf_counter() - t0) / reps)
+    return {k: statistics.median(v) for k, v in samples.items()}
