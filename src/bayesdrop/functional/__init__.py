@@ -8,6 +8,8 @@ from .bernoulli import (
     gal_bernoulli_kl,
     inverted_scale,
 )
+from .kl import KL_APPROXIMATIONS, LOG_ALPHA_MAX, LOG_ALPHA_MIN, kl_log_uniform
+from .lrt import VAR_FLOOR, lrt_conv, lrt_linear, sample_gaussian
 
 __all__ = [
     "ard_gamma_constant",
@@ -18,4 +20,12 @@ __all__ = [
     "bernoulli_entropy",
     "gal_bernoulli_kl",
     "inverted_scale",
+    "KL_APPROXIMATIONS",
+    "LOG_ALPHA_MAX",
+    "LOG_ALPHA_MIN",
+    "kl_log_uniform",
+    "VAR_FLOOR",
+    "lrt_conv",
+    "lrt_linear",
+    "sample_gaussian",
 ]
