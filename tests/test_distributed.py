@@ -8,6 +8,8 @@ followed by rank 1's, when rank 1 skips the first ``B*K`` numbers: the masks coi
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 import torch.distributed as dist
@@ -61,7 +63,8 @@ def _train(model, xs, ys, pair, rank=0, world=1):
 
 
 def _worker(rank: int, world: int, store: str, pair: str, out: str) -> None:
-    # A file store: no TCP port to race for with other processes on the machine.
+    # A file store (no TCP port to race for) and gloo pinned to the loopback interface.
+    os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")
     dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=world)
     try:
         torch.set_num_threads(1)
