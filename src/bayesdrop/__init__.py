@@ -1,7 +1,7 @@
 """bayesdrop: dropout that learns its own rates and reads as Bayesian inference."""
 
-from . import estimators, functional, nn
-from .nn import LearnableBernoulliDropout, MCDropout
+from . import estimators, functional, nn, sparsity
+from .nn import ARDDropout, LearnableBernoulliDropout, MCDropout, SparseVariationalDropout
 from .objectives import dropout_rates, kl_divergence, objective
 
 __version__ = "0.1.0"
@@ -10,6 +10,9 @@ __all__ = [
     "estimators",
     "functional",
     "nn",
+    "sparsity",
+    "ARDDropout",
+    "SparseVariationalDropout",
     "objective",
     "kl_divergence",
     "dropout_rates",

@@ -1,10 +1,14 @@
 """Dropout modules, one family per file, thin wrappers over :mod:`bayesdrop.functional`."""
 
 from ._base import DropoutModule
+from .ard import ARDDropout
 from .learnable_bernoulli import LearnableBernoulliDropout
 from .mc_dropout import MCDropout
+from .sparse_variational import SparseVariationalDropout
 
 __all__ = [
+    "ARDDropout",
+    "SparseVariationalDropout",
     "DropoutModule",
     "LearnableBernoulliDropout",
     "MCDropout",
