@@ -1,0 +1,220 @@
+r"""Pure tensor math of Concrete dropout (Gal, Hron & Kendall 2017, "Concrete dropout").
+
+Concrete dropout replaces the Bernoulli keep mask by its continuous relaxation (the binary
+Concrete or relaxed Bernoulli distribution, Maddison et al. 2017 / Jang et al. 2017) so that the
+drop probability gets a pathwise (reparameterisation) gradient, and regularises the rates with
+Gal's quantised-Gaussian KL.
+
+Scaling convention (one place only, as everywhere in bayesdrop): the functions here return
+**data-set level** quantities, and :func:`bayesdrop.objective` divides them by the data-set
+size :math:`N`. Gal's code and paper write the per-example loss
+
+.. math::
+    \frac1M\sum_{i\in S} \ell_i
+    + \sum_{\text{layers}} \Bigl(\mathrm{wd}\,\frac{\|W\|^2}{1-p} - \mathrm{dd}\,K\,H(p)\Bigr),
+    \qquad \mathrm{wd} = \frac{l^2}{\tau N},\quad \mathrm{dd} = \frac{2}{\tau N},
+
+with :math:`\ell_i` the squared error (the Gaussian negative log likelihood times
+:math:`2/\tau`). bayesdrop's ``weight_regularizer`` and ``dropout_regularizer`` are Gal's
+``wd`` and ``dd`` multiplied by :math:`N` (:func:`concrete_regularizers`), so
+``objective(model, x, y, nll, n_data=N)`` reproduces that per-example loss exactly while
+``kl()`` never sees :math:`N`.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+from torch import Tensor
+
+from .._validation import check_positive
+from .bernoulli import LOGIT_BOUND, bernoulli_entropy, inverted_scale
+
+__all__ = [
+    "ConcreteRegularizers",
+    "concrete_keep_mask",
+    "concrete_dropout",
+    "concrete_regularizer",
+    "concrete_regularizers",
+]
+
+
+def _check_temperature(temperature: float) -> float:
+    return check_positive("temperature", temperature)
+
+
+def concrete_keep_mask(logit_p: Tensor, u: Tensor, temperature: float) -> Tensor:
+    r"""Relaxed Bernoulli keep mask with drop logits ``logit_p`` and explicit uniforms ``u``.
+
+    Gal et al. (2017), eq. (3) relaxes the *drop* indicator; the keep mask is one minus it:
+
+    .. math::
+        \tilde z = 1 - \sigma\!\Bigl(\tfrac1t\bigl(\mathrm{logit}\,p + \log u - \log(1-u)\bigr)\Bigr)
+                 = \sigma\!\Bigl(-\tfrac1t\bigl(\mathrm{logit}\,p + \mathrm{logit}\,u\bigr)\Bigr),
+
+    with :math:`u \sim \mathcal U(0, 1)`. For every temperature :math:`t`,
+    :math:`P(\tilde z > 1/2) = 1 - p`; its CDF is
+    :math:`P(\tilde z \le z) = \sigma(\mathrm{logit}\,p + t\,\mathrm{logit}\,z)`, which tends to
+    the Bernoulli(1 - p) CDF as :math:`t \to 0`. ``logit_p`` is clamped to
+    ``[-LOGIT_BOUND, LOGIT_BOUND]``; ``u`` equal to 0 or 1 gives a mask of exactly 1 or 0 (never
+    NaN).
+
+    Args:
+        logit_p: drop logits, broadcastable against ``u``; gradients flow pathwise to them.
+        u: uniforms in ``[0, 1]`` (the noise; pass the same ``u`` to get the same mask).
+        temperature: :math:`t > 0`; small values approach the Bernoulli mask.
+
+    Returns:
+        The keep mask in ``[0, 1]``, shaped like the broadcast of ``logit_p`` and ``u``.
+
+    Example:
+        >>> import torch
+        >>> u = torch.tensor([0.05, 0.5, 0.95])
+        >>> concrete_keep_mask(torch.tensor(0.0), u, temperature=0.1).round(decimals=4)  # p = 0.5
+        tensor([1.0000, 0.5000, 0.0000])
+    """
+    t = _check_temperature(temperature)
+    logit_p = logit_p.clamp(-LOGIT_BOUND, LOGIT_BOUND)
+    return torch.sigmoid((logit_p + torch.logit(u)) * (-1.0 / t))
+
+
+def concrete_dropout(x: Tensor, logit_p: Tensor, temperature: float, u: Tensor) -> Tensor:
+    r"""Concrete dropout of ``x`` with inverted-dropout scaling: :math:`x \odot \tilde z/(1-p)`.
+
+    .. math::
+        y = x \odot \tilde z \,(1 + e^{\mathrm{logit}\,p}),\qquad
+        \tilde z = \sigma\!\bigl(-(\mathrm{logit}\,p + \mathrm{logit}\,u)/t\bigr)
+
+    as in Gal's reference implementation (the scale is :math:`1/(1-p)`, the keep probability of
+    the Bernoulli mask the relaxation approaches).
+
+    Args:
+        x: input.
+        logit_p: drop logits, broadcastable against ``x`` (e.g. ``(1,)``, ``(features,)`` or
+            ``(channels, 1, 1)``); clamped to ``[-LOGIT_BOUND, LOGIT_BOUND]``.
+        temperature: relaxation temperature :math:`t > 0`.
+        u: uniforms of the mask's shape (one per example and unit), broadcastable against ``x``.
+
+    Example:
+        >>> import torch
+        >>> x = torch.ones(1, 3)
+        >>> u = torch.tensor([[0.05, 0.5, 0.95]])
+        >>> concrete_dropout(x, torch.tensor(0.0), 0.1, u).round(decimals=4)  # 1/(1-p) = 2
+        tensor([[2., 1., 0.]])
+    """
+    logit_p = logit_p.clamp(-LOGIT_BOUND, LOGIT_BOUND)
+    keep = concrete_keep_mask(logit_p, u.to(x.dtype), temperature)
+    return x * (keep * inverted_scale(logit_p).to(x.dtype))
+
+
+def concrete_regularizer(
+    logit_p: Tensor,
+    weight_sq_norms: Tensor | None,
+    weight_regularizer: float,
+    dropout_regularizer: float,
+    num_units: int | None = None,
+) -> Tensor:
+    r"""Gal's Concrete dropout regulariser of one layer, a data-set level sum (0-dim).
+
+    For input unit (feature, channel) :math:`k` with drop probability :math:`p_k` and squared
+    norm :math:`\|W_{\cdot k}\|^2` of the weights it feeds,
+
+    .. math::
+        R = \sum_{k=1}^{K} \Bigl( \lambda_w \frac{\|W_{\cdot k}\|^2}{1-p_k}
+                                 - \lambda_d\, H(p_k) \Bigr),\qquad
+        H(p) = -p\log p - (1-p)\log(1-p),
+
+    with :math:`\lambda_w` = ``weight_regularizer`` and :math:`\lambda_d` =
+    ``dropout_regularizer``. With one shared rate (a single logit) this is Gal's
+    :math:`\lambda_w \|W\|^2/(1-p) - \lambda_d K H(p)`. It is the KL of Gal's quantised-Gaussian
+    prior (up to constants) written in the weights :math:`W = (1-p) M` that a layer fed by
+    inverted dropout stores: :math:`\lambda_w = l^2/2`, :math:`\lambda_d = 1` for a proper
+    negative log likelihood (see :func:`concrete_regularizers` for Gal's scaling).
+
+    Args:
+        logit_p: drop logits, shape ``(1,)`` (one rate per layer) or ``(K,)`` (one per unit);
+            clamped to ``[-LOGIT_BOUND, LOGIT_BOUND]``.
+        weight_sq_norms: ``(K,)`` squared norms of the weights fed by each input unit (see
+            :func:`bayesdrop.nn._layers.input_weight_sq_norms`), or ``None`` for a bare dropout
+            layer (only the entropy term remains).
+        weight_regularizer: :math:`\lambda_w \ge 0`.
+        dropout_regularizer: :math:`\lambda_d \ge 0`.
+        num_units: :math:`K` when ``weight_sq_norms`` is ``None`` and ``logit_p`` has one element
+            (defaults to ``logit_p.numel()``).
+
+    Returns:
+        A 0-dim tensor (never scaled by the data-set size).
+
+    Example:
+        >>> import torch, math
+        >>> r = concrete_regularizer(torch.zeros(1), torch.tensor([1.0, 3.0]), 0.5, 1.0)
+        >>> round(float(r), 6) == round(0.5 * 4.0 * 2 - 2 * math.log(2), 6)
+        True
+    """
+    weight_regularizer = check_positive("weight_regularizer", weight_regularizer, allow_zero=True)
+    dropout_regularizer = check_positive(
+        "dropout_regularizer", dropout_regularizer, allow_zero=True
+    )
+    logit_p = logit_p.reshape(-1).clamp(-LOGIT_BOUND, LOGIT_BOUND)
+    if weight_sq_norms is not None:
+        units = weight_sq_norms.numel()
+    else:
+        units = logit_p.numel() if num_units is None else int(num_units)
+    if logit_p.numel() not in (1, units):
+        raise ValueError(
+            f"logit_p must have 1 or {units} (one per input unit) elements, "
+            f"but got {logit_p.numel()}"
+        )
+    entropy = bernoulli_entropy(logit_p).sum()
+    if logit_p.numel() == 1:
+        entropy = entropy * units
+    reg = -dropout_regularizer * entropy
+    if weight_sq_norms is not None:
+        scale = inverted_scale(logit_p).to(weight_sq_norms.dtype)
+        reg = reg + weight_regularizer * (weight_sq_norms.reshape(-1) * scale).sum()
+    return reg
+
+
+class ConcreteRegularizers(NamedTuple):
+    """``weight_regularizer`` and ``dropout_regularizer`` in bayesdrop's data-set convention."""
+
+    weight_regularizer: float
+    dropout_regularizer: float
+
+
+def concrete_regularizers(length_scale: float, precision: float = 1.0) -> ConcreteRegularizers:
+    r"""Both Concrete dropout regularisers from a prior length-scale and a model precision.
+
+    Gal et al. (2017) set, for a data set of :math:`N` points, prior length-scale :math:`l` and
+    model precision :math:`\tau`, the per-example coefficients
+    :math:`\mathrm{wd} = l^2/(\tau N)` and :math:`\mathrm{dd} = 2/(\tau N)` of a loss whose data
+    term is the squared error (the Gaussian NLL :math:`\tfrac\tau2(y-f)^2` times :math:`2/\tau`).
+    :func:`bayesdrop.objective` divides ``kl()`` by ``n_data`` itself, so the module takes those
+    coefficients times :math:`N`:
+
+    .. math::
+        \lambda_w = N\,\mathrm{wd} = \frac{l^2}{\tau},\qquad
+        \lambda_d = N\,\mathrm{dd} = \frac{2}{\tau},
+
+    and ``objective(model, x, y, nll, n_data=N)`` with ``nll`` the per-example squared error is
+    exactly Gal's per-example loss. :math:`N` never enters here. With a *proper* negative log
+    likelihood as ``nll`` (cross-entropy, or the Gaussian NLL including its
+    :math:`\tfrac\tau2`), the exact variational KL is obtained with ``precision=2``
+    (:math:`\lambda_w = l^2/2`, :math:`\lambda_d = 1`, the module's defaults for :math:`l = 1`).
+
+    Args:
+        length_scale: prior length-scale :math:`l > 0` (prior precision :math:`l^2`).
+        precision: model precision :math:`\tau > 0` (1 for Gal's classification setting).
+
+    Returns:
+        ``ConcreteRegularizers(weight_regularizer, dropout_regularizer)``, to pass as keyword
+        arguments: ``ConcreteDropout(layer, **concrete_regularizers(l, tau)._asdict())``.
+
+    Example:
+        >>> concrete_regularizers(length_scale=1e-2, precision=4.0)
+        ConcreteRegularizers(weight_regularizer=2.5e-05, dropout_regularizer=0.5)
+    """
+    length_scale = check_positive("length_scale", length_scale)
+    precision = check_positive("precision", precision)
+    return ConcreteRegularizers(length_scale**2 / precision, 2.0 / precision)
