@@ -1,7 +1,13 @@
 """bayesdrop: dropout that learns its own rates and reads as Bayesian inference."""
 
 from . import estimators, functional, nn, sparsity
-from .nn import ARDDropout, LearnableBernoulliDropout, MCDropout, SparseVariationalDropout
+from .nn import (
+    ARDDropout,
+    ConcreteDropout,
+    LearnableBernoulliDropout,
+    MCDropout,
+    SparseVariationalDropout,
+)
 from .objectives import dropout_rates, kl_divergence, objective
 
 __version__ = "0.1.0"
@@ -17,6 +23,7 @@ __all__ = [
     "kl_divergence",
     "dropout_rates",
     "LearnableBernoulliDropout",
+    "ConcreteDropout",
     "MCDropout",
     "__version__",
 ]

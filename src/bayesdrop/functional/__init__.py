@@ -8,6 +8,13 @@ from .bernoulli import (
     gal_bernoulli_kl,
     inverted_scale,
 )
+from .concrete import (
+    ConcreteRegularizers,
+    concrete_dropout,
+    concrete_keep_mask,
+    concrete_regularizer,
+    concrete_regularizers,
+)
 from .kl import KL_APPROXIMATIONS, LOG_ALPHA_MAX, LOG_ALPHA_MIN, kl_log_uniform
 from .lrt import VAR_FLOOR, lrt_conv, lrt_linear, sample_gaussian
 
@@ -20,6 +27,11 @@ __all__ = [
     "bernoulli_entropy",
     "gal_bernoulli_kl",
     "inverted_scale",
+    "ConcreteRegularizers",
+    "concrete_dropout",
+    "concrete_keep_mask",
+    "concrete_regularizer",
+    "concrete_regularizers",
     "KL_APPROXIMATIONS",
     "LOG_ALPHA_MAX",
     "LOG_ALPHA_MIN",

@@ -2,6 +2,7 @@
 
 from ._base import DropoutModule
 from .ard import ARDDropout
+from .concrete import ConcreteDropout
 from .learnable_bernoulli import LearnableBernoulliDropout
 from .mc_dropout import MCDropout
 from .sparse_variational import SparseVariationalDropout
@@ -9,6 +10,7 @@ from .sparse_variational import SparseVariationalDropout
 __all__ = [
     "ARDDropout",
     "SparseVariationalDropout",
+    "ConcreteDropout",
     "DropoutModule",
     "LearnableBernoulliDropout",
     "MCDropout",
