@@ -1,6 +1,7 @@
 """bayesdrop: dropout that learns its own rates and reads as Bayesian inference."""
 
-from . import estimators, functional, nn, sparsity
+from . import estimators, functional, metrics, nn, sparsity, uncertainty
+from .convert import convert
 from .nn import (
     ARDDropout,
     ConcreteDropout,
@@ -9,6 +10,7 @@ from .nn import (
     SparseVariationalDropout,
 )
 from .objectives import dropout_rates, kl_divergence, objective
+from .uncertainty import mc_predict, mc_sampling
 
 __version__ = "0.1.0"
 
@@ -26,4 +28,9 @@ __all__ = [
     "ConcreteDropout",
     "MCDropout",
     "__version__",
+    "metrics",
+    "uncertainty",
+    "mc_predict",
+    "mc_sampling",
+    "convert",
 ]
