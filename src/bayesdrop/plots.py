@@ -1,0 +1,215 @@
+"""Figures for uncertainty and learned rates (needs the optional extra ``bayesdrop[plot]``).
+
+matplotlib is imported only when a function here is called. Figures are built with the
+object-oriented API (``matplotlib.figure.Figure``), so no GUI backend and no global pyplot state
+are involved; each function returns the ``Figure`` and, given ``path``, writes it as PNG.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import Tensor
+
+from .metrics.classification import PAvPUCurve, calibration_bins
+
+if TYPE_CHECKING:  # pragma: no cover
+    from matplotlib.axes import Axes
+    from matplotlib.figure import Figure
+
+__all__ = ["reliability_diagram", "pavpu_plot", "dropout_rate_plot"]
+
+
+def _figure(figsize: tuple[float, float]) -> tuple[Figure, Axes]:
+    try:
+        from matplotlib.figure import Figure
+    except ImportError as err:  # pragma: no cover - depends on the environment
+        raise ImportError(
+            "bayesdrop.plots needs matplotlib; install it with: pip install 'bayesdrop[plot]'"
+        ) from err
+    fig = Figure(figsize=figsize, layout="constrained")
+    return fig, fig.add_subplot()
+
+
+def _save(fig: Figure, path: str | os.PathLike[str] | None, dpi: int) -> None:
+    if path is not None:
+        fig.savefig(os.fspath(path), format="png", dpi=dpi)
+
+
+def reliability_diagram(
+    probs: Tensor,
+    labels: Tensor,
+    n_bins: int = 15,
+    *,
+    title: str | None = None,
+    path: str | os.PathLike[str] | None = None,
+    dpi: int = 100,
+) -> Figure:
+    """Reliability diagram: accuracy per confidence bin against the diagonal, with the ECE.
+
+    Args:
+        probs: ``(N, C)`` predictive probabilities; labels: ``(N,)`` class indices.
+        n_bins: equal-width confidence bins (as :func:`bayesdrop.metrics.ece`).
+        title: axes title.
+        path: write the figure there as PNG.
+        dpi: resolution of the PNG.
+
+    Returns:
+        The :class:`matplotlib.figure.Figure`.
+    """
+    bins = calibration_bins(probs, labels, n_bins)
+    edges = bins.edges.detach().cpu().double()
+    count = bins.count.detach().cpu().double()
+    acc = bins.accuracy.detach().cpu().double()
+    conf = bins.confidence.detach().cpu().double()
+    ece_value = float((count / count.sum() * (acc - conf).abs()).sum())
+    fig, ax = _figure((4.5, 4.5))
+    width = float(edges[1] - edges[0])
+    left = edges[:-1].numpy()
+    filled = (count > 0).numpy()
+    ax.bar(
+        left[filled],
+        acc.numpy()[filled],
+        width=width,
+        align="edge",
+        color="C0",
+        edgecolor="black",
+        label="accuracy",
+    )
+    ax.bar(
+        left[filled],
+        (conf - acc).numpy()[filled],
+        bottom=acc.numpy()[filled],
+        width=width,
+        align="edge",
+        color="C3",
+        alpha=0.3,
+        edgecolor="C3",
+        label="gap to confidence",
+    )
+    ax.plot([0, 1], [0, 1], "k--", linewidth=1, label="perfect calibration")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1)
+    ax.set_xlabel("confidence")
+    ax.set_ylabel("accuracy")
+    ax.set_title(title if title is not None else f"ECE = {100 * ece_value:.2f}%")
+    ax.legend(loc="upper left")
+    _save(fig, path, dpi)
+    return fig
+
+
+def pavpu_plot(
+    curves: PAvPUCurve | Mapping[str, PAvPUCurve],
+    *,
+    title: str | None = None,
+    path: str | os.PathLike[str] | None = None,
+    dpi: int = 100,
+) -> Figure:
+    """PAvPU against the threshold fraction ``t`` (as the LBD paper's Figure 2), one line per model.
+
+    Args:
+        curves: one :class:`~bayesdrop.metrics.PAvPUCurve` or a mapping label → curve; the legend
+            shows each curve's mean PAvPU.
+        title, path, dpi: as :func:`reliability_diagram`.
+    """
+    if isinstance(curves, PAvPUCurve):
+        curves = {"model": curves}
+    if not isinstance(curves, Mapping) or not curves:
+        raise TypeError("curves must be a PAvPUCurve or a non-empty mapping of label -> PAvPUCurve")
+    fig, ax = _figure((5.0, 3.5))
+    for label, c in curves.items():
+        if not isinstance(c, PAvPUCurve):
+            raise TypeError(f"curves[{label!r}] must be a PAvPUCurve, got {type(c).__name__}")
+        ax.plot(
+            c.t.numpy(),
+            c.pavpu.numpy(),
+            marker="o",
+            markersize=3,
+            label=f"{label} (mean {float(c.mean):.3f})",
+        )
+    ax.set_xlabel("threshold fraction t  (H_min + t (H_max - H_min))")
+    ax.set_ylabel("PAvPU")
+    ax.set_xlim(0, 1)
+    if title is not None:
+        ax.set_title(title)
+    ax.legend()
+    _save(fig, path, dpi)
+    return fig
+
+
+def _rate_series(history: Any) -> tuple[list[str], dict[str, list[Tensor]]]:
+    if isinstance(history, Mapping):
+        series = {
+            str(k): [torch.as_tensor(v).detach().reshape(-1) for v in vs]
+            for k, vs in history.items()
+        }
+    elif isinstance(history, Sequence) and not isinstance(history, (str, bytes)):
+        series = {}
+        for i, snapshot in enumerate(history):
+            if not isinstance(snapshot, Mapping):
+                raise TypeError(f"history[{i}] must be a mapping layer name -> rates")
+            for k, v in snapshot.items():
+                series.setdefault(str(k), []).append(torch.as_tensor(v).detach().reshape(-1))
+        lengths = {len(v) for v in series.values()}
+        if len(lengths) > 1:
+            raise ValueError("every snapshot in history must name the same layers")
+    else:
+        raise TypeError(
+            "history must be a sequence of {layer: rates} snapshots (e.g. bayesdrop.dropout_rates(model) "
+            "taken during training) or a mapping layer -> sequence of rates"
+        )
+    if not series:
+        raise ValueError("history holds no dropout rates")
+    return list(series), series
+
+
+def dropout_rate_plot(
+    history: Sequence[Mapping[str, Tensor]] | Mapping[str, Sequence[Tensor]],
+    steps: Sequence[float] | None = None,
+    *,
+    band: tuple[float, float] = (0.1, 0.9),
+    xlabel: str = "epoch",
+    title: str | None = None,
+    path: str | os.PathLike[str] | None = None,
+    dpi: int = 100,
+) -> Figure:
+    """Learned drop probabilities per layer over training.
+
+    Each layer is a line at its mean rate; when it has several rates (one per unit) a shaded band
+    spans the ``band`` quantiles of its rates at each step.
+
+    Args:
+        history: snapshots in training order, each ``{layer name: p}`` as returned by
+            :func:`bayesdrop.dropout_rates`, or a mapping ``layer -> [p at step 0, p at step 1, ...]``.
+        steps: x values (default ``0, 1, 2, ...``).
+        band: lower and upper quantiles of the shaded band, in [0, 1].
+        xlabel, title, path, dpi: labels and output as :func:`reliability_diagram`.
+    """
+    lo_q, hi_q = (float(b) for b in band)
+    if not 0.0 <= lo_q <= hi_q <= 1.0:
+        raise ValueError(f"band must be two quantiles 0 <= lo <= hi <= 1, but got {band}")
+    names, series = _rate_series(history)
+    n_steps = len(series[names[0]])
+    xs = list(range(n_steps)) if steps is None else [float(s) for s in steps]
+    if len(xs) != n_steps:
+        raise ValueError(f"steps has {len(xs)} values but history has {n_steps} snapshots")
+    fig, ax = _figure((5.5, 3.5))
+    for i, name in enumerate(names):
+        vals = series[name]
+        mean = [float(v.double().mean()) for v in vals]
+        ax.plot(xs, mean, color=f"C{i % 10}", label=name or "(model)")
+        if max(v.numel() for v in vals) > 1:
+            lo = [float(torch.quantile(v.double(), lo_q)) for v in vals]
+            hi = [float(torch.quantile(v.double(), hi_q)) for v in vals]
+            ax.fill_between(xs, lo, hi, color=f"C{i % 10}", alpha=0.2)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("drop probability p")
+    ax.set_ylim(0, 1)
+    if title is not None:
+        ax.set_title(title)
+    ax.legend(fontsize="small")
+    _save(fig, path, dpi)
+    return fig
