@@ -5,9 +5,11 @@ from .convert import convert
 from .nn import (
     ARDDropout,
     ConcreteDropout,
+    GaussianDropout,
     LearnableBernoulliDropout,
     MCDropout,
     SparseVariationalDropout,
+    VariationalDropout,
 )
 from .objectives import dropout_rates, kl_divergence, objective
 from .uncertainty import mc_predict, mc_sampling
@@ -28,6 +30,8 @@ __all__ = [
     "ConcreteDropout",
     "MCDropout",
     "__version__",
+    "GaussianDropout",
+    "VariationalDropout",
     "metrics",
     "uncertainty",
     "mc_predict",

@@ -15,8 +15,10 @@ from .concrete import (
     concrete_regularizer,
     concrete_regularizers,
 )
+from .gaussian import alpha_from_p, gaussian_dropout, gaussian_dropout_lrt
 from .kl import KL_APPROXIMATIONS, LOG_ALPHA_MAX, LOG_ALPHA_MIN, kl_log_uniform
 from .lrt import VAR_FLOOR, lrt_conv, lrt_linear, sample_gaussian
+from .variational import clamp_log_alpha, variational_dropout_kl
 
 __all__ = [
     "ard_gamma_constant",
@@ -40,4 +42,9 @@ __all__ = [
     "lrt_conv",
     "lrt_linear",
     "sample_gaussian",
+    "alpha_from_p",
+    "gaussian_dropout",
+    "gaussian_dropout_lrt",
+    "clamp_log_alpha",
+    "variational_dropout_kl",
 ]

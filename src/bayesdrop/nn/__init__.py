@@ -3,9 +3,11 @@
 from ._base import DropoutModule
 from .ard import ARDDropout
 from .concrete import ConcreteDropout
+from .gaussian import GaussianDropout
 from .learnable_bernoulli import LearnableBernoulliDropout
 from .mc_dropout import MCDropout
 from .sparse_variational import SparseVariationalDropout
+from .variational import VariationalDropout
 
 __all__ = [
     "ARDDropout",
@@ -14,4 +16,6 @@ __all__ = [
     "DropoutModule",
     "LearnableBernoulliDropout",
     "MCDropout",
+    "GaussianDropout",
+    "VariationalDropout",
 ]

@@ -1,0 +1,67 @@
+"""clamp_log_alpha and the variational-dropout KL sum."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from bayesdrop.functional import (
+    LOG_ALPHA_MIN,
+    clamp_log_alpha,
+    kl_log_uniform,
+    variational_dropout_kl,
+)
+
+DT = torch.float64
+
+
+def test_clamp_values() -> None:
+    la = torch.tensor([-1e4, -25.0, -3.0, 0.0, 0.7, 1e4])
+    out = clamp_log_alpha(la, max_log_alpha=0.5)
+    assert out.tolist() == [LOG_ALPHA_MIN, LOG_ALPHA_MIN, -3.0, 0.0, 0.5, 0.5]
+
+
+@pytest.mark.parametrize("sign", [1.0, -1.0])
+def test_clamp_gradient_passes_only_inwards(sign: float) -> None:
+    la = torch.tensor([-30.0, -1.0, 0.0, 2.0], requires_grad=True)
+    clamp_log_alpha(la, 0.0).backward(torch.full((4,), sign))
+    assert la.grad is not None
+    # Descent moves by -grad: with grad > 0 the value above the range may come back (pass), the
+    # one below would move further out (blocked); the opposite for grad < 0.
+    expected = [0.0, 1.0, 1.0, 1.0] if sign > 0 else [1.0, 1.0, 1.0, 0.0]
+    assert (la.grad * sign).tolist() == expected
+
+
+def test_clamp_does_not_trap_a_parameter_above_the_bound() -> None:
+    # A plain clamp has zero gradient above the bound, so this parameter could never return.
+    la = torch.nn.Parameter(torch.tensor([0.3]))
+    opt = torch.optim.SGD([la], lr=0.1)
+    for _ in range(5):
+        opt.zero_grad()
+        clamp_log_alpha(la, 0.0).sum().backward()  # loss increasing in alpha: pushes it down
+        opt.step()
+    assert float(la.detach()) < 0.0
+    plain = torch.nn.Parameter(torch.tensor([0.3]))
+    plain.clamp(max=0.0).sum().backward()
+    assert float(plain.grad) == 0.0
+
+
+def test_clamp_bad_range() -> None:
+    with pytest.raises(ValueError, match="min_log_alpha"):
+        clamp_log_alpha(torch.zeros(2), max_log_alpha=-30.0)
+
+
+def test_kl_sum_is_per_weight_kingma() -> None:
+    la = torch.tensor([-2.0, -0.5, 0.0], dtype=DT)
+    counts = torch.tensor([1.0, 3.0, 5.0], dtype=DT)
+    expected = sum(float(c * kl_log_uniform(v)) for c, v in zip(counts, la))
+    assert float(variational_dropout_kl(la, counts)) == pytest.approx(expected)
+    # Type A: one alpha per input unit with fan-out n equals the type-B KL of the tied weights.
+    per_unit = torch.tensor([-1.0, -0.2, 0.0, -3.0], dtype=DT)
+    tied = per_unit.expand(6, 4)  # (out, in) weight matrix, column i has alpha_i
+    torch.testing.assert_close(variational_dropout_kl(per_unit, 6), variational_dropout_kl(tied))
+
+
+def test_kl_gradcheck() -> None:
+    la = torch.linspace(-4.0, -0.1, 5, dtype=DT, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda t: variational_dropout_kl(clamp_log_alpha(t), 3), (la,))
