@@ -110,9 +110,9 @@ def check_labels(
 
 
 def _check(probs: Tensor, labels: Tensor) -> None:
-    check_probs(probs)
-    if probs.dim() != 2:
+    if isinstance(probs, Tensor) and probs.dim() != 2:
         raise ValueError(f"probs must have shape (N, C), but got {tuple(probs.shape)}")
+    check_probs(probs)
     if probs.shape[0] == 0:
         raise ValueError("probs must hold at least one prediction (N >= 1)")
     check_labels(labels, (probs.shape[0],), probs.shape[1])

@@ -43,9 +43,9 @@ __all__ = [
 
 
 def _check_seg(probs: Tensor, labels: Tensor, ignore_index: int | None) -> None:
-    check_probs(probs)
-    if probs.dim() != 4:
+    if isinstance(probs, Tensor) and probs.dim() != 4:
         raise ValueError(f"probs must have shape (N, C, H, W), but got {tuple(probs.shape)}")
+    check_probs(probs)
     n, c, h, w = probs.shape
     check_labels(labels, (n, h, w), c, ignore_index=ignore_index)
 
