@@ -1,0 +1,221 @@
+"""convert: nn.Dropout* layers of small MLP/CNN/LSTM models become bayesdrop families."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+import bayesdrop
+from bayesdrop import convert
+from bayesdrop.convert import FAMILIES, ConversionReport, resolve_family
+from bayesdrop.nn import DropoutModule, LearnableBernoulliDropout, MCDropout
+
+
+def mlp() -> nn.Sequential:
+    torch.manual_seed(0)
+    return nn.Sequential(
+        nn.Linear(4, 8),
+        nn.ReLU(),
+        nn.Dropout(0.3),
+        nn.Linear(8, 8),
+        nn.ReLU(),
+        nn.Dropout(0.2),
+        nn.Linear(8, 2),
+    )
+
+
+def cnn() -> nn.Sequential:
+    torch.manual_seed(1)
+    return nn.Sequential(
+        nn.Conv2d(1, 4, 3, padding=1),
+        nn.ReLU(),
+        nn.Dropout2d(0.25),
+        nn.Conv2d(4, 4, 3, padding=1),
+        nn.ReLU(),
+        nn.Flatten(),
+        nn.Dropout(0.5),
+        nn.Linear(4 * 5 * 5, 3),
+    )
+
+
+class Tagger(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(2)
+        self.encoder = nn.Sequential(nn.Dropout(0.4), nn.LSTM(3, 6, batch_first=True))
+        self.head = nn.Linear(6, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out, _ = self.encoder(x)
+        return self.head(out)
+
+
+class Attr(nn.Module):
+    """Dropout as an attribute: the data flow is not visible to convert."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.drop = nn.Dropout(0.3)
+        self.fc = nn.Linear(4, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.drop(x))
+
+
+def available(name: str) -> type | None:
+    try:
+        return resolve_family(name)
+    except ValueError:
+        return None
+
+
+def test_mlp_to_lbd_keeps_weights_and_rates():
+    model = mlp()
+    new, report = convert(model, "lbd")
+    assert isinstance(report, ConversionReport) and len(report) == 2
+    assert isinstance(new[3], LearnableBernoulliDropout) and isinstance(
+        new[6], LearnableBernoulliDropout
+    )
+    assert isinstance(new[2], nn.Identity) and isinstance(new[5], nn.Identity)
+    assert new[3].layer.weight.data_ptr() != model[3].weight.data_ptr()  # a copy
+    torch.testing.assert_close(new[3].layer.weight, model[3].weight, rtol=0, atol=0)
+    torch.testing.assert_close(new[3].p, torch.full((8,), 0.3))
+    torch.testing.assert_close(new[6].p, torch.full((8,), 0.2))
+    assert isinstance(model[2], nn.Dropout) and isinstance(
+        model[3], nn.Linear
+    )  # original untouched
+    x = torch.randn(5, 4)
+    torch.testing.assert_close(new.eval()(x), model.eval()(x))
+    assert [r.name for r in report.replacements] == ["2", "5"]
+    assert [r.wrapped for r in report.replacements] == ["3", "6"]
+    assert "2: Dropout(p=0.3" in str(report)
+    assert bayesdrop.convert is convert
+
+
+def test_cnn_channel_and_element_dropout():
+    model = cnn()
+    new, report = convert(model, LearnableBernoulliDropout, estimator="arm")
+    assert isinstance(new[3], LearnableBernoulliDropout) and new[3].kind == "conv"
+    assert isinstance(new[7], LearnableBernoulliDropout) and new[7].kind == "linear"
+    assert new[3].estimator == "arm"
+    torch.testing.assert_close(new[3].p, torch.full((4,), 0.25))
+    x = torch.randn(2, 1, 5, 5)
+    torch.testing.assert_close(new.eval()(x), model.eval()(x))
+    assert report.notes == []
+
+
+def test_lstm_wrapped():
+    model = Tagger()
+    new, report = convert(model, "LBD", init_p=0.1)
+    wrapped = new.encoder[1]
+    assert isinstance(wrapped, LearnableBernoulliDropout) and wrapped.kind == "rnn"
+    torch.testing.assert_close(wrapped.p, torch.full((3,), 0.1))  # options override the carried p
+    x = torch.randn(2, 5, 3)
+    torch.testing.assert_close(new.eval()(x), model.eval()(x))
+    assert report.replacements[0].name == "encoder.0"
+
+
+def test_mc_family_is_bare_and_keeps_channelwise():
+    model = cnn()
+    new, report = convert(model, "mc")
+    assert isinstance(new[2], MCDropout) and new[2].channelwise
+    assert isinstance(new[6], MCDropout) and not new[6].channelwise
+    assert float(new[2].p) == 0.25 and float(new[6].p) == 0.5
+    assert isinstance(new[3], nn.Conv2d)  # nothing wrapped
+    assert all(r.wrapped is None for r in report.replacements)
+
+
+def test_bare_form_infers_num_features():
+    new, _ = convert(mlp(), "lbd", form="bare")
+    assert isinstance(new[2], LearnableBernoulliDropout) and new[2].layer is None
+    assert new[2].p.shape == (8,)
+    with pytest.raises(ValueError, match="channels"):
+        convert(cnn(), "lbd", form="bare")
+
+
+def test_dtype_and_device_follow_the_model():
+    new, _ = convert(mlp().double(), "lbd")
+    assert new[3].logit_p.dtype == torch.float64
+    x = torch.randn(3, 4, dtype=torch.float64)
+    assert new.eval()(x).dtype == torch.float64
+
+
+@pytest.mark.parametrize("name", sorted(FAMILIES))
+def test_every_family_converts_an_mlp(name):
+    cls = available(name)
+    if cls is None:
+        pytest.skip(f"{FAMILIES[name]} is not in bayesdrop.nn yet")
+    model = mlp()
+    new, report = convert(model, name)
+    families = [m for m in new.modules() if isinstance(m, cls)]
+    assert len(families) == 2 and len(report) == 2
+    assert not any(isinstance(m, nn.Dropout) for m in new.modules())
+    x = torch.randn(6, 4)
+    torch.testing.assert_close(new.eval()(x), model.eval()(x), rtol=1e-5, atol=1e-6)
+    new.train()(x)  # sampling forward works
+    assert all(isinstance(m, DropoutModule) for m in families)
+
+
+def test_refusals_are_clear():
+    with pytest.raises(ValueError, match=r"'drop'.*attribute of Attr.*nn.Sequential"):
+        convert(Attr(), "lbd")
+    new, _ = convert(Attr(), "mc")  # bare families work anywhere
+    assert isinstance(new.drop, MCDropout)
+    with pytest.raises(ValueError, match="num_features cannot be inferred"):
+        convert(Attr(), "lbd", form="bare")
+    new, _ = convert(Attr(), "lbd", form="bare", num_features=4)
+    assert new.drop.p.shape == (4,)
+
+    relu_after = nn.Sequential(nn.Linear(3, 3), nn.Dropout(0.2), nn.ReLU(), nn.Linear(3, 1))
+    with pytest.raises(ValueError, match=r"converting '1'.*followed by ReLU"):
+        convert(relu_after, "lbd")
+    last = nn.Sequential(nn.Linear(3, 3), nn.Dropout(0.2))
+    with pytest.raises(ValueError, match="followed by nothing"):
+        convert(last, "lbd")
+
+    selu = nn.Sequential(nn.Linear(3, 3), nn.SELU(), nn.AlphaDropout(0.1), nn.Linear(3, 1))
+    with pytest.raises(ValueError, match="AlphaDropout.*SELU"):
+        convert(selu, "mc")
+    new, report = convert(selu, "mc", exclude=["2"])
+    assert isinstance(new[2], nn.AlphaDropout) and len(report) == 0
+
+    with pytest.raises(ValueError, match="init_p must be in"):
+        convert(nn.Sequential(nn.Dropout(0.0), nn.Linear(2, 2)), "lbd")
+    with pytest.raises(ValueError, match="form must be one of"):
+        convert(mlp(), "lbd", form="inline")
+
+
+def test_family_resolution():
+    assert resolve_family("mc") is MCDropout
+    assert resolve_family("LearnableBernoulliDropout") is LearnableBernoulliDropout
+    with pytest.raises(ValueError, match="family must be one of"):
+        resolve_family("bernoulli-ish")
+    with pytest.raises(TypeError, match="DropoutModule"):
+        convert(mlp(), nn.Dropout)
+    with pytest.raises(TypeError, match="model must be an nn.Module"):
+        convert("model", "mc")
+
+
+def test_not_by_class_name_text():
+    class MyDropoutLikeLayer(nn.Module):  # a name that looks like dropout, but is not one
+        def forward(self, x):
+            return x
+
+    class Unusual(nn.Dropout):  # a subclass with another name is still a dropout layer
+        pass
+
+    model = nn.Sequential(MyDropoutLikeLayer(), nn.Linear(2, 2), Unusual(0.1), nn.Linear(2, 2))
+    new, report = convert(model, "lbd")
+    assert isinstance(new[0], MyDropoutLikeLayer)
+    assert [r.name for r in report.replacements] == ["2"]
+
+
+def test_notes():
+    lstm = nn.Sequential(nn.Dropout(0.1), nn.LSTM(3, 4, num_layers=2, dropout=0.2))
+    _, report = convert(lstm, "lbd")
+    assert any("internal dropout=0.2" in n for n in report.notes)
+    _, report = convert(nn.Sequential(nn.Linear(2, 2)), "lbd")
+    assert len(report) == 0 and "no nn.Dropout" in report.notes[0]
+    _, report = convert(nn.Sequential(nn.Dropout(0.1), nn.Conv1d(2, 2, 1)), "lbd")
+    assert any("whole channels" in n for n in report.notes)
