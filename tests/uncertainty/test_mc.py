@@ -424,3 +424,25 @@ def test_bad_arguments():
 def test_top_level_exports():
     assert bayesdrop.mc_predict is mc_predict
     assert bayesdrop.uncertainty.mc_sampling is mc_sampling
+
+
+@pytest.mark.parametrize(
+    "name", ["mc", "lbd", "concrete", "gaussian", "variational", "sparse", "ard"]
+)
+def test_every_family_is_tiling_invariant(name):
+    """Each bayesdrop family (converted from nn.Dropout) gives the explicit loop's passes exactly."""
+    from bayesdrop.convert import convert, resolve_family
+
+    try:
+        resolve_family(name)
+    except ValueError:
+        pytest.skip(f"family {name!r} is not in bayesdrop.nn yet")
+    torch.manual_seed(10)
+    base = nn.Sequential(nn.Linear(3, 6), nn.ReLU(), nn.Dropout(0.3), nn.Linear(6, 4)).double()
+    model, _ = convert(base, name)
+    x = torch.randn(4, 3, generator=gen(7), dtype=torch.float64)
+    ref = explicit_loop(model, x, 5, seed=5)
+    for max_batch in (None, 8):
+        res = mc_predict(model, x, 5, generator=gen(5), max_batch=max_batch)
+        assert torch.equal(res.samples, ref), (name, max_batch)
+    assert (ref[0] - ref[1]).abs().max() > 0  # the family samples under MC prediction
