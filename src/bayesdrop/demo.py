@@ -74,9 +74,11 @@ def train_one(kind: str, epochs: int, seed: int, data, progress: bool = True) ->
     x_tr, y_tr, x_te, y_te = data
     torch.manual_seed(seed)
     model = _mlp(kind)
-    rates = [p for name, p in model.named_parameters() if name.endswith("logit_p")]
+    rate_params = [p for name, p in model.named_parameters() if name.endswith("logit_p")]
     others = [p for name, p in model.named_parameters() if not name.endswith("logit_p")]
-    groups = [{"params": others}] + ([{"params": rates, "lr": RATE_LR}] if rates else [])
+    groups: list[dict] = [{"params": others}]
+    if rate_params:
+        groups.append({"params": rate_params, "lr": RATE_LR})
     opt = torch.optim.Adam(groups, lr=2e-3)
     gen = torch.Generator().manual_seed(seed)
     n, batch, steps, elapsed = len(y_tr), 64, 0, 0.0

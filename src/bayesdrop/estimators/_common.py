@@ -15,7 +15,7 @@ def as_sample_shape(sample_shape: int | Sequence[int] | torch.Size) -> torch.Siz
     if isinstance(sample_shape, int) and not isinstance(sample_shape, bool):
         sample_shape = (sample_shape,)
     try:
-        size = torch.Size(sample_shape)
+        size = torch.Size(sample_shape)  # type: ignore[arg-type]
     except TypeError as exc:
         raise TypeError(
             f"sample_shape must be an int or a sequence of ints, but got {sample_shape!r}"

@@ -73,17 +73,19 @@ def check_layer(layer: nn.Module | None, num_features: int | None) -> tuple[str 
 
 def num_input_units(layer: nn.Module) -> int:
     """Number of droppable input units (features or channels) of ``layer``."""
-    kind = layer_kind(layer)
-    if kind == "linear":
-        return int(layer.in_features)  # type: ignore[union-attr]
-    if kind == "conv":
-        return int(layer.in_channels)  # type: ignore[union-attr]
-    return int(layer.input_size)  # type: ignore[union-attr]
+    if isinstance(layer, nn.Linear):
+        return int(layer.in_features)
+    if isinstance(layer, (nn.Conv1d, nn.Conv2d, nn.Conv3d)):
+        return int(layer.in_channels)
+    if isinstance(layer, nn.RNNBase):
+        return int(layer.input_size)
+    layer_kind(layer)  # raises the TypeError naming the supported layers
+    raise AssertionError("unreachable")
 
 
 def batch_dim(layer: nn.Module | None) -> int:
     """Index of the batch dimension of the layer's input (1 only for sequence-first RNNs)."""
-    if layer is not None and layer_kind(layer) == "rnn" and not layer.batch_first:  # type: ignore[union-attr]
+    if isinstance(layer, nn.RNNBase) and not layer.batch_first:
         return 1
     return 0
 
@@ -98,9 +100,10 @@ def mask_shape(
     * ConvNd: ``(B, C, 1, ..., 1)`` (whole channels);
     * RNN: ``(B, 1, F)`` if ``batch_first`` else ``(1, B, F)`` (one mask per sequence).
     """
-    kind = None if layer is None else layer_kind(layer)
-    if kind == "conv":
-        spatial = len(layer.kernel_size)  # type: ignore[union-attr]
+    if layer is not None:
+        layer_kind(layer)
+    if isinstance(layer, (nn.Conv1d, nn.Conv2d, nn.Conv3d)):
+        spatial = len(layer.kernel_size)
         if x.dim() != spatial + 2:
             raise ValueError(
                 f"{name} must have shape (batch, {units}, *{spatial} spatial dims), "
@@ -111,12 +114,12 @@ def mask_shape(
         return (x.shape[0], units) + (1,) * spatial
     if x.dim() == 0 or x.shape[-1] != units:
         raise ValueError(f"{name} must have shape (*, {units}), but got {tuple(x.shape)}")
-    if kind == "rnn":
+    if isinstance(layer, nn.RNNBase):
         if x.dim() != 3:
             raise ValueError(
                 f"{name} of a wrapped RNN must be a batched (3-d) tensor, got {tuple(x.shape)}"
             )
-        if layer.batch_first:  # type: ignore[union-attr]
+        if layer.batch_first:
             return (x.shape[0], 1, units)
         return (1, x.shape[1], units)
     return tuple(x.shape)
@@ -124,13 +127,13 @@ def mask_shape(
 
 def input_weights(layer: nn.Module) -> list[Tensor]:
     """The weight tensors fed by the layer's inputs (for RNNs: only input-to-hidden matrices)."""
-    kind = layer_kind(layer)
-    if kind == "rnn":
-        ws = [layer.weight_ih_l0]  # type: ignore[union-attr]
-        if layer.bidirectional:  # type: ignore[union-attr]
-            ws.append(layer.weight_ih_l0_reverse)  # type: ignore[union-attr]
-        return ws
-    return [layer.weight]  # type: ignore[union-attr, list-item]
+    layer_kind(layer)
+    if isinstance(layer, nn.RNNBase):
+        names = ["weight_ih_l0"] + (["weight_ih_l0_reverse"] if layer.bidirectional else [])
+        return [getattr(layer, n) for n in names]
+    weight = layer.weight
+    assert isinstance(weight, Tensor)
+    return [weight]
 
 
 def input_weight_sq_norms(layer: nn.Module) -> Tensor:
@@ -140,12 +143,12 @@ def input_weight_sq_norms(layer: nn.Module) -> Tensor:
     output channels and kernel positions that read input channel ``k``. RNN: the columns of
     ``weight_ih_l0`` (and its reverse direction), i.e. only input-to-hidden weights.
     """
-    kind = layer_kind(layer)
-    if kind == "linear":
-        return layer.weight.pow(2).sum(0)  # type: ignore[union-attr, operator]
-    if kind == "conv":
-        w = layer.weight  # type: ignore[union-attr]
-        g = layer.groups  # type: ignore[union-attr]
+    layer_kind(layer)
+    if isinstance(layer, nn.Linear):
+        return layer.weight.pow(2).sum(0)
+    if isinstance(layer, (nn.Conv1d, nn.Conv2d, nn.Conv3d)):
+        w = layer.weight
+        g = layer.groups
         out_c, in_per_group = w.shape[0], w.shape[1]
         w = w.reshape(g, out_c // g, in_per_group, -1)
         return w.pow(2).sum(dim=(1, 3)).reshape(-1)

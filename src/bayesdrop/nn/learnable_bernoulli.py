@@ -138,7 +138,7 @@ class LearnableBernoulliDropout(DropoutModule):
     # ----------------------------------------------------------------------------- prior
     def kl(self) -> Tensor:
         norms = input_weight_sq_norms(self.layer) if self.layer is not None else None
-        logit_p = self.logit_p
+        logit_p: Tensor = self.logit_p
         if norms is None and self.granularity == "layer":
             logit_p = logit_p.expand(self.units)
         return gal_bernoulli_kl(logit_p, norms, self.length_scale)
