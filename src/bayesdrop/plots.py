@@ -151,11 +151,10 @@ def _rate_series(history: Any) -> tuple[list[str], dict[str, list[Tensor]]]:
         for i, snapshot in enumerate(history):
             if not isinstance(snapshot, Mapping):
                 raise TypeError(f"history[{i}] must be a mapping layer name -> rates")
+            if i and set(map(str, snapshot)) != set(series):
+                raise ValueError("every snapshot in history must name the same layers")
             for k, v in snapshot.items():
                 series.setdefault(str(k), []).append(torch.as_tensor(v).detach().reshape(-1))
-        lengths = {len(v) for v in series.values()}
-        if len(lengths) > 1:
-            raise ValueError("every snapshot in history must name the same layers")
     else:
         raise TypeError(
             "history must be a sequence of {layer: rates} snapshots (e.g. bayesdrop.dropout_rates(model) "
@@ -193,6 +192,8 @@ def dropout_rate_plot(
         raise ValueError(f"band must be two quantiles 0 <= lo <= hi <= 1, but got {band}")
     names, series = _rate_series(history)
     n_steps = len(series[names[0]])
+    if any(len(v) != n_steps for v in series.values()):
+        raise ValueError("every layer in history must have one rate tensor per step")
     xs = list(range(n_steps)) if steps is None else [float(s) for s in steps]
     if len(xs) != n_steps:
         raise ValueError(f"steps has {len(xs)} values but history has {n_steps} snapshots")
