@@ -207,14 +207,21 @@ def write_json(result: Result | Failure, out: Path, cfg: RunConfig, wall_time_s:
     return path
 
 
-def write_figure(result: Result, out: Path) -> Path | None:
-    """Save ``result.figure`` as ``out/<name>.png`` (and close it); ``None`` if there is none."""
+def write_figure(result: Result, out: Path, *, draft: bool = False) -> Path | None:
+    """Save ``result.figure`` as ``out/<name>.png`` (and close it); ``None`` if there is none.
+
+    ``draft`` (the tiny smoke-test setting) skips the tight bounding box and uses a low
+    resolution: the file is written, quickly.
+    """
     if result.figure is None:
         return None
     import matplotlib.pyplot as plt
 
     path = out / f"{result.name}.png"
-    result.figure.savefig(path, dpi=110, bbox_inches="tight")
+    if draft:
+        result.figure.savefig(path, dpi=40)
+    else:
+        result.figure.savefig(path, dpi=110, bbox_inches="tight")
     plt.close(result.figure)
     return path
 
@@ -301,7 +308,7 @@ def run_experiment(name: str, cfg: RunConfig) -> _Record:
     record = _Record(result, wall)
     cfg.out.mkdir(parents=True, exist_ok=True)
     if isinstance(result, Result):
-        fig = write_figure(result, cfg.out)
+        fig = write_figure(result, cfg.out, draft=cfg.tiny)
         if fig is not None:
             record.files["figure"] = str(fig)
     record.files["json"] = str(write_json(result, cfg.out, cfg, wall))
