@@ -62,6 +62,29 @@ def test_kl_sum_is_per_weight_kingma() -> None:
     torch.testing.assert_close(variational_dropout_kl(per_unit, 6), variational_dropout_kl(tied))
 
 
+@pytest.mark.parametrize("values", [[-3.0, -0.5, 0.0, 0.7], [-1e3, -25.0, -1.0, 0.0, 25.0, 1e3]])
+def test_fused_kl_matches_elementwise_kl_and_its_gradient(values: list[float]) -> None:
+    # An int multiplicity takes a fused path with a closed-form derivative; a tensor one the
+    # elementwise autograd path. Both must agree, also where the [-20, 20] clamp is active.
+    la1 = torch.tensor(values, dtype=DT, requires_grad=True)
+    la2 = torch.tensor(values, dtype=DT, requires_grad=True)
+    fused = variational_dropout_kl(la1, 7)
+    plain = variational_dropout_kl(la2, torch.tensor(7.0, dtype=DT))
+    torch.testing.assert_close(fused, plain)
+    fused.backward()
+    plain.backward()
+    torch.testing.assert_close(la1.grad, la2.grad)
+
+
+def test_clamp_fast_path_and_function_agree() -> None:
+    inside = torch.tensor([-2.0, -0.5, 0.0], requires_grad=True)
+    assert clamp_log_alpha(inside) is inside  # nothing to clamp: the tensor itself
+    mixed = torch.tensor([-2.0, -0.5, 0.0, 0.5], requires_grad=True)
+    out = clamp_log_alpha(mixed)
+    out[:3].sum().backward()
+    assert mixed.grad.tolist() == [1.0, 1.0, 1.0, 0.0]
+
+
 def test_kl_gradcheck() -> None:
     la = torch.linspace(-4.0, -0.1, 5, dtype=DT, requires_grad=True)
     assert torch.autograd.gradcheck(lambda t: variational_dropout_kl(clamp_log_alpha(t), 3), (la,))

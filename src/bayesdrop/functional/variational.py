@@ -13,9 +13,19 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .kl import LOG_ALPHA_MIN, kl_log_uniform
+from .kl import _C1, _C2, _C3, LOG_ALPHA_MAX, LOG_ALPHA_MIN, kl_log_uniform
 
 __all__ = ["clamp_log_alpha", "variational_dropout_kl"]
+
+
+def _inside(x: Tensor, low: float, high: float) -> bool:
+    """Whether every entry of ``x`` is in ``[low, high]`` (``False`` while compiling: no sync)."""
+    if torch.compiler.is_compiling():
+        return False
+    if x.numel() == 0:
+        return True
+    lo, hi = torch.aminmax(x.detach())
+    return low <= float(lo) and float(hi) <= high
 
 
 class _InwardClamp(torch.autograd.Function):
@@ -23,17 +33,42 @@ class _InwardClamp(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx: Any, x: Tensor, low: float, high: float) -> Tensor:
-        ctx.save_for_backward(x)
-        ctx.low, ctx.high = low, high
-        return x.clamp(low, high)
+        y = x.clamp(low, high)
+        ctx.save_for_backward(x, y)
+        return y
 
     @staticmethod
     def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None, None]:
-        (x,) = ctx.saved_tensors
-        # Gradient descent moves x by -grad: above the range only grad > 0 moves it back in.
-        passes = ((x >= ctx.low) & (x <= ctx.high)) | ((x > ctx.high) & (grad > 0))
-        passes = passes | ((x < ctx.low) & (grad < 0))
-        return grad * passes.to(grad.dtype), None, None
+        x, y = ctx.saved_tensors
+        # Gradient descent moves x by -grad. With d = x - clamp(x) (0 inside, > 0 above, < 0
+        # below) the gradient passes iff d * grad >= 0: inside always, outside only inwards.
+        return grad.where((x - y).mul_(grad) >= 0, 0.0), None, None
+
+
+class _KingmaKLSum(torch.autograd.Function):
+    """``n * kl_log_uniform(log_alpha, "kingma").sum()`` in a few fused passes (no temporaries
+    kept but alpha), with the derivative in closed form:
+    d/dlog(alpha) = -n (1/2 + c1 alpha + 2 c2 alpha^2 + 3 c3 alpha^3)."""
+
+    @staticmethod
+    def forward(ctx: Any, log_alpha: Tensor, n: float) -> Tensor:
+        ctx.clamped = not _inside(log_alpha, LOG_ALPHA_MIN, LOG_ALPHA_MAX)
+        la = log_alpha.clamp(LOG_ALPHA_MIN, LOG_ALPHA_MAX) if ctx.clamped else log_alpha
+        alpha = la.exp()
+        poly = torch.add(_C2, alpha, alpha=_C3).mul_(alpha).add_(_C1)  # c1 + c2 a + c3 a^2
+        total = 0.5 * la.sum() + torch.dot(poly.reshape(-1), alpha.reshape(-1))
+        ctx.save_for_backward(log_alpha, alpha)
+        ctx.n = n
+        return -n * total
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None]:
+        log_alpha, alpha = ctx.saved_tensors
+        deriv = torch.add(2 * _C2, alpha, alpha=3 * _C3).mul_(alpha).add_(_C1).mul_(alpha)
+        deriv = deriv.add_(0.5).mul_(-ctx.n * grad)
+        if ctx.clamped:  # zero gradient where the clamp was active
+            deriv = deriv.where((log_alpha >= LOG_ALPHA_MIN) & (log_alpha <= LOG_ALPHA_MAX), 0.0)
+        return deriv, None
 
 
 def clamp_log_alpha(
@@ -66,7 +101,10 @@ def clamp_log_alpha(
         raise ValueError(
             f"min_log_alpha must be <= max_log_alpha, but got {min_log_alpha} > {max_log_alpha}"
         )
-    return _InwardClamp.apply(log_alpha, float(min_log_alpha), float(max_log_alpha))
+    low, high = float(min_log_alpha), float(max_log_alpha)
+    if _inside(log_alpha, low, high):
+        return log_alpha  # fast path: nothing to clamp, identity gradient
+    return _InwardClamp.apply(log_alpha, low, high)
 
 
 def variational_dropout_kl(log_alpha: Tensor, weights_per_alpha: int | Tensor = 1) -> Tensor:
@@ -104,4 +142,6 @@ def variational_dropout_kl(log_alpha: Tensor, weights_per_alpha: int | Tensor = 
         >>> round(float(variational_dropout_kl(torch.zeros(3), 4)), 4)  # 12 weights at alpha = 1
         -2.9485
     """
-    return (weights_per_alpha * kl_log_uniform(log_alpha, "kingma")).sum()
+    if isinstance(weights_per_alpha, Tensor):
+        return (weights_per_alpha * kl_log_uniform(log_alpha, "kingma")).sum()
+    return _KingmaKLSum.apply(log_alpha, float(weights_per_alpha))
