@@ -48,14 +48,14 @@ class NoisyOps(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = self.fc(x)
-        h = h * (1 + 0.3 * torch.randn(h.shape, dtype=h.dtype))  # factory randn
+        h = h * (1 + 0.3 * torch.randn(h.shape, dtype=h.dtype, device=h.device))  # factory randn
         h = h + 0.1 * torch.randn_like(h)
         h = h * torch.bernoulli(torch.full_like(h, 0.8))
         h = h + torch.empty_like(h).uniform_(-0.1, 0.1)
         h = h + torch.normal(torch.zeros_like(h), 0.05)
         h = F.dropout(h, 0.25, training=True)
         h = F.dropout(h, 0.1, training=True, inplace=True)
-        mask = torch.rand(h.shape[0], 1, dtype=h.dtype) > 0.1
+        mask = torch.rand(h.shape[0], 1, dtype=h.dtype, device=h.device) > 0.1
         return self.out(h * mask)
 
 
@@ -67,7 +67,7 @@ class SharedWeightNoise(nn.Module):
         self.fc = nn.Linear(4, 3)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        eps = torch.randn(self.fc.weight.shape, dtype=x.dtype)
+        eps = torch.randn(self.fc.weight.shape, dtype=x.dtype, device=x.device)
         return F.linear(x, self.fc.weight * (1 + 0.5 * eps), self.fc.bias)
 
 
@@ -112,6 +112,15 @@ def gen(seed: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
 
 
+def assert_same_passes(a: torch.Tensor, b: torch.Tensor) -> None:
+    """Same noise in every pass: equal up to the rounding of batch-size-dependent matmuls.
+
+    (Different dropout masks change outputs by orders of magnitude more than this tolerance.)
+    """
+    atol = 1e-12 if a.dtype == torch.float64 else 1e-5
+    torch.testing.assert_close(a, b, rtol=0, atol=atol)
+
+
 # --------------------------------------------------------------------------- mc_sampling
 def test_mc_sampling_modes_and_restore():
     model = mlp().train()
@@ -148,8 +157,8 @@ def test_equals_explicit_loop_and_tiling_invariant(max_batch):
     ref = explicit_loop(model, x, 7, seed=3)
     res = mc_predict(model, x, 7, generator=gen(3), max_batch=max_batch)
     assert isinstance(res, MCClassification)
-    assert torch.equal(res.samples, ref)
-    assert torch.equal(res.probs, ref.mean(0))
+    assert_same_passes(res.samples, ref)
+    assert_same_passes(res.probs, ref.mean(0))
     # the passes really differ (dropout is on)
     assert (res.samples[0] - res.samples[1]).abs().max() > 1e-3
 
@@ -161,7 +170,7 @@ def test_many_random_ops_are_split_per_sample():
     ref = explicit_loop(model, x, 6, seed=9)
     for max_batch in (None, 4, 8, 12):
         res = mc_predict(model, x, 6, generator=gen(9), max_batch=max_batch)
-        assert torch.equal(res.samples, ref), max_batch
+        assert_same_passes(res.samples, ref)
 
 
 def test_noise_without_batch_dimension_falls_back_to_single_passes():
@@ -170,7 +179,7 @@ def test_noise_without_batch_dimension_falls_back_to_single_passes():
     x = torch.randn(3, 4, generator=gen(2), dtype=torch.float64)
     ref = explicit_loop(model, x, 5, seed=1)
     res = mc_predict(model, x, 5, generator=gen(1))
-    assert torch.equal(res.samples, ref)
+    assert_same_passes(res.samples, ref)
 
 
 def test_sequence_first_rnn_batch_dim_1():
@@ -188,7 +197,7 @@ def test_sequence_first_rnn_batch_dim_1():
         res = mc_predict(
             model, x, 5, generator=gen(8), batch_dim=1, output_batch_dim=0, max_batch=max_batch
         )
-        assert torch.equal(res.samples, ref)
+        assert_same_passes(res.samples, ref)
 
 
 def test_segmentation_output_and_conv_model():
@@ -198,7 +207,7 @@ def test_segmentation_output_and_conv_model():
     res = mc_predict(model, x, 4, generator=gen(2), max_batch=4)
     assert res.probs.shape == (2, 3, 5, 6)
     assert res.predictive_entropy.shape == (2, 5, 6)
-    assert torch.equal(res.samples, ref)
+    assert_same_passes(res.samples, ref)
     assert torch.equal(res.prediction, res.probs.argmax(1))
 
 
@@ -209,7 +218,7 @@ def test_global_seed_reproducibility_without_generator():
     a = mc_predict(model, x, 4)
     torch.manual_seed(11)
     b = mc_predict(model, x, 4, max_batch=3)
-    assert torch.equal(a.samples, b.samples)
+    assert_same_passes(a.samples, b.samples)
 
 
 def test_module_generators_are_overridden():
@@ -219,7 +228,7 @@ def test_module_generators_are_overridden():
     a = mc_predict(model, x, 4, generator=gen(0))
     model[3].generator = torch.Generator().manual_seed(999)
     b = mc_predict(model, x, 4, generator=gen(0))
-    assert torch.equal(a.samples, b.samples)
+    assert_same_passes(a.samples, b.samples)
     assert model[3].generator.initial_seed() == 999  # restored
 
 
@@ -240,7 +249,7 @@ def test_out_of_memory_halves_the_tiling():
 
     x = torch.randn(3, 4, generator=gen(0), dtype=torch.float64)
     res = mc_predict(Limited(model), x, 5, generator=gen(6))
-    assert torch.equal(res.samples, explicit_loop(model, x, 5, seed=6))
+    assert_same_passes(res.samples, explicit_loop(model, x, 5, seed=6))
     assert calls[0] == 15 and max(calls[1:]) <= 6
 
 
@@ -448,7 +457,7 @@ def test_every_family_is_tiling_invariant(name):
     ref = explicit_loop(model, x, 5, seed=5)
     for max_batch in (None, 8):
         res = mc_predict(model, x, 5, generator=gen(5), max_batch=max_batch)
-        assert torch.equal(res.samples, ref), (name, max_batch)
+        assert_same_passes(res.samples, ref)
     assert (ref[0] - ref[1]).abs().max() > 0  # the family samples under MC prediction
 
 
@@ -489,4 +498,4 @@ def test_tiling_invariant_on_cuda():
         ref = torch.stack(outs)
         for max_batch in (None, 2 * x.shape[0]):
             res = mc_predict(model, x, 6, generator=gen(3), max_batch=max_batch)
-            assert torch.equal(res.samples, ref), (type(model).__name__, max_batch)
+            assert_same_passes(res.samples, ref)

@@ -269,13 +269,13 @@ class PerSampleRandomness(TorchFunctionMode):
     ) -> Any:
         args = list(args)
         if args:
-            x = args[0]
+            x = args.pop(0)
         else:
             key = "input" if "input" in kwargs else "logits"
             x = kwargs.pop(key)
+        # in-place variants may use other kernels (and randomness) than out-of-place ones, so an
+        # in-place call stays in place on each sample's slice
         inplace = bool(kwargs.get("inplace", False))
-        if inplace:
-            kwargs["inplace"] = False
         default = _default_generator(x.device)
         saved = default.get_state()
         d = None if self.copies == 1 else self._split_dim(x.shape)
@@ -283,19 +283,22 @@ class PerSampleRandomness(TorchFunctionMode):
             if d is None:
                 gen = self.generator(0, x.device)
                 default.set_state(gen.get_state())
-                out = func(x, *args[1:], **kwargs)
+                out = func(x, *args, **kwargs)
                 gen.set_state(default.get_state())
-            else:
-                pieces = []
-                for s in range(self.copies):
-                    gen = self.generator(s, x.device)
-                    default.set_state(gen.get_state())
-                    xs = x.narrow(d, s * self.batch, self.batch).contiguous()
-                    pieces.append(func(xs, *args[1:], **kwargs))
-                    gen.set_state(default.get_state())
-                out = torch.cat(pieces, dim=d)
+                return out
+            pieces = []
+            for s in range(self.copies):
+                gen = self.generator(s, x.device)
+                default.set_state(gen.get_state())
+                view = x.narrow(d, s * self.batch, self.batch)
+                piece = view.contiguous()
+                out = func(piece, *args, **kwargs)
+                gen.set_state(default.get_state())
+                if inplace:
+                    if piece.data_ptr() != view.data_ptr():
+                        view.copy_(piece)
+                else:
+                    pieces.append(out)
         finally:
             default.set_state(saved)
-        if inplace:
-            return x.copy_(out)
-        return out
+        return x if inplace else torch.cat(pieces, dim=d)

@@ -252,7 +252,9 @@ def mc_predict(
 
     whatever the tiling (``max_batch``), because every random draw of a tiled call is split
     along the batch and each sample's slice comes from that sample's own stream (see
-    :mod:`bayesdrop.uncertainty._randomness` for the draws covered). Modules' own ``generator``
+    :mod:`bayesdrop.uncertainty._randomness` for the draws covered). The noise is identical
+    bit for bit; the outputs agree up to the floating-point rounding of kernels whose
+    reduction order depends on the batch size (matrix products may differ in the last bit). Modules' own ``generator``
     attributes are overridden during the call. A model whose noise has no batch dimension (weight
     noise drawn once per pass) is run one sample per call automatically.
 
