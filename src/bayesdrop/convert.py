@@ -119,7 +119,7 @@ def resolve_family(family: str | type) -> type:
 
 
 def _params(cls: type) -> dict[str, inspect.Parameter]:
-    return dict(inspect.signature(cls.__init__).parameters)
+    return dict(inspect.signature(cls).parameters)
 
 
 def _ref_tensor(*modules: nn.Module) -> torch.Tensor | None:
@@ -135,10 +135,12 @@ def _infer_features(parent: nn.Module, key: str) -> int | None:
         return None
     keys = list(parent._modules)
     i = keys.index(key)
-    if i + 1 < len(keys) and isinstance(parent._modules[keys[i + 1]], nn.Linear):
-        return int(parent._modules[keys[i + 1]].in_features)  # type: ignore[union-attr]
-    if i > 0 and isinstance(parent._modules[keys[i - 1]], nn.Linear):
-        return int(parent._modules[keys[i - 1]].out_features)  # type: ignore[union-attr]
+    nxt = parent._modules[keys[i + 1]] if i + 1 < len(keys) else None
+    prev = parent._modules[keys[i - 1]] if i > 0 else None
+    if isinstance(nxt, nn.Linear):
+        return nxt.in_features
+    if isinstance(prev, nn.Linear):
+        return prev.out_features
     return None
 
 
