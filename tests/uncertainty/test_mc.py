@@ -499,3 +499,17 @@ def test_tiling_invariant_on_cuda():
         for max_batch in (None, 2 * x.shape[0]):
             res = mc_predict(model, x, 6, generator=gen(3), max_batch=max_batch)
             assert_same_passes(res.samples, ref)
+
+
+def test_fast_dropout_mlp_answers_from_its_moments():
+    fd = pytest.importorskip("bayesdrop.nn.fast_dropout")
+    torch.manual_seed(0)
+    model = fd.FastDropoutMLP(4, [8], 3, p=0.5).double()
+    x = torch.randn(5, 4, dtype=torch.float64)
+    res = mc_predict(model, x, 10)
+    assert res.samples is None and res.num_samples == 0
+    torch.testing.assert_close(res.probs, model.predict_proba(x))
+    assert (res.mutual_information > 0).all()
+    torch.testing.assert_close(
+        res.predictive_entropy, res.expected_entropy + res.mutual_information
+    )

@@ -435,13 +435,14 @@ def _from_moments(
     noise_var: float,
     method: str,
 ) -> MCClassification | MCRegression:
-    was_training = model.training
+    modes = [(m, m.training) for m in model.modules()]
     model.eval()
     try:
         with torch.no_grad():
             mean, var = model.output_moments(*inputs)  # type: ignore[operator]
     finally:
-        model.train(was_training)
+        for m, training in modes:
+            m.training = training
     if task == "regression":
         return MCRegression(mean, var + noise_var, var, noise_var, None, 0)
     try:
