@@ -53,13 +53,29 @@ def interleaved_medians(
     return {name: statistics.median(ts) for name, ts in times.items()}
 
 
+def synced(clock: Callable[[], float], device: torch.device) -> Callable[[], float]:
+    """``clock``, after waiting for queued GPU work (so GPU timings are not launch times)."""
+    if device.type != "cuda":
+        return clock
+
+    def read() -> float:
+        torch.cuda.synchronize(device)
+        return clock()
+
+    return read
+
+
 def bench_layer(
-    repeats: int, clock: Callable[[], float], batch: int = 100, size: int = 1000
+    repeats: int,
+    clock: Callable[[], float],
+    device: torch.device,
+    batch: int = 100,
+    size: int = 1000,
 ) -> dict[str, float]:
-    g = torch.Generator().manual_seed(0)
-    x = torch.randn(batch, size, generator=g)
-    theta = (0.03 * torch.randn(size, size, generator=g)).requires_grad_(True)
-    log_alpha = torch.full((size, size), -1.0, requires_grad=True)
+    g = torch.Generator(device).manual_seed(0)
+    x = torch.randn(batch, size, generator=g, device=device)
+    theta = (0.03 * torch.randn(size, size, generator=g, device=device)).requires_grad_(True)
+    log_alpha = torch.full((size, size), -1.0, device=device, requires_grad=True)
 
     def lrt() -> None:
         var = log_alpha.exp() * theta * theta
@@ -68,7 +84,7 @@ def bench_layer(
 
     def per_example() -> None:
         std = (0.5 * log_alpha).exp() * theta.abs()
-        eps = torch.randn(batch, size, size, generator=g)
+        eps = torch.randn(batch, size, size, generator=g, device=device)
         weights = theta + std * eps  # (batch, out, in): one weight matrix per example
         out = torch.bmm(weights, x.unsqueeze(-1)).squeeze(-1)
         out.square().sum().backward()
@@ -96,12 +112,16 @@ def mlp(granularity: str | None) -> nn.Module:
 
 
 def bench_step(
-    repeats: int, clock: Callable[[], float], batch: int = 128, n_data: int = 60000
+    repeats: int,
+    clock: Callable[[], float],
+    device: torch.device,
+    batch: int = 128,
+    n_data: int = 60000,
 ) -> dict[str, float]:
     torch.manual_seed(0)
-    x = torch.randn(batch, 784)
-    y = torch.randint(0, 10, (batch,))
-    plain = mlp(None)
+    x = torch.randn(batch, 784, device=device)
+    y = torch.randint(0, 10, (batch,), device=device)
+    plain = mlp(None).to(device)
     opt_plain = torch.optim.Adam(plain.parameters(), lr=1e-3)
 
     def nll(out: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
@@ -113,7 +133,7 @@ def bench_step(
         opt_plain.step()
 
     def vd_step(granularity: str) -> Callable[[], None]:
-        model = mlp(granularity)
+        model = mlp(granularity).to(device)
         opt = torch.optim.Adam(model.parameters(), lr=1e-3)
 
         def step() -> None:
@@ -132,22 +152,26 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=10)
     parser.add_argument("--threads", type=int, default=1, help="torch threads (0: default)")
     parser.add_argument("--clock", choices=sorted(CLOCKS), default="cpu")
+    parser.add_argument("--device", default="cpu", help="cpu (the target) or cuda (wall time)")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    clock = CLOCKS[args.clock]
+    device = torch.device(args.device)
+    clock_name = "wall" if device.type == "cuda" else args.clock
+    clock = synced(CLOCKS[clock_name], device)
+    where = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
     print(
-        f"torch {torch.__version__}, {torch.get_num_threads()} thread(s), CPU, float32, "
-        f"{args.clock} time, medians of {args.repeats} interleaved repeats"
+        f"torch {torch.__version__}, {torch.get_num_threads()} thread(s), {where}, float32, "
+        f"{clock_name} time, medians of {args.repeats} interleaved repeats"
     )
-    t = bench_layer(max(3, args.repeats // 2), clock)
+    t = bench_layer(max(3, args.repeats // 2), clock, device)
     ratio = t["per_example"] / t["lrt"]
     print(
         f"1000x1000 layer, batch 100, fwd+bwd: LRT {1e3 * t['lrt']:.2f} ms, "
         f"per-example weights {1e3 * t['per_example']:.1f} ms -> LRT {ratio:.0f}x faster "
         f"(target >= 50x: {'met' if ratio >= 50 else 'NOT met'})"
     )
-    s = bench_step(args.repeats, clock)
+    s = bench_step(args.repeats, clock, device)
     print(f"784-1024-1024-10 MLP, batch 128, train step: nn.Dropout {1e3 * s['dropout']:.1f} ms")
     for granularity in ("weight", "output"):
         ratio = s[granularity] / s["dropout"]

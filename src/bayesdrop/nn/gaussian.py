@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -28,21 +26,34 @@ def _check_lrt_layer(layer: nn.Module | None, kind_of_layer: str | None, owner: 
         )
 
 
-def _lrt_forward(layer: nn.Module, x: Tensor, alpha: Tensor | float, generator: Any) -> Tensor:
+def _lrt_weight(layer: nn.Module | None) -> Tensor:
+    """The weight of a type-B layer (``nn.Linear`` or ``nn.Conv1d/2d/3d``)."""
+    assert isinstance(layer, (nn.Linear, nn.modules.conv._ConvNd))
+    return layer.weight
+
+
+def _lrt_forward(
+    layer: nn.Module | None, x: Tensor, alpha: Tensor | float, generator: torch.Generator | None
+) -> Tensor:
     """Sample the outputs of ``layer`` (Linear/ConvNd) with weights N(W, alpha W^2) via the LRT."""
-    opts: dict[str, Any] = {}
-    if isinstance(layer, nn.modules.conv._ConvNd):
-        padding = layer.padding
-        if layer.padding_mode != "zeros":
-            x = F.pad(x, layer._reversed_padding_repeated_twice, mode=layer.padding_mode)
-            padding = 0
-        opts = {
-            "stride": layer.stride,
-            "padding": padding,
-            "dilation": layer.dilation,
-            "groups": layer.groups,
-        }
-    return gaussian_dropout_lrt(x, layer.weight, layer.bias, alpha, generator=generator, **opts)  # type: ignore[arg-type]
+    if isinstance(layer, nn.Linear):
+        return gaussian_dropout_lrt(x, layer.weight, layer.bias, alpha, generator=generator)
+    assert isinstance(layer, nn.modules.conv._ConvNd)
+    padding: str | int | tuple[int, ...] = layer.padding
+    if layer.padding_mode != "zeros":
+        x = F.pad(x, layer._reversed_padding_repeated_twice, mode=layer.padding_mode)
+        padding = 0
+    return gaussian_dropout_lrt(
+        x,
+        layer.weight,
+        layer.bias,
+        alpha,
+        stride=layer.stride,
+        padding=padding,
+        dilation=layer.dilation,
+        groups=layer.groups,
+        generator=generator,
+    )
 
 
 class GaussianDropout(DropoutModule):
@@ -129,8 +140,9 @@ class GaussianDropout(DropoutModule):
         if not self.sampling or self.alpha == 0.0:
             return x if self.layer is None else self.layer(x)
         if self.kind == "B":
-            mask_shape(x, self.layer, self.units)  # type: ignore[arg-type]  # shape check only
-            return _lrt_forward(self.layer, x, self.alpha, self.generator)  # type: ignore[arg-type]
+            assert self.units is not None
+            mask_shape(x, self.layer, self.units)  # shape check only
+            return _lrt_forward(self.layer, x, self.alpha, self.generator)
         shape = tuple(x.shape) if self.units is None else mask_shape(x, self.layer, self.units)
         x = gaussian_dropout(x, self.alpha, noise_shape=shape, generator=self.generator)
         return x if self.layer is None else self.layer(x)

@@ -13,7 +13,7 @@ from ..functional.kl import LOG_ALPHA_MAX, LOG_ALPHA_MIN
 from ..functional.variational import clamp_log_alpha, variational_dropout_kl
 from ._base import DropoutModule
 from ._layers import check_layer, input_weights, mask_shape
-from .gaussian import KINDS, _check_lrt_layer, _lrt_forward
+from .gaussian import KINDS, _check_lrt_layer, _lrt_forward, _lrt_weight
 
 __all__ = ["VariationalDropout", "GRANULARITIES"]
 
@@ -122,7 +122,7 @@ class VariationalDropout(DropoutModule):
             return (1,)
         if self.granularity == "unit":
             return (self.units,)
-        weight = self.layer.weight  # type: ignore[union-attr]
+        weight = _lrt_weight(self.layer)
         return tuple(weight.shape) if self.granularity == "weight" else (weight.shape[0],)
 
     # ----------------------------------------------------------------------------- rates
@@ -148,7 +148,7 @@ class VariationalDropout(DropoutModule):
         elif self.kind == "A":
             per_unit = sum(w.numel() for w in input_weights(self.layer)) // self.units
         else:
-            weight = self.layer.weight  # type: ignore[union-attr]
+            weight = _lrt_weight(self.layer)
             return {"weight": 1, "output": weight[0].numel(), "layer": weight.numel()}[
                 self.granularity
             ]
@@ -165,8 +165,8 @@ class VariationalDropout(DropoutModule):
         alpha = self._log_alpha().exp().to(x.dtype)
         if self.kind == "B":
             if self.granularity == "output":
-                alpha = alpha.reshape((-1,) + (1,) * (self.layer.weight.dim() - 1))  # type: ignore[union-attr]
-            return _lrt_forward(self.layer, x, alpha, self.generator)  # type: ignore[arg-type]
+                alpha = alpha.reshape((-1,) + (1,) * (_lrt_weight(self.layer).dim() - 1))
+            return _lrt_forward(self.layer, x, alpha, self.generator)
         if self.layer_kind == "conv":
             alpha = alpha.reshape((-1,) + (1,) * (len(shape) - 2))
         x = gaussian_dropout(x, alpha, noise_shape=shape, generator=self.generator)
