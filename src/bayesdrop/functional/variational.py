@@ -19,8 +19,12 @@ __all__ = ["clamp_log_alpha", "variational_dropout_kl"]
 
 
 def _inside(x: Tensor, low: float, high: float) -> bool:
-    """Whether every entry of ``x`` is in ``[low, high]`` (``False`` while compiling: no sync)."""
-    if torch.compiler.is_compiling():
+    """Whether every entry of ``x`` is in ``[low, high]``; only asked on the CPU.
+
+    On an accelerator (and while compiling) it answers ``False`` without looking, since reading
+    the answer would stall the device queue: the slightly slower general path is taken instead.
+    """
+    if x.device.type != "cpu" or torch.compiler.is_compiling():
         return False
     if x.numel() == 0:
         return True
