@@ -6,13 +6,15 @@ Three ways to get S = 20 stochastic passes of the same model, timed side by side
 * ``loop``: ``for s in range(S): model(x)`` under ``mc_sampling`` (the explicit reference);
 * ``mc_predict``: ``bayesdrop.mc_predict`` with all samples tiled into one batch and every random
   draw split into per-sample streams (results identical to the loop and to any chunking);
+* ``exact=False``: ``mc_predict`` with one random stream per tiled call (one kernel per draw);
 * ``naive tiling``: ``model(x.repeat(S, 1))`` under ``mc_sampling`` — the same vectorisation
   without per-sample streams (what the exactness costs on top of plain tiling).
 
 Models: an MLP 784-512-512-10 with ``nn.Dropout`` and LBD (batch 64), and a small CNN for 10-class
 8x8 segmentation maps with ``Dropout2d`` (batch 16).
 
-Run: ``python benchmarks/bench_mc_predict.py [--device cpu|cuda] [--samples S] [--threads T]``.
+Run: ``python benchmarks/bench_mc_predict.py [--device cpu|cuda] [--samples S] [--threads T]
+[--scale K]`` (``--scale`` multiplies the batch sizes).
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ from bayesdrop.nn import LearnableBernoulliDropout  # noqa: E402
 from bayesdrop.uncertainty import mc_sampling  # noqa: E402
 
 
-def models(device: torch.device) -> dict[str, tuple[nn.Module, torch.Tensor]]:
+def models(device: torch.device, scale: int = 1) -> dict[str, tuple[nn.Module, torch.Tensor]]:
     torch.manual_seed(0)
     mlp = nn.Sequential(
         nn.Linear(784, 512),
@@ -53,9 +55,10 @@ def models(device: torch.device) -> dict[str, tuple[nn.Module, torch.Tensor]]:
         nn.ReLU(),
         nn.Conv2d(32, 10, 1),
     ).to(device)
+    b1, b2 = 64 * scale, 16 * scale
     return {
-        "MLP 784-512-512-10, batch 64": (mlp, torch.randn(64, 784, device=device)),
-        "CNN segmentation 3x32x32, batch 16": (cnn, torch.randn(16, 3, 32, 32, device=device)),
+        f"MLP 784-512-512-10, batch {b1}": (mlp, torch.randn(b1, 784, device=device)),
+        f"CNN segmentation 3x32x32, batch {b2}": (cnn, torch.randn(b2, 3, 32, 32, device=device)),
     }
 
 
@@ -64,6 +67,7 @@ def main() -> None:
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--samples", type=int, default=20)
     ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--scale", type=int, default=1, help="multiply the batch sizes")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -75,7 +79,7 @@ def main() -> None:
             torch.cuda.synchronize()
 
     print(f"device {device}, S = {S}, torch {torch.__version__}")
-    for name, (model, x) in models(device).items():
+    for name, (model, x) in models(device, args.scale).items():
 
         def loop(model=model, x=x) -> None:
             with mc_sampling(model), torch.no_grad():
@@ -85,6 +89,10 @@ def main() -> None:
 
         def tiled(model=model, x=x) -> None:
             bayesdrop.mc_predict(model, x, S)
+            sync()
+
+        def inexact(model=model, x=x) -> None:
+            bayesdrop.mc_predict(model, x, S, exact=False)
             sync()
 
         def naive(model=model, x=x) -> None:
@@ -100,6 +108,7 @@ def main() -> None:
         for k, v in t.items():
             print(f"  {k:13s} {1e3 * v:8.2f} ms   loop / this = {t['loop'] / v:5.2f}x")
         print(f"  mc_predict / naive tiling = {t['mc_predict'] / t['naive tiling']:.2f}")
+        print(f"  exact=False / naive tiling = {t['exact=False'] / t['naive tiling']:.2f}")
 
 
 if __name__ == "__main__":

@@ -513,3 +513,22 @@ def test_fast_dropout_mlp_answers_from_its_moments():
     torch.testing.assert_close(
         res.predictive_entropy, res.expected_entropy + res.mutual_information
     )
+
+
+def test_inexact_mode_is_reproducible_and_keeps_passes_independent():
+    model = mlp()
+    x = torch.randn(5, 4, generator=gen(0), dtype=torch.float64)
+    a = mc_predict(model, x, 6, generator=gen(2), exact=False)
+    b = mc_predict(model, x, 6, generator=gen(2), exact=False)
+    assert torch.equal(a.samples, b.samples)
+    exact = mc_predict(model, x, 6, generator=gen(2))
+    assert (a.samples - exact.samples).abs().max() > 1e-3  # other noise, same distribution
+    assert (a.samples[0] - a.samples[1]).abs().max() > 1e-3
+    # one sample per call: the chunk's stream is that sample's stream, so it is exact again
+    c = mc_predict(model, x, 6, generator=gen(2), exact=False, max_batch=5)
+    assert_same_passes(c.samples, exact.samples)
+    # noise without a batch dimension still falls back to independent single passes
+    torch.manual_seed(5)
+    shared = SharedWeightNoise().double()
+    ref = explicit_loop(shared, x[:, :4], 5, seed=1)
+    assert_same_passes(mc_predict(shared, x[:, :4], 5, generator=gen(1), exact=False).samples, ref)

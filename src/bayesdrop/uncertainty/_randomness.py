@@ -107,10 +107,16 @@ class PerSampleRandomness(TorchFunctionMode):
         seeds: one 64-bit seed per tiled sample, in tiling order (sample-major).
         batch: rows per sample ``B``; the tiled batch has ``len(seeds) * B`` rows.
         batch_dim: preferred dimension to split when several have size ``len(seeds) * B``.
+        split: ``False`` draws each tiled tensor whole from the stream of ``seeds[0]`` (one kernel
+            per draw; the noise then depends on the tiling) but still refuses draws without a
+            tiled batch dimension.
     """
 
-    def __init__(self, seeds: Sequence[int], batch: int, batch_dim: int = 0) -> None:
+    def __init__(
+        self, seeds: Sequence[int], batch: int, batch_dim: int = 0, split: bool = True
+    ) -> None:
         super().__init__()
+        self.split = bool(split)
         self.seeds = [int(s) for s in seeds]
         self.copies = len(self.seeds)
         self.batch = int(batch)
@@ -197,7 +203,7 @@ class PerSampleRandomness(TorchFunctionMode):
         size, where = _size_of(args, kwargs, first)
         device = kwargs.get("device")
         d = self._split_dim(size)
-        if d is None:
+        if d is None or not self.split:
             kwargs["generator"] = self.generator(0, device)
             return func(*args, **kwargs)
         pieces = []
@@ -233,7 +239,7 @@ class PerSampleRandomness(TorchFunctionMode):
         if "out" in kwargs and self.copies > 1:
             raise Untileable("random draws with out= cannot be split per sample")
         d = self._split_dim(shape)
-        if d is None:
+        if d is None or not self.split:
             kwargs["generator"] = self.generator(0, device)
             return func(*args, **kwargs)
         n = len(shape)
@@ -250,7 +256,7 @@ class PerSampleRandomness(TorchFunctionMode):
     ) -> Tensor:
         target = args[0]
         d = self._split_dim(target.shape)
-        if d is None:
+        if d is None or not self.split:
             kwargs["generator"] = self.generator(0, target.device)
             return func(*args, **kwargs)
         n = target.dim()
@@ -280,7 +286,7 @@ class PerSampleRandomness(TorchFunctionMode):
         saved = default.get_state()
         d = None if self.copies == 1 else self._split_dim(x.shape)
         try:
-            if d is None:
+            if d is None or not self.split:
                 gen = self.generator(0, x.device)
                 default.set_state(gen.get_state())
                 out = func(x, *args, **kwargs)

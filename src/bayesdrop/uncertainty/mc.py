@@ -228,6 +228,7 @@ def mc_predict(
     output_batch_dim: int | None = None,
     keep_samples: bool = True,
     moments_method: str = "unscented",
+    exact: bool = True,
 ) -> MCClassification | MCRegression:
     r"""Predict with ``samples`` stochastic passes of ``model`` (MC dropout for any dropout model).
 
@@ -258,6 +259,12 @@ def mc_predict(
     attributes are overridden during the call. A model whose noise has no batch dimension (weight
     noise drawn once per pass) is run one sample per call automatically.
 
+    ``exact=False`` trades the tiling invariance for speed on GPUs: each tiled call draws every
+    noise tensor whole (one kernel instead of one per sample) from the stream seeded with the
+    seed of its first sample. Results are then reproducible for a fixed ``generator`` and
+    ``max_batch`` but change with the tiling; noise without a batch dimension still falls back
+    to one sample per call, so the passes stay independent.
+
     **Moment models.** A model with an ``output_moments(x) -> (mean, var)`` method (the fast
     dropout modules) is answered from the Gaussian moments of its output without sampling:
     probabilities from :func:`bayesdrop.functional.fast_dropout.expected_softmax`, expected
@@ -285,6 +292,8 @@ def mc_predict(
         output_batch_dim: batch dimension of the model output (default ``batch_dim``).
         keep_samples: keep the per-pass outputs (``samples``); ``False`` keeps running sums only.
         moments_method: ``method=`` passed to ``expected_softmax`` for moment models.
+        exact: per-sample random streams (tiling-invariant, the default) or one stream per
+            tiled call (faster on GPUs, see above).
 
     Returns:
         :class:`MCClassification` or :class:`MCRegression`.
@@ -344,7 +353,7 @@ def mc_predict(
         while done < samples:
             c = min(per_call, samples - done)
             try:
-                out = _tiled_pass(model, inputs, seeds[done : done + c], batch, batch_dim)
+                out = _tiled_pass(model, inputs, seeds[done : done + c], batch, batch_dim, exact)
             except Untileable:
                 if c == 1:
                     raise
@@ -370,10 +379,15 @@ def mc_predict(
 
 
 def _tiled_pass(
-    model: nn.Module, inputs: tuple[Tensor, ...], seeds: list[int], batch: int, batch_dim: int
+    model: nn.Module,
+    inputs: tuple[Tensor, ...],
+    seeds: list[int],
+    batch: int,
+    batch_dim: int,
+    exact: bool,
 ) -> Any:
     tiled = [_tile(t, len(seeds), batch_dim) for t in inputs]
-    with PerSampleRandomness(seeds, batch, batch_dim):
+    with PerSampleRandomness(seeds, batch, batch_dim, split=exact):
         return model(*tiled)
 
 
