@@ -10,6 +10,7 @@ from bayesdrop.functional import (
     clamp_log_alpha,
     kl_log_uniform,
     variational_dropout_kl,
+    weight_variance,
 )
 
 DT = torch.float64
@@ -88,3 +89,19 @@ def test_clamp_fast_path_and_function_agree() -> None:
 def test_kl_gradcheck() -> None:
     la = torch.linspace(-4.0, -0.1, 5, dtype=DT, requires_grad=True)
     assert torch.autograd.gradcheck(lambda t: variational_dropout_kl(clamp_log_alpha(t), 3), (la,))
+
+
+@pytest.mark.parametrize("la_shape", [(3, 4), (3, 1), (1,)])
+def test_weight_variance_value_and_gradcheck(la_shape: tuple[int, ...]) -> None:
+    g = torch.Generator().manual_seed(0)
+    la = (torch.rand(la_shape, generator=g, dtype=DT) - 2.0).requires_grad_(True)
+    w = torch.randn(3, 4, generator=g, dtype=DT).requires_grad_(True)
+    torch.testing.assert_close(weight_variance(la, w), la.exp() * w**2)
+    assert torch.autograd.gradcheck(weight_variance, (la, w))
+
+
+def test_weight_variance_zero_weights() -> None:
+    la = torch.zeros(2, 3, requires_grad=True)
+    w = torch.zeros(2, 3, requires_grad=True)
+    weight_variance(la, w).sum().backward()
+    assert torch.equal(la.grad, torch.zeros(2, 3)) and torch.equal(w.grad, torch.zeros(2, 3))

@@ -18,7 +18,7 @@ from .concrete import (
 from .gaussian import alpha_from_p, gaussian_dropout, gaussian_dropout_lrt
 from .kl import KL_APPROXIMATIONS, LOG_ALPHA_MAX, LOG_ALPHA_MIN, kl_log_uniform
 from .lrt import VAR_FLOOR, lrt_conv, lrt_linear, sample_gaussian
-from .variational import clamp_log_alpha, variational_dropout_kl
+from .variational import clamp_log_alpha, variational_dropout_kl, weight_variance
 
 __all__ = [
     "ard_gamma_constant",
@@ -47,4 +47,5 @@ __all__ = [
     "gaussian_dropout_lrt",
     "clamp_log_alpha",
     "variational_dropout_kl",
+    "weight_variance",
 ]

@@ -7,7 +7,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .._validation import check_choice, check_probability
-from ..functional.gaussian import alpha_from_p, gaussian_dropout, gaussian_dropout_lrt
+from ..functional.gaussian import alpha_from_p, gaussian_dropout
+from ..functional.lrt import lrt_conv, lrt_linear, sample_gaussian
 from ._base import DropoutModule
 from ._layers import check_layer, mask_shape
 
@@ -33,27 +34,29 @@ def _lrt_weight(layer: nn.Module | None) -> Tensor:
 
 
 def _lrt_forward(
-    layer: nn.Module | None, x: Tensor, alpha: Tensor | float, generator: torch.Generator | None
+    layer: nn.Module | None, x: Tensor, weight_var: Tensor, generator: torch.Generator | None
 ) -> Tensor:
-    """Sample the outputs of ``layer`` (Linear/ConvNd) with weights N(W, alpha W^2) via the LRT."""
+    """Sample the outputs of ``layer`` (Linear/ConvNd) with independent weight noise of variance
+    ``weight_var`` around the layer's weights, via the local reparameterisation trick."""
     if isinstance(layer, nn.Linear):
-        return gaussian_dropout_lrt(x, layer.weight, layer.bias, alpha, generator=generator)
+        mean, var = lrt_linear(x, layer.weight, weight_var, layer.bias)
+        return sample_gaussian(mean, var, generator=generator)
     assert isinstance(layer, nn.modules.conv._ConvNd)
     padding: str | int | tuple[int, ...] = layer.padding
     if layer.padding_mode != "zeros":
         x = F.pad(x, layer._reversed_padding_repeated_twice, mode=layer.padding_mode)
         padding = 0
-    return gaussian_dropout_lrt(
+    mean, var = lrt_conv(
         x,
         layer.weight,
+        weight_var,
         layer.bias,
-        alpha,
         stride=layer.stride,
         padding=padding,
         dilation=layer.dilation,
         groups=layer.groups,
-        generator=generator,
     )
+    return sample_gaussian(mean, var, generator=generator)
 
 
 class GaussianDropout(DropoutModule):
@@ -142,7 +145,8 @@ class GaussianDropout(DropoutModule):
         if self.kind == "B":
             assert self.units is not None
             mask_shape(x, self.layer, self.units)  # shape check only
-            return _lrt_forward(self.layer, x, self.alpha, self.generator)
+            weight = _lrt_weight(self.layer)
+            return _lrt_forward(self.layer, x, self.alpha * weight * weight, self.generator)
         shape = tuple(x.shape) if self.units is None else mask_shape(x, self.layer, self.units)
         x = gaussian_dropout(x, self.alpha, noise_shape=shape, generator=self.generator)
         return x if self.layer is None else self.layer(x)

@@ -10,7 +10,7 @@ from torch import Tensor, nn
 from .._validation import check_choice, check_positive, check_probability
 from ..functional.gaussian import gaussian_dropout
 from ..functional.kl import LOG_ALPHA_MAX, LOG_ALPHA_MIN
-from ..functional.variational import clamp_log_alpha, variational_dropout_kl
+from ..functional.variational import clamp_log_alpha, variational_dropout_kl, weight_variance
 from ._base import DropoutModule
 from ._layers import check_layer, input_weights, mask_shape
 from .gaussian import KINDS, _check_lrt_layer, _lrt_forward, _lrt_weight
@@ -162,11 +162,14 @@ class VariationalDropout(DropoutModule):
         if not self.sampling:
             return x if self.layer is None else self.layer(x)
         shape = mask_shape(x, self.layer, self.units)
-        alpha = self._log_alpha().exp().to(x.dtype)
+        log_alpha = self._log_alpha()
         if self.kind == "B":
+            weight = _lrt_weight(self.layer)
             if self.granularity == "output":
-                alpha = alpha.reshape((-1,) + (1,) * (_lrt_weight(self.layer).dim() - 1))
-            return _lrt_forward(self.layer, x, alpha, self.generator)
+                log_alpha = log_alpha.reshape((-1,) + (1,) * (weight.dim() - 1))
+            weight_var = weight_variance(log_alpha, weight)
+            return _lrt_forward(self.layer, x, weight_var, self.generator)
+        alpha = log_alpha.exp().to(x.dtype)
         if self.layer_kind == "conv":
             alpha = alpha.reshape((-1,) + (1,) * (len(shape) - 2))
         x = gaussian_dropout(x, alpha, noise_shape=shape, generator=self.generator)
