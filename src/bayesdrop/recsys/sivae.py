@@ -198,11 +198,19 @@ class SIVAE(_MultBase):
         return nll + beta * (sivi_log_q(eta, mu, logvar) - standard_normal_log_prob(eta))
 
     # ------------------------------------------------------------------------------ training
-    def training_loss(self, x: Tensor | CSRBatch, beta: float) -> Tensor:
+    def training_loss(
+        self, x: Tensor | CSRBatch, beta: float, *, eps: Tensor | None = None
+    ) -> Tensor:
         r"""Mean over users of the bound :math:`f`, with the rate surrogate added for LBD.
 
         The returned value is the bound itself; one ``backward()`` gives pathwise gradients for
         the network and, for LBD, the ARM/DisARM estimate for the rates.
+
+        Args:
+            x: a :class:`~bayesdrop.recsys.models.CSRBatch` of users.
+            beta: KL weight :math:`\beta \ge 0`.
+            eps: optional standard-normal draw ``(users, latent)`` for
+                :math:`\eta = \mu + \sigma\epsilon` (drawn from ``generator`` otherwise).
         """
         x = self._check_input(x)
         if not isinstance(x, CSRBatch):
@@ -213,9 +221,12 @@ class SIVAE(_MultBase):
         logit_p = self._logit_p()[x.col]
         m = self.n_extra + 1
         b = x.shape[0]
-        eps = torch.randn(
-            (b, self.latent), dtype=v.dtype, device=v.device, generator=self.generator
-        )
+        if eps is None:
+            eps = torch.randn(
+                (b, self.latent), dtype=v.dtype, device=v.device, generator=self.generator
+            )
+        elif tuple(eps.shape) != (b, self.latent):
+            raise ValueError(f"eps must have shape ({b}, {self.latent}), got {tuple(eps.shape)}")
         if self.noise == "lbd":
             loss = self._lbd_loss(x, rows, v, logit_p, beta, eps)
         else:

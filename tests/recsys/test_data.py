@@ -1,0 +1,195 @@
+"""Readers, filters and the Liang et al. split."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from bayesdrop.recsys.data import (
+    DataFormatError,
+    Interactions,
+    binarize,
+    deduplicate,
+    filter_min_counts,
+    liang_split,
+    prepare_liang,
+    read_interactions,
+    synthetic_interactions,
+)
+
+
+def _write(tmp_path, name, text):
+    p = tmp_path / name
+    p.write_text(text)
+    return p
+
+
+# ------------------------------------------------------------------------------------- readers
+def test_readers_parse_each_format(tmp_path):
+    ml20 = _write(
+        tmp_path, "ratings.csv", "userId,movieId,rating,timestamp\n1,10,4.0,5\n2,11,3.5,6\n"
+    )
+    ml1 = _write(tmp_path, "ratings.dat", "1::10::4::5\n2::11::3::6\n")
+    ml100 = _write(tmp_path, "u.data", "1\t10\t4\t5\n2\t11\t3\t6\n")
+    rb = _write(
+        tmp_path, "x.inter", "user_id:token\titem_id:token\trating:float\n1\t10\t4\n2\t11\t3\n"
+    )
+    csv = _write(tmp_path, "x.csv", "item,user\nsongA,u1\nsongB,u2\n")
+    for path, fmt in ((ml20, "ml-20m"), (ml1, "ml-1m"), (ml100, "ml-100k")):
+        inter = read_interactions(path, fmt)
+        assert inter.users.tolist() == [1, 2] and inter.items.tolist() == [10, 11]
+        assert inter.ratings is not None and inter.ratings[0] == 4.0
+    inter = read_interactions(rb, "recbole")
+    assert inter.users.tolist() == ["1", "2"] and inter.ratings.tolist() == [4.0, 3.0]
+    inter = read_interactions(csv, "csv")
+    assert inter.users.tolist() == ["u1", "u2"] and inter.items.tolist() == ["songA", "songB"]
+    assert inter.ratings is None
+
+
+@pytest.mark.parametrize(
+    "fmt, text, line, match",
+    [
+        ("ml-100k", "1\t10\t4\t5\n2\t11\tfour\t6\n", 2, "rating must be a finite number"),
+        ("ml-100k", "1\t10\t4\t5\n1\t10\n", 2, "expected at least 3 fields"),
+        ("ml-1m", "1::10::4::5\nx::11::3::6\n", 2, "must be integers"),
+        ("ml-1m", "1::10::4::5\n-3::11::3::6\n", 2, "negative id"),
+        ("ml-20m", "userId,movieId,rating\n1,2,3\n4,5,nan\n", 3, "finite number"),
+        ("ml-20m", "user,movie,rating\n1,2,3\n", 1, "expected a header"),
+        ("csv", "user,rating\nu,3\n", 1, "user,item"),
+        ("recbole", "uid:token\titem_id:token\n1\t2\n", 1, "user_id and item_id"),
+    ],
+)
+def test_malformed_rows_name_file_and_line(tmp_path, fmt, text, line, match):
+    p = _write(tmp_path, "bad.txt", text)
+    with pytest.raises(DataFormatError, match=match) as info:
+        read_interactions(p, fmt)
+    assert f"bad.txt, line {line}" in str(info.value)
+
+
+def test_empty_and_missing_files(tmp_path):
+    with pytest.raises(DataFormatError, match="empty file"):
+        read_interactions(_write(tmp_path, "e.data", ""), "ml-100k")
+    with pytest.raises(DataFormatError, match="empty file"):
+        read_interactions(_write(tmp_path, "e.csv", "user,item\n"), "csv")
+    with pytest.raises(FileNotFoundError, match="nope"):
+        read_interactions(tmp_path / "nope", "ml-1m")
+    with pytest.raises(ValueError, match="format must be one of"):
+        read_interactions(tmp_path / "nope", "parquet")
+
+
+# ------------------------------------------------------------------------------------- filters
+def test_filters_report_what_they_remove():
+    inter = Interactions(
+        np.array([1, 1, 1, 2, 2, 3, 3, 3]),
+        np.array([5, 6, 6, 5, 7, 5, 6, 7]),
+        np.array([4.0, 5.0, 5.0, 2.0, 4.0, 4.0, 3.5, 4.5]),
+    )
+    out, step = binarize(inter, 3.5)
+    assert (step.interactions_removed, step.users_removed, step.items_removed) == (2, 0, 0)
+    assert step.interactions_left == 6 and len(out) == 6
+    out, step = deduplicate(out)
+    assert step.interactions_removed == 1 and len(out) == 5
+    out, steps = filter_min_counts(out, min_user=2, min_item=2)
+    # items with >= 2 users: 5 (users 1, 3), 6 (user 1 only: removed), 7 (users 2, 3)
+    assert steps[0].interactions_removed == 1 and steps[0].items_removed == 1
+    # users with >= 2 items: user 1 has only item 5 left, user 2 only 7 -> removed
+    assert steps[1].users_removed == 2 and steps[1].users_left == 1
+    with pytest.raises(ValueError, match="removed every interaction"):
+        filter_min_counts(out, min_user=10)
+    with pytest.raises(ValueError, match="min_user"):
+        filter_min_counts(out, min_user=-1)
+
+
+# ------------------------------------------------------------------------------------- split
+def _liang_pandas(inter: Interactions, n_heldout: int, seed: int = 98765):
+    """The notebook of Liang et al. (2018), transcribed with pandas (independent reference)."""
+    pd = pytest.importorskip("pandas")
+    raw = pd.DataFrame({"userId": inter.users, "movieId": inter.items, "rating": inter.ratings})
+    raw = raw[raw["rating"] > 3.5]
+    usercount = raw.groupby("userId").size()
+    raw = raw[raw["userId"].isin(usercount.index[usercount >= 5])]
+    unique_uid = raw.groupby("userId").size().index
+    np.random.seed(seed)
+    unique_uid = unique_uid[np.random.permutation(unique_uid.size)]
+    n = unique_uid.size
+    tr_users = unique_uid[: n - 2 * n_heldout]
+    vd_users = unique_uid[n - 2 * n_heldout : n - n_heldout]
+    te_users = unique_uid[n - n_heldout :]
+    train_plays = raw.loc[raw["userId"].isin(tr_users)]
+    unique_sid = pd.unique(train_plays["movieId"])
+
+    def split(data):
+        tr, te = [], []
+        np.random.seed(seed)
+        for _, group in data.groupby("userId"):
+            m = len(group)
+            if m >= 5:
+                idx = np.zeros(m, dtype=bool)
+                idx[np.random.choice(m, size=int(0.2 * m), replace=False).astype("int64")] = True
+                tr.append(group[~idx])
+                te.append(group[idx])
+            else:
+                tr.append(group)
+        return pd.concat(tr), pd.concat(te)
+
+    out = {"item_ids": np.asarray(unique_sid), "train_users": np.asarray(tr_users)}
+    for name, users in (("val", vd_users), ("test", te_users)):
+        plays = raw.loc[raw["userId"].isin(users)]
+        plays = plays.loc[plays["movieId"].isin(unique_sid)]
+        out[name] = (users, *split(plays))
+    return out
+
+
+def _pairs(fold, user_ids, item_ids):
+    coo = fold.tocoo()
+    return sorted(zip(user_ids[coo.row].tolist(), item_ids[coo.col].tolist()))
+
+
+def test_split_matches_the_reference_notebook():
+    inter = synthetic_interactions(400, 120, low_rating_prob=0.15, mean_items=12, seed=3)
+    split = prepare_liang(inter, 50)
+    ref = _liang_pandas(inter, 50)
+    np.testing.assert_array_equal(split.item_ids, ref["item_ids"])
+    np.testing.assert_array_equal(split.train_user_ids, ref["train_users"])
+    for name in ("val", "test"):
+        users, tr, te = ref[name]
+        ids = getattr(split, f"{name}_user_ids")
+        np.testing.assert_array_equal(ids, np.asarray(users))
+        fold_in = getattr(split, f"{name}_fold_in" if name == "val" else "test_fold_in")
+        held = getattr(split, f"{name}_heldout")
+        assert _pairs(fold_in, ids, split.item_ids) == sorted(
+            zip(tr["userId"].tolist(), tr["movieId"].tolist())
+        )
+        assert _pairs(held, ids, split.item_ids) == sorted(
+            zip(te["userId"].tolist(), te["movieId"].tolist())
+        )
+
+
+def test_split_shapes_and_disjointness():
+    split = prepare_liang(synthetic_interactions(300, 80, seed=4), 30)
+    s = split.summary()
+    assert s["train_users"] == 240 and s["val_users"] == s["test_users"] == 30
+    assert split.val_fold_in.multiply(split.val_heldout).nnz == 0
+    assert split.test_fold_in.multiply(split.test_heldout).nnz == 0
+    held = np.asarray(split.test_heldout.sum(1)).ravel()
+    total = held + np.asarray(split.test_fold_in.sum(1)).ravel()
+    np.testing.assert_array_equal(held, (0.2 * total).astype(int) * (total >= 5))
+    assert {type(x).__name__ for x in (split.train, split.val_heldout)} == {"csr_matrix"}
+
+
+def test_split_rejects_impossible_requests():
+    inter = synthetic_interactions(20, 30, seed=5)
+    with pytest.raises(ValueError, match="n_heldout_users must be in"):
+        liang_split(inter, 10)
+    with pytest.raises(ValueError, match="test_prop must be in"):
+        liang_split(inter, 2, test_prop=1.0)
+    with pytest.raises(TypeError, match="n_heldout_users"):
+        liang_split(inter, 2.5)
+
+
+def test_synthetic_generator_has_power_law_popularity():
+    inter = synthetic_interactions(500, 100, seed=6)
+    counts = np.bincount(inter.items, minlength=100)
+    assert counts[:10].sum() > 3 * counts[-10:].sum()
+    per_user = np.bincount(inter.users)
+    assert per_user.min() >= 5

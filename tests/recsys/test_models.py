@@ -1,0 +1,121 @@
+"""Mult-DAE/VAE (sparse and dense input agree), their losses, and the baselines."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+import torch
+import torch.nn.functional as F
+
+from bayesdrop.recsys.baselines import EASE, Popularity, ease_weights
+from bayesdrop.recsys.models import (
+    MultDAE,
+    MultVAE,
+    csr_batch,
+    gaussian_kl,
+    multinomial_nll,
+    normalized_values,
+    stacked_csr,
+)
+
+
+def _clicks(seed=0, users=7, items=12):
+    rng = np.random.default_rng(seed)
+    x = (rng.random((users, items)) < 0.3).astype(np.float32)
+    x[3] = 0.0  # a user with no fold-in item
+    return sp.csr_matrix(x)
+
+
+def test_csr_batch_round_trip_and_stacking():
+    m = _clicks()
+    b = csr_batch(m, np.array([4, 0, 3]))
+    np.testing.assert_array_equal(b.to_dense().numpy(), m[[4, 0, 3]].toarray())
+    s = stacked_csr(b, 3)
+    np.testing.assert_array_equal(s.to_dense().numpy(), np.tile(m[[4, 0, 3]].toarray(), (3, 1)))
+    v = normalized_values(b)
+    dense = F.normalize(torch.from_numpy(m[[4, 0, 3]].toarray()), dim=1)
+    np.testing.assert_allclose(
+        b.with_values(v).to_dense().numpy(), dense.numpy(), rtol=1e-6, atol=1e-7
+    )
+
+
+@pytest.mark.parametrize("cls", [MultDAE, MultVAE])
+def test_sparse_and_dense_inputs_agree(cls):
+    torch.manual_seed(0)
+    model = cls(12, hidden=8, latent=4, dropout=0.0)
+    m = _clicks()
+    xs, xd = csr_batch(m), torch.from_numpy(m.toarray())
+    model.eval()
+    torch.testing.assert_close(model(xs), model(xd), rtol=1e-5, atol=1e-6)
+    model.train()
+    grads = []
+    for x in (xs, xd):
+        model.zero_grad()
+        if cls is MultVAE:
+            model.training_loss(x, 0.3, generator=torch.Generator().manual_seed(1)).backward()
+        else:
+            model.training_loss(x).backward()
+        grads.append([q.grad.clone() for q in model.parameters()])
+    for a, b in zip(*grads):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+
+
+def test_losses_against_closed_forms():
+    logits = torch.randn(3, 5, dtype=torch.float64)
+    x = torch.tensor([[1, 0, 2, 0, 0], [0, 0, 0, 0, 0], [1, 1, 1, 1, 1]], dtype=torch.float64)
+    expected = -(x * torch.log_softmax(logits, -1)).sum(-1)
+    torch.testing.assert_close(multinomial_nll(logits, x), expected)
+    xs = csr_batch(sp.csr_matrix(x.numpy()))
+    torch.testing.assert_close(
+        multinomial_nll(logits, xs.with_values(xs.values.double())), expected
+    )
+    mu, logvar = torch.randn(4, 3, dtype=torch.float64), torch.randn(4, 3, dtype=torch.float64)
+    q = torch.distributions.Normal(mu, torch.exp(0.5 * logvar))
+    p = torch.distributions.Normal(torch.zeros_like(mu), torch.ones_like(mu))
+    torch.testing.assert_close(
+        gaussian_kl(mu, logvar), torch.distributions.kl_divergence(q, p).sum(-1)
+    )
+
+
+def test_dae_l2_penalty_is_lambda_times_squared_norms():
+    model = MultDAE(10, hidden=6, latent=3, l2=0.01)
+    weights = [model.input_layer.weight, model.encoder_out.weight] + [
+        m.weight for m in model.decoder
+    ]
+    torch.testing.assert_close(model.l2_penalty(), 0.01 * sum(w.pow(2).sum() for w in weights))
+
+
+def test_bad_model_arguments():
+    with pytest.raises(ValueError, match="dropout"):
+        MultVAE(10, dropout=1.0)
+    with pytest.raises(ValueError, match="shape"):
+        MultVAE(10, hidden=4, latent=2)(torch.zeros(2, 9))
+    with pytest.raises(TypeError, match="CSRBatch"):
+        MultVAE(10, hidden=4, latent=2)(np.zeros((2, 10)))
+
+
+# ------------------------------------------------------------------------------------- baselines
+def test_ease_closed_form_matches_direct_constrained_solve():
+    x = _clicks(seed=2, users=30, items=9).toarray().astype(np.float64)
+    lam = 3.0
+    b = ease_weights(sp.csr_matrix(x), lam)
+    # Column j: ridge regression of x_j on the other columns (diag(B) = 0 constraint).
+    for j in range(9):
+        others = [i for i in range(9) if i != j]
+        a = x[:, others]
+        coef = np.linalg.solve(a.T @ a + lam * np.eye(8), a.T @ x[:, j])
+        np.testing.assert_allclose(b[others, j], coef, rtol=1e-9, atol=1e-12)
+        assert b[j, j] == 0.0
+    scores = EASE(lam).fit(x).scores(sp.csr_matrix(x[:4])).numpy()
+    np.testing.assert_allclose(scores, x[:4] @ b, rtol=1e-12)
+
+
+def test_popularity_counts_training_users():
+    train = sp.csr_matrix(np.array([[1, 0, 1, 0], [0, 0, 1, 0], [0, 1, 1, 0]], dtype=np.float32))
+    s = Popularity().fit(train).scores(sp.csr_matrix((2, 4)))
+    assert s.tolist() == [[1.0, 1.0, 3.0, 0.0]] * 2
+    with pytest.raises(RuntimeError, match="fit"):
+        Popularity().scores(train)
+    with pytest.raises(ValueError, match="l2"):
+        EASE(0.0)
