@@ -226,6 +226,15 @@ def test_bad_inputs(fn):
         fn(torch.tensor([[1, 0], [0, 1]]), labels)
 
 
+def test_rounding_is_tolerated_but_not_more():
+    probs = torch.tensor([[1 + 1e-9, -1e-9], [0.5, 0.5]], dtype=torch.float64)
+    assert float(M.accuracy(probs, torch.tensor([0, 1]))) == 0.5
+    assert torch.isfinite(M.predictive_entropy(probs)).all()
+    assert float(M.pavpu(probs, torch.tensor([0, 1]), 0.5)) == 1.0
+    with pytest.raises(ValueError, match=r"probs must lie in \[0, 1\]"):
+        M.accuracy(torch.tensor([[1.2, -0.2], [0.5, 0.5]]), torch.tensor([0, 1]))
+
+
 def test_bad_options():
     probs = torch.tensor([[0.6, 0.4], [0.3, 0.7]])
     labels = torch.tensor([0, 1])

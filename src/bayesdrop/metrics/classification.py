@@ -54,7 +54,8 @@ def check_probs(
 ) -> Tensor:
     """Check ``probs`` is a finite floating tensor of probabilities summing to one along ``class_dim``.
 
-    The tolerance on the sums is ``1e-4`` (``1e-2`` for half precision).
+    The tolerance on the sums and on the range ``[0, 1]`` is ``1e-4`` (``1e-2`` for half
+    precision), so rounding in a softmax or an average never trips it.
     """
     if not isinstance(probs, Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, but got {type(probs).__name__}")
@@ -70,9 +71,9 @@ def check_probs(
         )
     if not bool(torch.isfinite(probs).all()):
         raise ValueError(f"{name} must be finite, but it contains NaN or inf")
-    if bool((probs < 0).any()) or bool((probs > 1).any()):
-        raise ValueError(f"{name} must lie in [0, 1]")
     tol = 1e-2 if probs.dtype in (torch.float16, torch.bfloat16) else 1e-4
+    if bool((probs < -tol).any()) or bool((probs > 1 + tol).any()):
+        raise ValueError(f"{name} must lie in [0, 1]")
     if probs.numel():
         dev = float((probs.sum(class_dim) - 1).abs().max())
         if dev > tol:
@@ -116,6 +117,12 @@ def _check(probs: Tensor, labels: Tensor) -> None:
     if probs.shape[0] == 0:
         raise ValueError("probs must hold at least one prediction (N >= 1)")
     check_labels(labels, (probs.shape[0],), probs.shape[1])
+
+
+def _xlogx(probs: Tensor) -> Tensor:
+    """:math:`p \\log p` with :math:`0 \\log 0 = 0`; rounding just outside [0, 1] is clipped first."""
+    p = probs.clamp(0.0, 1.0)
+    return torch.special.xlogy(p, p)
 
 
 def _reduce(values: Tensor, reduction: str) -> Tensor:
@@ -240,7 +247,7 @@ def predictive_entropy(probs: Tensor, *, dim: int = 1) -> Tensor:
         0.693147
     """
     check_probs(probs, class_dim=dim, min_dim=1)
-    return -torch.special.xlogy(probs, probs).sum(dim)
+    return -_xlogx(probs).sum(dim)
 
 
 # --------------------------------------------------------------------------- PAvPU
@@ -263,7 +270,7 @@ def _uncertainty(
 ) -> tuple[Tensor, Tensor]:
     _check(probs, labels)
     if uncertainty is None:
-        unc = -torch.special.xlogy(probs, probs).sum(1)
+        unc = -_xlogx(probs).sum(1)
     else:
         if not isinstance(uncertainty, Tensor) or tuple(uncertainty.shape) != (probs.shape[0],):
             raise ValueError(

@@ -27,6 +27,7 @@ from .classification import (
     _counts,
     _curve_from,
     _ratio,
+    _xlogx,
     check_labels,
     check_probs,
 )
@@ -84,7 +85,7 @@ def patch_statistics(
     if window > h or window > w:
         raise ValueError(f"window={window} does not fit in images of size {h}x{w}")
     if uncertainty is None:
-        unc = -torch.special.xlogy(probs, probs).sum(1)
+        unc = -_xlogx(probs).sum(1)
     else:
         if not isinstance(uncertainty, Tensor) or tuple(uncertainty.shape) != (n, h, w):
             raise ValueError(

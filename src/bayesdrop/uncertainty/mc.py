@@ -184,8 +184,9 @@ def _is_oom(err: BaseException) -> bool:
 
 
 def _entropy(probs: Tensor, dim: int) -> Tensor:
-    """Entropy in nats along ``dim`` with the convention :math:`0 \\log 0 = 0`."""
-    return -torch.special.xlogy(probs, probs).sum(dim)
+    """Entropy in nats along ``dim`` with :math:`0 \\log 0 = 0` (rounding outside [0, 1] clipped)."""
+    p = probs.clamp(0.0, 1.0)
+    return -torch.special.xlogy(p, p).sum(dim)
 
 
 def _to_probs(out: Tensor, output: str, class_dim: int) -> Tensor:
