@@ -23,25 +23,122 @@ with :math:`\ell_i` the squared error (the Gaussian negative log likelihood time
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from .._validation import check_positive
-from .bernoulli import LOGIT_BOUND, bernoulli_entropy, inverted_scale
+from .bernoulli import LOGIT_BOUND, inverted_scale
 
 __all__ = [
+    "KEEP_FLOOR",
     "ConcreteRegularizers",
     "concrete_keep_mask",
     "concrete_dropout",
     "concrete_regularizer",
     "concrete_regularizers",
+    "sum_squares",
 ]
+
+
+#: Relaxed keep-mask values below this are set to exactly 0. Such values mean "dropped" for every
+#: purpose (their gradient is below ``KEEP_FLOOR / t``); flushing them keeps denormal numbers out
+#: of the following matrix products.
+KEEP_FLOOR = 1e-12
 
 
 def _check_temperature(temperature: float) -> float:
     return check_positive("temperature", temperature)
+
+
+class _ConcreteDropoutFn(torch.autograd.Function):
+    r"""``x * keep * (1 + exp(logit_p))`` with a hand-written backward (fewer passes than autograd).
+
+    With :math:`y = x \tilde z s`, :math:`s = 1 + e^{a}`, :math:`a = \mathrm{logit}\,p`:
+    :math:`\partial y/\partial a = y\,(p - (1 - \tilde z)/t)`, since
+    :math:`\partial\tilde z/\partial a = -\tilde z(1-\tilde z)/t` and :math:`s'/s = p`.
+    """
+
+    @staticmethod
+    def forward(  # type: ignore[override]
+        ctx: Any, x: Tensor, logit_p: Tensor, u: Tensor, temperature: float, overwrite_u: bool
+    ) -> Tensor:
+        keep = u.logit_() if overwrite_u else torch.logit(u)
+        keep.add_(logit_p).mul_(-1.0 / temperature).sigmoid_()
+        torch.threshold_(keep, KEEP_FLOOR, 0.0)
+        scale = inverted_scale(logit_p)
+        mask = keep.mul_(scale)  # keep * 1/(1-p), the mask's own (possibly reduced) shape
+        ctx.save_for_backward(x, logit_p, mask, scale)
+        ctx.temperature = temperature
+        return x * mask
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, Tensor | None, None, None, None]:
+        x, logit_p, mask, scale = ctx.saved_tensors
+        t = ctx.temperature
+        grad_x = grad * mask
+        grad_logit = None
+        if ctx.needs_input_grad[1]:
+            r = _reduce_to(grad_x * x, mask.shape)  # sum of grad * y over broadcast dims
+            p = torch.sigmoid(logit_p)
+            if logit_p.numel() == 1:
+                r_sum = r.sum()
+                rm_sum = torch.dot(r.reshape(-1), mask.reshape(-1))
+            else:
+                r_sum = _reduce_to(r, logit_p.shape)
+                rm_sum = _reduce_to(r * mask, logit_p.shape)
+            grad_logit = ((p - 1.0 / t) * r_sum + rm_sum / (scale * t)).reshape(logit_p.shape)
+        grad_input = _reduce_to(grad_x, x.shape) if ctx.needs_input_grad[0] else None
+        return grad_input, grad_logit, None, None, None
+
+
+class _SumSquares(torch.autograd.Function):
+    """``(w ** 2).sum(dims)`` in one reduction pass, with the one-pass backward ``2 w grad``."""
+
+    @staticmethod
+    def forward(ctx: Any, w: Tensor, dims: tuple[int, ...]) -> Tensor:  # type: ignore[override]
+        ctx.save_for_backward(w)
+        ctx.dims = dims
+        if len({d % w.dim() for d in dims}) == w.dim():
+            v = w.reshape(-1)
+            return torch.dot(v, v)
+        return (w * w).sum(dims)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None]:
+        (w,) = ctx.saved_tensors
+        for d in sorted(d % w.dim() for d in ctx.dims):
+            grad = grad.unsqueeze(d)
+        return w * (2.0 * grad), None
+
+
+def sum_squares(w: Tensor, dims: tuple[int, ...]) -> Tensor:
+    """``w.pow(2).sum(dims)`` with a cheaper forward and backward (weight regularisers).
+
+    Example:
+        >>> import torch
+        >>> sum_squares(torch.tensor([[1.0, 2.0], [3.0, 4.0]]), (0,))
+        tensor([10., 20.])
+    """
+    return _SumSquares.apply(w, tuple(dims))
+
+
+def _reduce_to(t: Tensor, shape: torch.Size | tuple[int, ...]) -> Tensor:
+    """Sum ``t`` over the dimensions along which ``shape`` was broadcast to ``t.shape``."""
+    if tuple(t.shape) == tuple(shape):
+        return t
+    if len(shape) == 0:
+        return t.sum()
+    lead = t.dim() - len(shape)
+    dims = list(range(lead)) + [
+        lead + i for i, n in enumerate(shape) if n == 1 and t.shape[lead + i] != 1
+    ]
+    out = t.sum(dim=dims, keepdim=True) if dims else t
+    return out.reshape(shape)
 
 
 def concrete_keep_mask(logit_p: Tensor, u: Tensor, temperature: float) -> Tensor:
@@ -76,7 +173,7 @@ def concrete_keep_mask(logit_p: Tensor, u: Tensor, temperature: float) -> Tensor
     """
     t = _check_temperature(temperature)
     logit_p = logit_p.clamp(-LOGIT_BOUND, LOGIT_BOUND)
-    return torch.sigmoid((logit_p + torch.logit(u)) * (-1.0 / t))
+    return F.threshold(torch.sigmoid((logit_p + torch.logit(u)) * (-1.0 / t)), KEEP_FLOOR, 0.0)
 
 
 def concrete_dropout(x: Tensor, logit_p: Tensor, temperature: float, u: Tensor) -> Tensor:
@@ -103,9 +200,21 @@ def concrete_dropout(x: Tensor, logit_p: Tensor, temperature: float, u: Tensor) 
         >>> concrete_dropout(x, torch.tensor(0.0), 0.1, u).round(decimals=4)  # 1/(1-p) = 2
         tensor([[2., 1., 0.]])
     """
-    logit_p = logit_p.clamp(-LOGIT_BOUND, LOGIT_BOUND)
-    keep = concrete_keep_mask(logit_p, u.to(x.dtype), temperature)
-    return x * (keep * inverted_scale(logit_p).to(x.dtype))
+    return _concrete_dropout(x, logit_p, temperature, u, overwrite_u=False)
+
+
+def _concrete_dropout(
+    x: Tensor, logit_p: Tensor, temperature: float, u: Tensor, overwrite_u: bool
+) -> Tensor:
+    """:func:`concrete_dropout`; with ``overwrite_u`` the uniforms' storage is reused."""
+    t = _check_temperature(temperature)
+    logit_p = logit_p.to(x.dtype).clamp(-LOGIT_BOUND, LOGIT_BOUND)
+    if u.dtype != x.dtype:
+        u, overwrite_u = u.to(x.dtype), True
+    mask_shape = torch.broadcast_shapes(logit_p.shape, u.shape)
+    if u.shape != mask_shape:
+        u, overwrite_u = u.expand(mask_shape), False
+    return _ConcreteDropoutFn.apply(x, logit_p, u, t, overwrite_u)
 
 
 def concrete_regularizer(
@@ -136,12 +245,13 @@ def concrete_regularizer(
         logit_p: drop logits, shape ``(1,)`` (one rate per layer) or ``(K,)`` (one per unit);
             clamped to ``[-LOGIT_BOUND, LOGIT_BOUND]``.
         weight_sq_norms: ``(K,)`` squared norms of the weights fed by each input unit (see
-            :func:`bayesdrop.nn._layers.input_weight_sq_norms`), or ``None`` for a bare dropout
-            layer (only the entropy term remains).
+            :func:`bayesdrop.nn._layers.input_weight_sq_norms`); with a single rate also a 0-dim
+            total :math:`\|W\|^2` (then ``num_units`` gives :math:`K`); or ``None`` for a bare
+            dropout layer (only the entropy term remains).
         weight_regularizer: :math:`\lambda_w \ge 0`.
         dropout_regularizer: :math:`\lambda_d \ge 0`.
-        num_units: :math:`K` when ``weight_sq_norms`` is ``None`` and ``logit_p`` has one element
-            (defaults to ``logit_p.numel()``).
+        num_units: :math:`K` when ``weight_sq_norms`` is ``None`` or 0-dim and ``logit_p`` has
+            one element (defaults to ``logit_p.numel()``).
 
     Returns:
         A 0-dim tensor (never scaled by the data-set size).
@@ -157,7 +267,7 @@ def concrete_regularizer(
         "dropout_regularizer", dropout_regularizer, allow_zero=True
     )
     logit_p = logit_p.reshape(-1).clamp(-LOGIT_BOUND, LOGIT_BOUND)
-    if weight_sq_norms is not None:
+    if weight_sq_norms is not None and weight_sq_norms.dim() > 0:
         units = weight_sq_norms.numel()
     else:
         units = logit_p.numel() if num_units is None else int(num_units)
@@ -166,11 +276,14 @@ def concrete_regularizer(
             f"logit_p must have 1 or {units} (one per input unit) elements, "
             f"but got {logit_p.numel()}"
         )
-    entropy = bernoulli_entropy(logit_p).sum()
+    # H(p) = softplus(a) - a sigmoid(a), the same value as bernoulli_entropy in fewer ops
+    entropy = (F.softplus(logit_p) - logit_p * torch.sigmoid(logit_p)).sum()
     if logit_p.numel() == 1:
         entropy = entropy * units
     reg = -dropout_regularizer * entropy
     if weight_sq_norms is not None:
+        if weight_sq_norms.dim() == 0 and logit_p.numel() != 1:
+            raise ValueError("a 0-dim weight_sq_norms (a total) needs a single rate in logit_p")
         scale = inverted_scale(logit_p).to(weight_sq_norms.dtype)
         reg = reg + weight_regularizer * (weight_sq_norms.reshape(-1) * scale).sum()
     return reg

@@ -32,9 +32,9 @@ from torch import Tensor, nn
 
 from .._validation import check_choice, check_positive, check_probability
 from ..functional.bernoulli import LOGIT_BOUND
-from ..functional.concrete import concrete_dropout, concrete_regularizer
+from ..functional.concrete import _concrete_dropout, concrete_regularizer, sum_squares
 from ._base import DropoutModule
-from ._layers import check_layer, input_weight_sq_norms, mask_shape
+from ._layers import check_layer, input_weights, mask_shape
 
 __all__ = ["ConcreteDropout"]
 
@@ -135,8 +135,26 @@ class ConcreteDropout(DropoutModule):
             f"dropout_regularizer={self.dropout_regularizer}"
         )
 
+    def _weight_sq_norms(self) -> Tensor | None:
+        """As :func:`~bayesdrop.nn._layers.input_weight_sq_norms` (per unit) or their total."""
+        if self.layer is None:
+            return None
+        per_unit = self.granularity == "unit"
+        total: Tensor | None = None
+        for w in input_weights(self.layer):
+            if not per_unit:
+                s = sum_squares(w, tuple(range(w.dim())))
+            elif self.kind == "conv":
+                g = self.layer.groups  # type: ignore[union-attr]
+                w4 = w.reshape(g, w.shape[0] // g, w.shape[1], -1)
+                s = sum_squares(w4, (1, 3)).reshape(-1)
+            else:
+                s = sum_squares(w, (0,))
+            total = s if total is None else total + s
+        return total
+
     def kl(self) -> Tensor:
-        norms = input_weight_sq_norms(self.layer) if self.layer is not None else None
+        norms = self._weight_sq_norms()
         return concrete_regularizer(
             self.logit_p,
             norms,
@@ -156,4 +174,4 @@ class ConcreteDropout(DropoutModule):
         if self.kind == "conv" and self.granularity == "unit":
             logit_p = logit_p.reshape((-1,) + (1,) * (len(shape) - 2))
         u = torch.rand(shape, dtype=x.dtype, device=x.device, generator=self.generator)
-        return concrete_dropout(x, logit_p, self.temperature, u)
+        return _concrete_dropout(x, logit_p, self.temperature, u, overwrite_u=True)
