@@ -11,8 +11,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from bayesdrop import ConcreteDropout, kl_divergence, objective
-from bayesdrop.functional import bernoulli_entropy, concrete_regularizers
-from bayesdrop.nn._layers import input_weight_sq_norms
+from bayesdrop.functional import bernoulli_entropy, concrete_regularizer, concrete_regularizers
+from bayesdrop.functional.concrete import _layer_regularizer
+from bayesdrop.nn._layers import input_weight_sq_norms, input_weights
 
 
 @pytest.fixture
@@ -93,14 +94,44 @@ def test_conv_regularizer_per_input_channel_equals_patch_linear_form():
     assert float(m.kl().detach()) == pytest.approx(expected, rel=1e-5)
 
 
-def test_grouped_conv_norms_match_the_layer_helper():
-    conv = nn.Conv2d(4, 6, 3, groups=2)
-    m = ConcreteDropout(conv, granularity="unit")
-    assert torch.allclose(m._weight_sq_norms(), input_weight_sq_norms(conv), rtol=1e-5)
-    total = ConcreteDropout(conv)._weight_sq_norms()
-    assert float(total.detach()) == pytest.approx(
-        float(conv.weight.detach().pow(2).sum()), rel=1e-5
-    )
+LAYERS = [
+    lambda: nn.Linear(5, 3),
+    lambda: nn.Conv1d(4, 6, 3),
+    lambda: nn.Conv2d(4, 6, 3, groups=2),
+    lambda: nn.Conv3d(2, 3, (1, 2, 2)),
+    lambda: nn.LSTM(3, 2, bidirectional=True),
+    lambda: nn.GRU(3, 2),
+]
+
+
+@pytest.mark.parametrize("make", LAYERS)
+@pytest.mark.parametrize("granularity", ["layer", "unit"])
+def test_module_kl_and_its_gradients_match_the_functional_regularizer(make, granularity):
+    """The module's fused regulariser against concrete_regularizer on the layer helper's norms,
+    value and gradients (autograd through the plain formula), in float64; plus gradcheck."""
+    torch.manual_seed(2)
+    layer = make().double()
+    m = ConcreteDropout(
+        layer, granularity=granularity, weight_regularizer=0.3, dropout_regularizer=0.8
+    ).double()
+    with torch.no_grad():
+        m.logit_p.copy_(torch.randn_like(m.logit_p))
+    params = [m.logit_p, *input_weights(layer)]
+    ours = m.kl()
+    ref = concrete_regularizer(m.logit_p, input_weight_sq_norms(layer), 0.3, 0.8)
+    assert float(ours.detach()) == pytest.approx(float(ref.detach()), rel=1e-10)
+    g_ours = torch.autograd.grad(ours, params)
+    g_ref = torch.autograd.grad(ref, params)
+    for a, b in zip(g_ours, g_ref):
+        assert torch.allclose(a, b, rtol=1e-10, atol=1e-12)
+
+    def kl_of(logit_p, *weights):
+        return _layer_regularizer(
+            logit_p, list(weights), getattr(layer, "groups", 1), 0.3, 0.8, m.units
+        )
+
+    inputs = [t.detach().clone().requires_grad_() for t in params]
+    assert torch.autograd.gradcheck(kl_of, tuple(inputs))
 
 
 @pytest.mark.parametrize("cls", [nn.LSTM, nn.GRU])

@@ -32,7 +32,7 @@ from torch import Tensor, nn
 
 from .._validation import check_choice, check_positive, check_probability
 from ..functional.bernoulli import LOGIT_BOUND
-from ..functional.concrete import _concrete_dropout, concrete_regularizer, sum_squares
+from ..functional.concrete import _concrete_dropout, _layer_regularizer
 from ._base import DropoutModule
 from ._layers import check_layer, input_weights, mask_shape
 
@@ -135,32 +135,16 @@ class ConcreteDropout(DropoutModule):
             f"dropout_regularizer={self.dropout_regularizer}"
         )
 
-    def _weight_sq_norms(self) -> Tensor | None:
-        """As :func:`~bayesdrop.nn._layers.input_weight_sq_norms` (per unit) or their total."""
-        if self.layer is None:
-            return None
-        per_unit = self.granularity == "unit"
-        total: Tensor | None = None
-        for w in input_weights(self.layer):
-            if not per_unit:
-                s = sum_squares(w, tuple(range(w.dim())))
-            elif self.kind == "conv":
-                g = self.layer.groups  # type: ignore[union-attr]
-                w4 = w.reshape(g, w.shape[0] // g, w.shape[1], -1)
-                s = sum_squares(w4, (1, 3)).reshape(-1)
-            else:
-                s = sum_squares(w, (0,))
-            total = s if total is None else total + s
-        return total
-
     def kl(self) -> Tensor:
-        norms = self._weight_sq_norms()
-        return concrete_regularizer(
+        weights = input_weights(self.layer) if self.layer is not None else []
+        groups = int(getattr(self.layer, "groups", 1)) if self.kind == "conv" else 1
+        return _layer_regularizer(
             self.logit_p,
-            norms,
+            weights,
+            groups,
             self.weight_regularizer,
             self.dropout_regularizer,
-            num_units=self.units,
+            self.units,
         )
 
     def forward(self, x: Tensor, *args: Any, **kwargs: Any) -> Tensor:
