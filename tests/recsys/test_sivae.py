@@ -144,7 +144,7 @@ def test_continuous_families_train_their_rates_pathwise(noise):
     m = SIVAE(6, hidden=4, latent=2, noise=noise, n_extra=2)
     x = csr_batch(sp.csr_matrix(np.eye(6, dtype=np.float32)[:3] + np.eye(6, k=2)[:3]))
     m.training_loss(x, 0.5).backward()
-    g = m.rates.logit_p.grad
+    g = (m.rates.log_alpha if noise == "gaussian" else m.rates.logit_p).grad
     clicked = torch.zeros(6, dtype=torch.bool)
     clicked[x.col] = True
     assert torch.isfinite(g).all() and (g[clicked] != 0).all() and (g[~clicked] == 0).all()
@@ -157,6 +157,7 @@ def test_eval_is_deterministic_and_ignores_rates():
     a = m(x)
     with torch.no_grad():
         m.rates.logit_p.fill_(2.0)
+    assert torch.allclose(m.p, torch.sigmoid(torch.tensor(2.0)))
     assert torch.equal(a, m(x))
     assert torch.allclose(a, m(x.to_dense()), atol=1e-6)
 
@@ -177,3 +178,16 @@ def test_bad_arguments():
         m.training_loss(csr_batch(sp.eye(5, format="csr")), -1.0)
     with pytest.raises(ValueError, match="shape"):
         m.training_loss(csr_batch(sp.eye(5, format="csr")), 0.1, eps=torch.zeros(5, 3))
+
+
+def test_learned_gaussian_rates_noise_moments():
+    from bayesdrop.recsys.sivae import LearnedGaussianRates
+
+    m = LearnedGaussianRates(3, init_p=0.2, generator=torch.Generator().manual_seed(0))
+    y = m(torch.ones(20000, 3, dtype=torch.float64)).detach()
+    alpha = 0.2 / 0.8
+    n = y.shape[0]
+    assert torch.all((y.mean(0) - 1.0).abs() < 4.5 * math.sqrt(alpha / n))
+    assert torch.all((y.var(0) - alpha).abs() < 4.5 * alpha * math.sqrt(2.0 / n))
+    assert torch.equal(m.eval()(torch.ones(2, 3)), torch.ones(2, 3))
+    assert m.kl().item() == 0.0

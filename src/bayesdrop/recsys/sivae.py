@@ -46,11 +46,21 @@ from torch import Tensor, nn
 
 from .._validation import check_choice, check_int, check_positive, check_probability
 from ..estimators import antithetic_masks, arm_coefficient, disarm_coefficient
-from ..functional.bernoulli import LOGIT_BOUND, bernoulli_dropout, inverted_scale
-from ..nn import LearnableBernoulliDropout
+from ..functional.bernoulli import LOGIT_BOUND, bernoulli_dropout
+from ..functional.concrete import concrete_dropout
+from ..functional.gaussian import gaussian_dropout
+from ..nn import ConcreteDropout, LearnableBernoulliDropout
+from ..nn._base import DropoutModule
 from .models import CSRBatch, _MultBase, multinomial_nll, normalized_values, row_ids, stacked_csr
 
-__all__ = ["SIVAE", "NOISES", "ARM_PRODUCTS", "sivi_log_q", "standard_normal_log_prob"]
+__all__ = [
+    "SIVAE",
+    "LearnedGaussianRates",
+    "NOISES",
+    "ARM_PRODUCTS",
+    "sivi_log_q",
+    "standard_normal_log_prob",
+]
 
 NOISES = ("lbd", "concrete", "gaussian")
 ARM_PRODUCTS = ("per-user", "batch-mean")
@@ -137,14 +147,20 @@ class SIVAE(_MultBase):
         self.arm_product = check_choice("arm_product", arm_product, ARM_PRODUCTS)
         self.temperature = check_positive("temperature", temperature)
         self.generator = generator
+        # The rates live in bayesdrop modules (bare form: p, parameters, repr); the training step
+        # applies their functional noise to the stored values of the sparse input itself. Their
+        # kl() is not used: the semi-implicit bound accounts for the mixing distribution.
+        self.rates: DropoutModule
         if noise == "lbd":
-            # The rates live in a bare-form LBD module (its p, logit_p and repr); the training step
-            # below does the sparse masking and the ARM surrogate itself.
-            self.rates: nn.Module = LearnableBernoulliDropout(
+            self.rates = LearnableBernoulliDropout(
                 num_features=n_items, init_p=init_p, estimator=estimator
             )
+        elif noise == "concrete":
+            self.rates = ConcreteDropout(
+                num_features=n_items, init_p=init_p, temperature=temperature, granularity="unit"
+            )
         else:
-            self.rates = _Rates(n_items, init_p, noise)
+            self.rates = LearnedGaussianRates(n_items, init_p=init_p)
 
     def extra_repr(self) -> str:
         return (
@@ -158,7 +174,9 @@ class SIVAE(_MultBase):
         return self.rates.p
 
     def _logit_p(self) -> Tensor:
-        return self.rates.logit_p.clamp(-LOGIT_BOUND, LOGIT_BOUND)
+        """Per-item drop logits (Gaussian: :math:`\\log\\alpha = \\mathrm{logit}\\,p`), clamped."""
+        param = self.rates.log_alpha if self.noise == "gaussian" else self.rates.logit_p
+        return param.clamp(-LOGIT_BOUND, LOGIT_BOUND)
 
     # ------------------------------------------------------------------------------ encoder
     def encode(self, x: Tensor | CSRBatch, values: Tensor | None = None) -> tuple[Tensor, Tensor]:
@@ -230,14 +248,14 @@ class SIVAE(_MultBase):
         if self.noise == "lbd":
             loss = self._lbd_loss(x, rows, v, logit_p, beta, eps)
         else:
-            u = self._rand((m, v.numel()), v).clamp(1e-6, 1.0 - 1e-6)
             if self.noise == "concrete":
-                keep_logit = -logit_p
-                relaxed = torch.sigmoid((keep_logit + torch.logit(u)) / self.temperature)
-                noisy = v * relaxed * inverted_scale(logit_p)
-            else:  # gaussian: multiplicative N(1, alpha), alpha = exp(logit_p)
-                noise = torch.erfinv(2.0 * u - 1.0) * math.sqrt(2.0)
-                noisy = v * (1.0 + torch.exp(0.5 * logit_p) * noise)
+                u = self._rand((m, v.numel()), v).clamp(1e-6, 1.0 - 1e-6)
+                noisy = concrete_dropout(v, logit_p, self.temperature, u)
+            else:  # multiplicative N(1, alpha) with alpha = exp(log_alpha) per item
+                noise = torch.randn(
+                    (m, v.numel()), dtype=v.dtype, device=v.device, generator=self.generator
+                )
+                noisy = gaussian_dropout(v, torch.exp(logit_p), eps=noise)
             loss = self._bound(x, noisy.unsqueeze(0), beta, eps.unsqueeze(0))[0].mean()
         return loss + self.l2_penalty() if self.l2 else loss
 
@@ -274,15 +292,39 @@ class SIVAE(_MultBase):
         return loss + (surrogate - surrogate.detach())
 
 
-class _Rates(nn.Module):
-    """Per-item rates of the continuous families (Concrete: drop logits; Gaussian: log α)."""
+class LearnedGaussianRates(DropoutModule):
+    r"""Per-unit variances :math:`\alpha_k` of multiplicative :math:`\mathcal N(1, \alpha_k)` noise.
 
-    def __init__(self, n_items: int, init_p: float, noise: str) -> None:
-        super().__init__()
-        self.noise = noise
-        logit = math.log(init_p) - math.log1p(-init_p)  # = log alpha for the Gaussian family
-        self.logit_p = nn.Parameter(torch.full((n_items,), logit))
+    The holder of SIVAE-GDrop's learned rates (bare form, ``num_features`` units): parameter
+    ``log_alpha``, read-only ``p`` :math:`= \alpha/(1+\alpha)`. Its forward applies
+    :func:`~bayesdrop.functional.gaussian_dropout` to ``(*, num_features)`` inputs in training
+    mode and is the identity in eval mode; there is no prior (``kl()`` is zero).
+
+    Example:
+        >>> m = LearnedGaussianRates(3, init_p=0.2)
+        >>> m.p
+        tensor([0.2000, 0.2000, 0.2000])
+    """
+
+    def __init__(
+        self, num_features: int, *, init_p: float = 0.5, generator: torch.Generator | None = None
+    ) -> None:
+        super().__init__(generator)
+        self.num_features = check_int("num_features", num_features)
+        init_p = check_probability("init_p", init_p)
+        self.log_alpha = nn.Parameter(
+            torch.full((num_features,), math.log(init_p) - math.log1p(-init_p))
+        )
 
     @property
     def p(self) -> Tensor:
-        return torch.sigmoid(self.logit_p.clamp(-LOGIT_BOUND, LOGIT_BOUND)).detach()
+        return torch.sigmoid(self.log_alpha.clamp(-LOGIT_BOUND, LOGIT_BOUND)).detach()
+
+    def extra_repr(self) -> str:
+        return f"num_features={self.num_features}"
+
+    def forward(self, x: Tensor) -> Tensor:
+        if not self.sampling:
+            return x
+        alpha = torch.exp(self.log_alpha.clamp(-LOGIT_BOUND, LOGIT_BOUND)).to(x.dtype)
+        return gaussian_dropout(x, alpha, generator=self.generator)
