@@ -34,11 +34,21 @@ def ml20m_like(users: int, items: int, interactions: int, seed: int = 0) -> sp.c
     activity = np.clip(np.round(activity), 5, items // 2).astype(np.int64)
     pop = 1.0 / np.arange(1, items + 1) ** 0.9
     pop /= pop.sum()
-    cols = rng.choice(items, size=int(activity.sum()), p=pop).astype(np.int32)
-    rows = np.repeat(np.arange(users, dtype=np.int32), activity)
-    m = sp.csr_matrix((np.ones(len(cols), dtype=np.float32), (rows, cols)), shape=(users, items))
-    m.sum_duplicates()
-    m.data[:] = 1.0
+    # Draw 1.5x with replacement, keep each user's first `activity` distinct items.
+    draws = np.ceil(activity * 1.5).astype(np.int64)
+    cols = rng.choice(items, size=int(draws.sum()), p=pop).astype(np.int64)
+    rows = np.repeat(np.arange(users, dtype=np.int64), draws)
+    _, first = np.unique(rows * items + cols, return_index=True)
+    first.sort()
+    rows, cols = rows[first], cols[first]
+    starts = np.searchsorted(rows, np.arange(users))
+    rank = np.arange(len(rows)) - starts[rows]
+    keep = rank < activity[rows]
+    rows, cols = rows[keep], cols[keep]
+    m = sp.csr_matrix(
+        (np.ones(len(cols), dtype=np.float32), (rows.astype(np.int32), cols.astype(np.int32))),
+        shape=(users, items),
+    )
     return m
 
 
