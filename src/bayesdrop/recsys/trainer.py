@@ -21,7 +21,7 @@ import math
 import os
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -81,7 +81,6 @@ class TrainConfig:
     checkpoint: str | None = None
     resume: bool = False
     progress: bool = True
-    extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.model not in MODELS:
@@ -258,6 +257,9 @@ def _train(split: CFSplit, cfg: TrainConfig) -> dict[str, Any]:
     t0 = time.perf_counter()
     rank, world = _dist()
     device = cfg.device
+    if device == "cuda" and world > 1:  # one GPU per process under torchrun
+        device = f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
+        torch.cuda.set_device(device)
     torch.manual_seed(cfg.seed)
     model = build_model(cfg, split.n_items)
     result: dict[str, Any] = {
