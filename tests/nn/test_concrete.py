@@ -352,6 +352,8 @@ def test_bad_arguments():
         ConcreteDropout()
     with pytest.raises(ValueError, match="input"):
         ConcreteDropout(nn.Linear(2, 2))(torch.randn(3, 5))
+    with pytest.raises(TypeError, match="bare form"):
+        ConcreteDropout(num_features=2)(torch.randn(3, 2), torch.randn(3))
     with pytest.raises(ValueError, match="channels"):
         ConcreteDropout(nn.Conv2d(2, 2, 1))(torch.randn(3, 4, 5, 5))
 

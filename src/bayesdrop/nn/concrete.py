@@ -93,6 +93,14 @@ class ConcreteDropout(DropoutModule):
         tensor([0.2500])
         >>> m.eval()(torch.zeros(3, 4)).shape
         torch.Size([3, 2])
+        >>> from bayesdrop.functional import concrete_regularizers
+        >>> regs = concrete_regularizers(length_scale=1e-2, precision=1.0)  # Gal's wd·N, dd·N
+        >>> m = ConcreteDropout(nn.Linear(4, 2), **regs._asdict())
+        >>> m.weight_regularizer, m.dropout_regularizer
+        (0.0001, 2.0)
+
+        Train with ``bayesdrop.objective(model, x, y, nll, n_data=N)``: it divides ``kl()`` by
+        ``N`` once, giving Gal's per-example loss.
     """
 
     def __init__(
@@ -148,6 +156,9 @@ class ConcreteDropout(DropoutModule):
         )
 
     def forward(self, x: Tensor, *args: Any, **kwargs: Any) -> Tensor:
+        """Drop the inputs ``x`` (when sampling), then call the wrapped layer with ``*args``."""
+        if self.layer is None and (args or kwargs):
+            raise TypeError("the bare form takes a single input tensor; extra arguments given")
         if self.sampling:
             x = self._drop(x)
         return x if self.layer is None else self.layer(x, *args, **kwargs)
