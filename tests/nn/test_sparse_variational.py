@@ -17,6 +17,7 @@ from torch import nn
 
 from bayesdrop.nn import ARDDropout, SparseVariationalDropout
 from bayesdrop.nn._additive import (
+    KL_CHUNK,
     LOG_ALPHA_MAX,
     LOG_ALPHA_MIN,
     LOG_SIGMA2_MAX,
@@ -199,6 +200,52 @@ def test_no_nan_at_theta_zero(make: Factory) -> None:
 
 
 # ---------------------------------------------------------------------------- gradients
+@families
+def test_fused_kl_in_chunks_matches_autograd(make: Factory) -> None:
+    """A layer larger than two KL_CHUNKs takes the chunked CPU path; same value and gradients."""
+    m = make(nn.Linear(400, 400)).double()
+    assert m.layer.weight.numel() > 2 * KL_CHUNK
+    g = torch.Generator().manual_seed(11)
+    theta = torch.randn(400, 400, generator=g, dtype=torch.float64) * 0.1
+    log_sigma2 = torch.empty(400, 400, dtype=torch.float64).uniform_(-14.0, -2.0, generator=g)
+    set_posterior(m, theta, log_sigma2)
+    with torch.no_grad():
+        m.weight_mask[::7] = False
+    reference = torch.where(m.weight_mask, m.kl_per_weight(), 0.0).sum()
+    ref_grads = torch.autograd.grad(reference, (m.layer.weight, m.log_sigma2))
+    fused = m.kl()
+    grads = torch.autograd.grad(fused, (m.layer.weight, m.log_sigma2))
+    torch.testing.assert_close(fused, reference, rtol=1e-12, atol=1e-8)
+    for got, ref in zip(grads, ref_grads):
+        torch.testing.assert_close(got, ref, rtol=1e-10, atol=1e-12)
+
+
+@families
+@pytest.mark.parametrize("pruned", [False, True])
+def test_fused_kl_matches_autograd_through_the_functional_kl(make: Factory, pruned: bool) -> None:
+    """kl() (closed-form gradient) against autograd through kl_per_weight(), clamps included."""
+    m = make(nn.Linear(8, 6)).double()
+    g = torch.Generator().manual_seed(10)
+    theta = torch.randn(6, 8, generator=g, dtype=torch.float64)
+    theta[0, :3] = 0.0  # log alpha clamped at the top
+    theta[1, :2] = 1e3  # log alpha clamped at the bottom
+    log_sigma2 = torch.empty(6, 8, dtype=torch.float64).uniform_(-12.0, 2.0, generator=g)
+    log_sigma2[2, :2] = torch.tensor([-60.0, 30.0])  # log_sigma2 itself clamped
+    set_posterior(m, theta, log_sigma2)
+    if pruned:
+        with torch.no_grad():
+            m.weight_mask[3:5] = False
+    reference = torch.where(m.weight_mask, m.kl_per_weight(), 0.0).sum()
+    ref_grads = torch.autograd.grad(reference, (m.layer.weight, m.log_sigma2))
+    fused = m.kl()
+    grads = torch.autograd.grad(2.5 * fused, (m.layer.weight, m.log_sigma2))
+    torch.testing.assert_close(fused, reference, rtol=1e-12, atol=1e-10)
+    for got, ref in zip(grads, ref_grads):
+        torch.testing.assert_close(got, 2.5 * ref, rtol=1e-10, atol=1e-12)
+    with torch.no_grad():
+        torch.testing.assert_close(m.kl(), reference.detach(), rtol=1e-12, atol=1e-10)
+
+
 @families
 def test_gradcheck_sampled_forward_and_kl(make: Factory) -> None:
     m = make(nn.Linear(3, 2)).double()

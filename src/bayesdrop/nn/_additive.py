@@ -24,6 +24,7 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.autograd.function import once_differentiable
 
 from ..functional.lrt import lrt_conv, lrt_linear, sample_gaussian
 from ._base import DropoutModule
@@ -49,6 +50,8 @@ LOG_SIGMA2_MAX = 20.0
 #: Added to :math:`\theta^2` inside the logarithm so :math:`\theta = 0` gives a finite
 #: :math:`\log\alpha` (then clamped to ``LOG_ALPHA_MAX``) and a zero, not NaN, gradient.
 THETA_SQ_EPS = 1e-16
+#: The fused KL works through the weights of a CPU layer this many at a time (cache-sized).
+KL_CHUNK = 65536
 
 _CONV_LAYERS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 
@@ -107,6 +110,8 @@ class AdditiveGaussianDropout(DropoutModule):
         weight = layer.weight
         self.log_sigma2 = nn.Parameter(torch.full_like(weight.detach(), init))
         self.register_buffer("weight_mask", torch.ones_like(weight.detach(), dtype=torch.bool))
+        self._pruned_key: tuple[int, int, int] | None = None
+        self._pruned_cache: Tensor | None = None
 
     # ------------------------------------------------------------------ posterior quantities
     @property
@@ -144,12 +149,121 @@ class AdditiveGaussianDropout(DropoutModule):
 
     # ------------------------------------------------------------------ prior
     def kl_per_weight(self) -> Tensor:
-        """KL (or negated regulariser) of every weight, shaped like the weight."""
+        """KL (or negated regulariser) of every weight, shaped like the weight.
+
+        The reference implementation, through the public functional KL; differentiable to any
+        order. Pruned weights are included (``kl()`` leaves them out).
+        """
         raise NotImplementedError
 
     def kl(self) -> Tensor:
-        """Sum of :meth:`kl_per_weight` over the weights not removed by :meth:`prune` (0-dim)."""
-        return torch.where(self.weight_mask, self.kl_per_weight(), 0.0).sum()
+        """Sum of :meth:`kl_per_weight` over the weights not removed by :meth:`prune` (0-dim).
+
+        Computed by a fused kernel that evaluates the per-weight gradient in closed form in the
+        same pass (about a third of the memory traffic of back-propagating through
+        :meth:`kl_per_weight`, which matters because the KL touches every weight at every step).
+        Its value and first derivatives equal those of ``kl_per_weight()`` summed over the kept
+        weights; it does not support double backward.
+        """
+        theta, log_sigma2 = self.theta, self.log_sigma2
+        if torch.is_grad_enabled() and (theta.requires_grad or log_sigma2.requires_grad):
+            return _FusedKL.apply(theta, log_sigma2, self)
+        with torch.no_grad():
+            return self._kl_chunked(theta, log_sigma2, need_grad=False)[0]
+
+    def _kl_of_log_alpha(self, log_alpha: Tensor, need_grad: bool) -> tuple[Tensor, Tensor | None]:
+        """Per-weight KL of a clamped ``log_alpha`` and, if asked, its derivative (no autograd).
+
+        May overwrite ``log_alpha`` (a temporary owned by the caller).
+        """
+        raise NotImplementedError
+
+    def _kl_chunked(
+        self, theta: Tensor, log_sigma2: Tensor, need_grad: bool
+    ) -> tuple[Tensor, Tensor | None, Tensor | None]:
+        """:meth:`_kl_sum_and_grads` over the whole weight, in cache-sized chunks on the CPU.
+
+        Each chunk's temporaries stay in cache, which makes this several-pass elementwise
+        computation about 1.5x faster on a CPU than one pass over the whole tensor at a time.
+        """
+        pruned = self._pruned()
+        n = theta.numel()
+        if theta.device.type != "cpu" or n <= 2 * KL_CHUNK:
+            return self._kl_sum_and_grads(theta, log_sigma2, pruned, need_grad)
+        flat = theta.reshape(-1), log_sigma2.reshape(-1)
+        flat_pruned = None if pruned is None else pruned.reshape(-1)
+        g_theta = torch.empty_like(flat[0]) if need_grad else None
+        g_ls = torch.empty_like(flat[1]) if need_grad else None
+        total = theta.new_zeros(())
+        for i in range(0, n, KL_CHUNK):
+            j = min(i + KL_CHUNK, n)
+            part = None if flat_pruned is None else flat_pruned[i:j]
+            value, gt, gl = self._kl_sum_and_grads(flat[0][i:j], flat[1][i:j], part, need_grad)
+            total += value
+            if g_theta is not None and g_ls is not None:
+                g_theta[i:j] = gt
+                g_ls[i:j] = gl
+        if g_theta is None or g_ls is None:
+            return total, None, None
+        return total, g_theta.view_as(theta), g_ls.view_as(theta)
+
+    def _kl_sum_and_grads(
+        self, theta: Tensor, log_sigma2: Tensor, pruned: Tensor | None, need_grad: bool
+    ) -> tuple[Tensor, Tensor | None, Tensor | None]:
+        r"""KL summed over kept weights and its gradients w.r.t. theta and log_sigma2 (no autograd).
+
+        The default goes through :math:`\log\alpha`: with
+        :math:`\ell = \mathrm{clamp}(s) - \log(\theta^2 + \epsilon)` clamped to the
+        :math:`\log\alpha` range, :math:`\partial\ell/\partial s = 1` and
+        :math:`\partial\ell/\partial\theta = -2\theta/(\theta^2+\epsilon)` where neither
+        clamp is active (0 where one is, as autograd's ``clamp`` gives).
+        """
+        denom = theta.square().add_(THETA_SQ_EPS)
+        ls, ls_clamped = self._clamp_log_sigma2(log_sigma2)
+        la = denom.log().neg_().add_(ls)
+        la_c = la.clamp(LOG_ALPHA_MIN, LOG_ALPHA_MAX)
+        la_clamped = la.ne(la_c) if need_grad else None
+        kl, g_la = self._kl_of_log_alpha(la_c, need_grad)
+        if pruned is not None:
+            kl.masked_fill_(pruned, 0.0)
+        if not need_grad:
+            return kl.sum(), None, None
+        assert g_la is not None and la_clamped is not None
+        g_la.masked_fill_(la_clamped, 0.0)
+        if pruned is not None:
+            g_la.masked_fill_(pruned, 0.0)
+        g_ls = g_la if ls_clamped is None else g_la.masked_fill(ls_clamped, 0.0)
+        g_theta = torch.mul(g_la, theta).div_(denom).mul_(-2.0)
+        return kl.sum(), g_theta, g_ls
+
+    def _clamp_log_sigma2(self, log_sigma2: Tensor) -> tuple[Tensor, Tensor | None]:
+        """``log_sigma2`` clamped, and where the clamp is active (``None``: nowhere).
+
+        On the CPU one ``aminmax`` pass decides whether any clamping is needed at all (almost
+        never in training); elsewhere the clamp is always applied, to avoid a device sync.
+        """
+        lo, hi = LOG_SIGMA2_MIN, self.max_log_sigma2
+        if log_sigma2.device.type == "cpu":
+            mn, mx = torch.aminmax(log_sigma2)
+            if lo <= float(mn) and float(mx) <= hi:
+                return log_sigma2, None
+        clamped = log_sigma2.clamp(lo, hi)
+        return clamped, log_sigma2.ne(clamped)
+
+    def _pruned(self) -> Tensor | None:
+        """``~weight_mask``, or ``None`` when nothing is pruned (cached per mask version)."""
+        mask = self.weight_mask
+        key = (id(mask), mask._version, mask.data_ptr())
+        if key != self._pruned_key:
+            self._pruned_cache = None if bool(mask.all()) else ~mask
+            self._pruned_key = key
+        return self._pruned_cache
+
+    def _variance(self) -> Tensor:
+        r""":math:`\sigma^2 = \exp(\mathrm{clamp}(\log\sigma^2))`, pruned weights 0."""
+        var = _ClampedExp.apply(self.log_sigma2, self)
+        pruned = self._pruned()
+        return var if pruned is None else var.masked_fill(pruned, 0.0)
 
     # ------------------------------------------------------------------ pruning
     @torch.no_grad()
@@ -169,10 +283,11 @@ class AdditiveGaussianDropout(DropoutModule):
     def forward(self, x: Tensor) -> Tensor:
         if not self.sampling:
             return self._apply_layer(x, self.theta * self.keep_mask())
-        mask = self.weight_mask
-        theta = self.theta * mask
-        var = torch.exp(self._log_sigma2()) * mask
-        mean, out_var = self._moments(x, theta, var)
+        theta = self.theta
+        pruned = self._pruned()
+        if pruned is not None:
+            theta = theta.masked_fill(pruned, 0.0)
+        mean, out_var = self._moments(x, theta, self._variance())
         return sample_gaussian(mean, out_var, generator=self.generator)
 
     def _moments(self, x: Tensor, theta: Tensor, var: Tensor) -> tuple[Tensor, Tensor]:
@@ -210,3 +325,42 @@ class AdditiveGaussianDropout(DropoutModule):
         if self.max_log_sigma2 != LOG_SIGMA2_MAX:
             s += f", max_log_sigma2={self.max_log_sigma2}"
         return s
+
+
+class _FusedKL(torch.autograd.Function):
+    """``kl()`` with the per-weight gradient computed in closed form during the forward pass."""
+
+    @staticmethod
+    def forward(ctx, theta: Tensor, log_sigma2: Tensor, module: AdditiveGaussianDropout) -> Tensor:  # type: ignore[override]
+        value, g_theta, g_ls = module._kl_chunked(theta.detach(), log_sigma2.detach(), True)
+        ctx.save_for_backward(g_theta, g_ls)
+        return value
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad: Tensor) -> tuple[Tensor | None, Tensor | None, None]:  # type: ignore[override]
+        g_theta, g_ls = ctx.saved_tensors
+        return grad * g_theta, grad * g_ls, None
+
+
+class _ClampedExp(torch.autograd.Function):
+    """``exp(clamp(log_sigma2))`` with a one-multiply backward (zero where the clamp is active)."""
+
+    @staticmethod
+    def forward(ctx, log_sigma2: Tensor, module: AdditiveGaussianDropout) -> Tensor:  # type: ignore[override]
+        ls, clamped = module._clamp_log_sigma2(log_sigma2)
+        var = ls.exp()
+        if clamped is None:
+            ctx.save_for_backward(var)
+        else:
+            ctx.save_for_backward(var, clamped)
+        return var
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad: Tensor) -> tuple[Tensor, None]:  # type: ignore[override]
+        saved = ctx.saved_tensors
+        g = grad * saved[0]
+        if len(saved) == 2:
+            g.masked_fill_(saved[1], 0.0)
+        return g, None

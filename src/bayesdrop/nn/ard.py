@@ -9,7 +9,7 @@ import torch
 from torch import Tensor, nn
 
 from .._validation import check_choice
-from ..functional.ard import _check_gamma, kl_ard, kl_ard_gamma
+from ..functional.ard import _check_gamma, ard_gamma_constant, kl_ard, kl_ard_gamma
 from ._additive import AdditiveGaussianDropout
 
 __all__ = ["ARDDropout", "ARD_PRIORS", "GAMMA_MAX_LOG_SIGMA2"]
@@ -106,6 +106,42 @@ class ARDDropout(AdditiveGaussianDropout):
         if self.prior == "ard":
             return kl_ard(self.log_alpha)
         return kl_ard_gamma(self.theta, self._log_sigma2(), self.a, self.b)
+
+    def _kl_of_log_alpha(self, log_alpha: Tensor, need_grad: bool) -> tuple[Tensor, Tensor | None]:
+        # KL = log(1 + e) / 2 with e = 1 / alpha; dKL/dl = -e / (2 (1 + e)). l is clamped to
+        # [-10, 10]: no overflow.
+        e = log_alpha.neg_().exp_()
+        t = e + 1.0
+        grad = e.div_(t).mul_(-0.5) if need_grad else None
+        return t.log_().mul_(0.5), grad
+
+    def _kl_sum_and_grads(
+        self, theta: Tensor, log_sigma2: Tensor, pruned: Tensor | None, need_grad: bool
+    ) -> tuple[Tensor, Tensor | None, Tensor | None]:
+        if self.prior == "ard":
+            return super()._kl_sum_and_grads(theta, log_sigma2, pruned, need_grad)
+        # -R = -s/2 + (a - 1/2) log S - C, S = exp(s) + theta^2 + 2b, s = clamped log sigma^2;
+        # d/ds = -1/2 + (a - 1/2) exp(s) / S, d/dtheta = (2a - 1) theta / S.
+        half = self.a - 0.5
+        ls, ls_clamped = self._clamp_log_sigma2(log_sigma2)
+        sigma2 = ls.exp()
+        big_s = theta.square().add_(sigma2).add_(2.0 * self.b)
+        kl = big_s.log().mul_(half).sub_(ls, alpha=0.5)
+        n_kept = theta.numel()
+        if pruned is not None:
+            kl.masked_fill_(pruned, 0.0)
+            n_kept -= int(pruned.sum())
+        value = kl.sum() - n_kept * ard_gamma_constant(self.a, self.b)
+        if not need_grad:
+            return value, None, None
+        g_ls = sigma2.div_(big_s).mul_(half).sub_(0.5)
+        if ls_clamped is not None:
+            g_ls.masked_fill_(ls_clamped, 0.0)
+        g_theta = theta.div(big_s).mul_(2.0 * half)
+        if pruned is not None:
+            g_ls.masked_fill_(pruned, 0.0)
+            g_theta.masked_fill_(pruned, 0.0)
+        return value, g_theta, g_ls
 
     def extra_repr(self) -> str:
         head = f"prior={self.prior!r}"

@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from ..functional.kl import kl_log_uniform
+from ..functional.kl import _K1, _K2, _K3, kl_log_uniform
 from ._additive import AdditiveGaussianDropout
 
 __all__ = ["SparseVariationalDropout"]
@@ -84,3 +84,15 @@ class SparseVariationalDropout(AdditiveGaussianDropout):
 
     def kl_per_weight(self) -> Tensor:
         return kl_log_uniform(self.log_alpha, approximation="molchanov")
+
+    def _kl_of_log_alpha(self, log_alpha: Tensor, need_grad: bool) -> tuple[Tensor, Tensor | None]:
+        # KL = k1 s + log(1 + e) / 2 with s = sigmoid(-(k2 + k3 l)), e = exp(-l);
+        # dKL/dl = -k1 k3 s (1 - s) - e / (2 (1 + e)). l is clamped to [-10, 10]: no overflow.
+        s = torch.mul(log_alpha, -_K3).sub_(_K2).sigmoid_()
+        e = log_alpha.neg_().exp_()
+        t = e + 1.0
+        q = e.div_(t) if need_grad else None  # sigmoid(-l)
+        kl = t.log_().mul_(0.5).add_(s, alpha=_K1)
+        if q is None:
+            return kl, None
+        return kl, s.sub(1.0).mul_(s).mul_(_K1 * _K3).add_(q, alpha=-0.5)
