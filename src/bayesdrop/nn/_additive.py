@@ -36,6 +36,7 @@ __all__ = [
     "LOG_SIGMA2_MIN",
     "LOG_SIGMA2_MAX",
     "THETA_SQ_EPS",
+    "KL_CHUNK",
 ]
 
 #: :math:`\log\alpha` is clamped to ``[LOG_ALPHA_MIN, LOG_ALPHA_MAX]`` (as in Molchanov et al.'s
@@ -159,11 +160,12 @@ class AdditiveGaussianDropout(DropoutModule):
     def kl(self) -> Tensor:
         """Sum of :meth:`kl_per_weight` over the weights not removed by :meth:`prune` (0-dim).
 
-        Computed by a fused kernel that evaluates the per-weight gradient in closed form in the
-        same pass (about a third of the memory traffic of back-propagating through
-        :meth:`kl_per_weight`, which matters because the KL touches every weight at every step).
-        Its value and first derivatives equal those of ``kl_per_weight()`` summed over the kept
-        weights; it does not support double backward.
+        Computed by a fused function that evaluates the per-weight gradient in closed form
+        alongside the value (in cache-sized chunks on the CPU), which takes less than half the
+        time of back-propagating through :meth:`kl_per_weight`; this matters because the KL
+        touches every weight at every step. Its value and first derivatives equal those of
+        ``kl_per_weight()`` summed over the kept weights (tested); it does not support double
+        backward.
         """
         theta, log_sigma2 = self.theta, self.log_sigma2
         if torch.is_grad_enabled() and (theta.requires_grad or log_sigma2.requires_grad):
@@ -220,7 +222,8 @@ class AdditiveGaussianDropout(DropoutModule):
         """
         denom = theta.square().add_(THETA_SQ_EPS)
         ls, ls_clamped = self._clamp_log_sigma2(log_sigma2)
-        la = denom.log().neg_().add_(ls)
+        la = denom.log()
+        torch.sub(ls, la, out=la)
         la_c = la.clamp(LOG_ALPHA_MIN, LOG_ALPHA_MAX)
         la_clamped = la.ne(la_c) if need_grad else None
         kl, g_la = self._kl_of_log_alpha(la_c, need_grad)

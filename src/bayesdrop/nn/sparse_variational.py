@@ -95,4 +95,5 @@ class SparseVariationalDropout(AdditiveGaussianDropout):
         kl = t.log_().mul_(0.5).add_(s, alpha=_K1)
         if q is None:
             return kl, None
-        return kl, s.sub(1.0).mul_(s).mul_(_K1 * _K3).add_(q, alpha=-0.5)
+        # -q/2 + k1 k3 (s^2 - s), accumulated in q's memory
+        return kl, q.mul_(-0.5).addcmul_(s, s, value=_K1 * _K3).add_(s, alpha=-_K1 * _K3)
