@@ -2,10 +2,23 @@
 
 from __future__ import annotations
 
+from .cartpole import CARTPOLE_CONSTANTS, Transitions, cartpole_step, cartpole_transitions
 from .images import IMAGE_DATASETS, ImageData, load_images
+from .regression import REGRESSION_DATASETS, RegressionData, kfold_indices, load_regression
+from .scenes import SCENE_CLASSES, make_scenes
 
 __all__ = [
     "IMAGE_DATASETS",
     "ImageData",
     "load_images",
+    "CARTPOLE_CONSTANTS",
+    "Transitions",
+    "cartpole_step",
+    "cartpole_transitions",
+    "REGRESSION_DATASETS",
+    "RegressionData",
+    "kfold_indices",
+    "load_regression",
+    "SCENE_CLASSES",
+    "make_scenes",
 ]

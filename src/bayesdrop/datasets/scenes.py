@@ -1,12 +1,13 @@
 """Synthetic segmentation scenes generated in code: textured shapes on textured backgrounds.
 
 No real segmentation data set is available offline (CamVid, used by the LBD paper §3.2.2, is
-not), so :func:`make_scenes` draws a seeded stand-in: every image has a striped, noisy background
-and one to ``max_shapes`` shapes (disc, square, triangle, ring) with random position, size,
-colour and stripe texture; later shapes occlude earlier ones. Colours and textures are drawn
-from the same distribution for every class, so a pixel's class is decided by the *shape* of its
-neighbourhood, never by its colour: a small fully-convolutional network has to learn local
-geometry, and boundaries and occlusions leave genuinely ambiguous pixels.
+not), so :func:`make_scenes` draws a seeded stand-in: every image has a nearly grey, striped
+background and one to ``max_shapes`` shapes (disc, square, triangle, ring) of saturated colour
+with a faint grating, at random positions and sizes; later shapes occlude earlier ones, and
+Gaussian pixel noise is added. Colours and textures are drawn from the same distribution for
+every shape class, so telling shape from background is local (saturation) but a pixel's *class*
+is decided by the geometry of its neighbourhood, never by its colour: a small fully-convolutional
+network has to learn shapes, and boundaries and occlusions leave genuinely ambiguous pixels.
 
 Example:
     >>> images, labels = make_scenes(2, size=16, seed=0)
@@ -31,15 +32,34 @@ __all__ = ["SCENE_CLASSES", "make_scenes"]
 SCENE_CLASSES = ("background", "disc", "square", "triangle", "ring")
 
 
-def _texture(grid_y: Tensor, grid_x: Tensor, gen: torch.Generator) -> Tensor:
-    """A random colour with a random oriented stripe pattern, shape ``(3, H, W)`` in [0, 1]."""
-    colour = torch.rand(3, 1, 1, generator=gen) * 0.8 + 0.1
+def _stripes(grid_y: Tensor, grid_x: Tensor, gen: torch.Generator) -> Tensor:
+    """A random oriented sine grating ``(H, W)`` in [-1, 1]."""
     angle = torch.rand((), generator=gen) * math.pi
-    freq = torch.rand((), generator=gen) * 0.5 + 0.2
+    freq = torch.rand((), generator=gen) * 0.6 + 0.3
     phase = torch.rand((), generator=gen) * 2 * math.pi
-    amplitude = torch.rand((), generator=gen) * 0.25
-    wave = torch.sin(freq * (grid_x * torch.cos(angle) + grid_y * torch.sin(angle)) + phase)
-    return colour + amplitude * wave
+    return torch.sin(freq * (grid_x * torch.cos(angle) + grid_y * torch.sin(angle)) + phase)
+
+
+def _background(grid_y: Tensor, grid_x: Tensor, gen: torch.Generator) -> Tensor:
+    """A nearly grey striped texture ``(3, H, W)``: grey level, slight tint, grating."""
+    grey = torch.rand((), generator=gen) * 0.4 + 0.3
+    tint = (torch.rand(3, 1, 1, generator=gen) - 0.5) * 0.1
+    amplitude = torch.rand((), generator=gen) * 0.1 + 0.05
+    return grey + tint + amplitude * _stripes(grid_y, grid_x, gen)
+
+
+def _foreground(grid_y: Tensor, grid_x: Tensor, gen: torch.Generator) -> Tensor:
+    """A saturated colour of random hue with a faint grating ``(3, H, W)``."""
+    hue = torch.rand((), generator=gen) * 6
+    saturation = torch.rand((), generator=gen) * 0.3 + 0.7
+    value = torch.rand((), generator=gen) * 0.4 + 0.6
+    # HSV -> RGB: channel k's distance on the hue circle from its primary decides its level
+    k = torch.tensor([5.0, 3.0, 1.0]).reshape(3, 1, 1)
+    h = (k + hue) % 6
+    level = torch.minimum(h, 4 - h).clamp(0, 1)
+    colour = value * (1 - saturation * level)
+    amplitude = torch.rand((), generator=gen) * 0.08
+    return colour + amplitude * _stripes(grid_y, grid_x, gen)
 
 
 def _shape_mask(
@@ -95,12 +115,12 @@ def make_scenes(
     images = torch.empty(n, 3, size, size)
     labels = torch.zeros(n, size, size, dtype=torch.int64)
     for i in range(n):
-        image = _texture(grid_y, grid_x, gen)
+        image = _background(grid_y, grid_x, gen)
         count = int(torch.randint(1, max_shapes + 1, (), generator=gen))
         for _ in range(count):
             kind = int(torch.randint(1, len(SCENE_CLASSES), (), generator=gen))
             mask = _shape_mask(kind, grid_y, grid_x, size, gen)
-            image = torch.where(mask, _texture(grid_y, grid_x, gen), image)
+            image = torch.where(mask, _foreground(grid_y, grid_x, gen), image)
             labels[i][mask] = kind
         noise = torch.randn(3, size, size, generator=gen) * noise_std
         images[i] = image + noise

@@ -23,7 +23,13 @@ __all__ = ["ALL", "HEADLINE", "FURTHER", "load", "Result", "RunConfig"]
 HEADLINE: tuple[str, ...] = ("toy-gradients",)
 
 #: The papers' further experiments (issue 9), in run order.
-FURTHER: tuple[str, ...] = ()
+FURTHER: tuple[str, ...] = (
+    "uci-regression",
+    "sentiment-lstm",
+    "segmentation",
+    "control-dynamics",
+    "fast-dropout-network",
+)
 
 #: Every registered experiment, in run order.
 ALL: tuple[str, ...] = HEADLINE + FURTHER
