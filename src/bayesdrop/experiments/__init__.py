@@ -20,7 +20,12 @@ from ._framework import Result, RunConfig
 __all__ = ["ALL", "HEADLINE", "FURTHER", "load", "Result", "RunConfig"]
 
 #: The papers' headline results (issue 7), in run order.
-HEADLINE: tuple[str, ...] = ("toy-gradients",)
+HEADLINE: tuple[str, ...] = (
+    "toy-gradients",
+    "estimator-variance",
+    "lrt-speed",
+    "classification-uncertainty",
+)
 
 #: The papers' further experiments (issue 9), in run order.
 FURTHER: tuple[str, ...] = (
