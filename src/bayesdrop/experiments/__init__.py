@@ -25,6 +25,10 @@ HEADLINE: tuple[str, ...] = (
     "estimator-variance",
     "lrt-speed",
     "classification-uncertainty",
+    "sparsity",
+    "fast-dropout",
+    "concrete-rates",
+    "recsys",
 )
 
 #: The papers' further experiments (issue 9), in run order.
