@@ -6,6 +6,14 @@ from .cartpole import CARTPOLE_CONSTANTS, Transitions, cartpole_step, cartpole_t
 from .images import IMAGE_DATASETS, ImageData, load_images
 from .regression import REGRESSION_DATASETS, RegressionData, kfold_indices, load_regression
 from .scenes import SCENE_CLASSES, make_scenes
+from .text import (
+    TEXT_DATASETS,
+    TextData,
+    TextFeatures,
+    load_text,
+    load_text_features,
+    text_data_path,
+)
 
 __all__ = [
     "IMAGE_DATASETS",
@@ -19,6 +27,12 @@ __all__ = [
     "RegressionData",
     "kfold_indices",
     "load_regression",
+    "TEXT_DATASETS",
+    "TextData",
+    "TextFeatures",
+    "load_text",
+    "load_text_features",
+    "text_data_path",
     "SCENE_CLASSES",
     "make_scenes",
 ]

@@ -15,6 +15,16 @@ from .concrete import (
     concrete_regularizer,
     concrete_regularizers,
 )
+from .fast_dropout import (
+    Moments,
+    expected_logistic_nll,
+    expected_softmax,
+    expected_softmax_cross_entropy,
+    expected_squared_error,
+    fast_dropout_linear,
+    relu_moments,
+    sigmoid_moments,
+)
 from .gaussian import alpha_from_p, gaussian_dropout, gaussian_dropout_lrt
 from .kl import KL_APPROXIMATIONS, LOG_ALPHA_MAX, LOG_ALPHA_MIN, kl_log_uniform
 from .lrt import VAR_FLOOR, lrt_conv, lrt_linear, sample_gaussian
@@ -42,6 +52,14 @@ __all__ = [
     "lrt_conv",
     "lrt_linear",
     "sample_gaussian",
+    "Moments",
+    "expected_logistic_nll",
+    "expected_softmax",
+    "expected_softmax_cross_entropy",
+    "expected_squared_error",
+    "fast_dropout_linear",
+    "relu_moments",
+    "sigmoid_moments",
     "alpha_from_p",
     "gaussian_dropout",
     "gaussian_dropout_lrt",

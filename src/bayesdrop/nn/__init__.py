@@ -3,6 +3,12 @@
 from ._base import DropoutModule
 from .ard import ARDDropout
 from .concrete import ConcreteDropout
+from .fast_dropout import (
+    FastDropoutLinear,
+    FastDropoutLogisticRegression,
+    FastDropoutMLP,
+    MCDropoutLogisticRegression,
+)
 from .gaussian import GaussianDropout
 from .learnable_bernoulli import LearnableBernoulliDropout
 from .mc_dropout import MCDropout
@@ -17,5 +23,9 @@ __all__ = [
     "LearnableBernoulliDropout",
     "MCDropout",
     "GaussianDropout",
+    "FastDropoutLinear",
+    "FastDropoutLogisticRegression",
+    "FastDropoutMLP",
+    "MCDropoutLogisticRegression",
     "VariationalDropout",
 ]
