@@ -23,7 +23,7 @@ import importlib.util
 import os
 import struct
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -68,7 +68,14 @@ _INSTALL = {
 }
 
 # IDX type codes (LeCun's format): 0x08 unsigned byte is the only one the MNIST files use.
-_IDX_DTYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
+_IDX_DTYPES: dict[int, Any] = {
+    0x08: np.uint8,
+    0x09: np.int8,
+    0x0B: ">i2",
+    0x0C: ">i4",
+    0x0D: ">f4",
+    0x0E: ">f8",
+}
 
 
 class ImageData(NamedTuple):
@@ -122,7 +129,7 @@ def load_fashion_mnist(split: str = "train", root: str | os.PathLike[str] | None
         FileNotFoundError: the Debian package is not installed (the message says how).
     """
     check_choice("split", split, ("train", "test"))
-    directory = Path(root or os.environ.get("BAYESDROP_FASHION_MNIST", FASHION_MNIST_DIR))
+    directory = Path(root or os.environ.get("BAYESDROP_FASHION_MNIST") or FASHION_MNIST_DIR)
     prefix = "train" if split == "train" else "t10k"
     images = directory / f"{prefix}-images-idx3-ubyte.gz"
     labels = directory / f"{prefix}-labels-idx1-ubyte.gz"

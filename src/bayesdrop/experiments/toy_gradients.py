@@ -24,7 +24,7 @@ the exact gradient and trace the estimates along the path (Fig. 1 g–h).
 from __future__ import annotations
 
 import math
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor
@@ -237,7 +237,7 @@ def run(cfg: RunConfig) -> Result:
     tr = {k: torch.stack(v) for k, v in trace.items()}
     tr_se = {k: torch.stack(v) for k, v in trace_sd.items()}
 
-    summary = {}
+    summary: dict[str, Any] = {}
     for e in ESTIMATORS:
         st = stats[e]
         summary[e] = {

@@ -84,6 +84,8 @@ class AdditiveGaussianDropout(DropoutModule):
             for good by :meth:`prune`, which every forward pass and the KL ignore.
     """
 
+    weight_mask: Tensor
+
     def __init__(
         self,
         layer: nn.Module,
@@ -202,7 +204,7 @@ class AdditiveGaussianDropout(DropoutModule):
             part = None if flat_pruned is None else flat_pruned[i:j]
             value, gt, gl = self._kl_sum_and_grads(flat[0][i:j], flat[1][i:j], part, need_grad)
             total += value
-            if g_theta is not None and g_ls is not None:
+            if g_theta is not None and g_ls is not None and gt is not None and gl is not None:
                 g_theta[i:j] = gt
                 g_ls[i:j] = gl
         if g_theta is None or g_ls is None:
