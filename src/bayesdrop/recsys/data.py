@@ -183,12 +183,12 @@ def _parse(
                 f"{source}, line {lineno}: expected at least {need} fields separated by "
                 f"{sep!r}, got {len(fields)}: {line[:80]!r}"
             )
-        u, i = fields[user_col].strip(), fields[item_col].strip()
-        if not u or not i:
+        u_text, i_text = fields[user_col].strip(), fields[item_col].strip()
+        if not u_text or not i_text:
             raise DataFormatError(f"{source}, line {lineno}: empty user or item id: {line[:80]!r}")
         if numeric_ids:
             try:
-                u, i = int(u), int(i)
+                u, i = int(u_text), int(i_text)
             except ValueError:
                 raise DataFormatError(
                     f"{source}, line {lineno}: user and item ids must be integers, got "
@@ -196,8 +196,11 @@ def _parse(
                 ) from None
             if u < 0 or i < 0:
                 raise DataFormatError(f"{source}, line {lineno}: negative id in {line[:80]!r}")
-        users.append(u)
-        items.append(i)
+            users.append(u)
+            items.append(i)
+        else:
+            users.append(u_text)
+            items.append(i_text)
         if rating_col is not None:
             text = fields[rating_col].strip()
             try:

@@ -178,14 +178,16 @@ def stacked_csr(x: CSRBatch, copies: int) -> CSRBatch:
     return CSRBatch(torch.cat(parts), x.col.repeat(copies), x.values.repeat(copies), x.n_items)
 
 
+def _linear(d_in: int, d_out: int) -> nn.Linear:
+    """Glorot-uniform weights and N(0, 0.001²) biases, as the reference code."""
+    lin = nn.Linear(d_in, d_out)
+    nn.init.xavier_uniform_(lin.weight)
+    nn.init.normal_(lin.bias, 0.0, 0.001)
+    return lin
+
+
 def _mlp(dims: list[int]) -> nn.ModuleList:
-    layers = nn.ModuleList()
-    for d_in, d_out in zip(dims[:-1], dims[1:]):
-        lin = nn.Linear(d_in, d_out)
-        nn.init.xavier_uniform_(lin.weight)
-        nn.init.normal_(lin.bias, 0.0, 0.001)
-        layers.append(lin)
-    return layers
+    return nn.ModuleList(_linear(d_in, d_out) for d_in, d_out in zip(dims[:-1], dims[1:]))
 
 
 class _MultBase(nn.Module):
@@ -201,7 +203,7 @@ class _MultBase(nn.Module):
         self.dropout = check_probability("dropout", dropout, low_open=False)
         self.l2 = check_positive("l2", l2, allow_zero=True)
         self.input_layer = SparseInputLinear(n_items, hidden)
-        self.encoder_out = _mlp([hidden, enc_out])[0]
+        self.encoder_out = _linear(hidden, enc_out)
         self.decoder = _mlp([latent, hidden, n_items])
 
     def extra_repr(self) -> str:
@@ -232,9 +234,9 @@ class _MultBase(nn.Module):
 
     def l2_penalty(self) -> Tensor:
         r""":math:`\lambda\sum\|W\|^2` over weight matrices (Liang's ``2 * l2_regularizer``)."""
-        weights = [self.input_layer.weight, self.encoder_out.weight]
-        weights += [m.weight for m in self.decoder]
-        return self.l2 * sum(w.pow(2).sum() for w in weights)
+        weights: list[Tensor] = [self.input_layer.weight, self.encoder_out.weight]
+        weights += [lin.weight for lin in self.decoder if isinstance(lin, nn.Linear)]
+        return self.l2 * torch.stack([w.pow(2).sum() for w in weights]).sum()
 
 
 class MultDAE(_MultBase):

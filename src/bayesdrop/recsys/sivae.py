@@ -175,7 +175,9 @@ class SIVAE(_MultBase):
 
     def _logit_p(self) -> Tensor:
         """Per-item drop logits (Gaussian: :math:`\\log\\alpha = \\mathrm{logit}\\,p`), clamped."""
-        param = self.rates.log_alpha if self.noise == "gaussian" else self.rates.logit_p
+        param = getattr(self.rates, "log_alpha" if self.noise == "gaussian" else "logit_p")
+        if not isinstance(param, Tensor):
+            raise TypeError(f"{type(self.rates).__name__} holds no rate logits")
         return param.clamp(-LOGIT_BOUND, LOGIT_BOUND)
 
     # ------------------------------------------------------------------------------ encoder

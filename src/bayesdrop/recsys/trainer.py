@@ -102,7 +102,7 @@ def beta_at(update: int, anneal_steps: int, anneal_cap: float) -> float:
     return min(anneal_cap, update / anneal_steps)
 
 
-def build_model(cfg: TrainConfig, n_items: int) -> nn.Module | EASE | Popularity:
+def build_model(cfg: TrainConfig, n_items: int) -> MultDAE | MultVAE | SIVAE | EASE | Popularity:
     """The model named by ``cfg.model`` for ``n_items`` items."""
     name = cfg.model
     if name == "popularity":
@@ -282,7 +282,7 @@ def _train(split: CFSplit, cfg: TrainConfig) -> dict[str, Any]:
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     for q in model.parameters():  # every process all-reduces the same gradient list
         q.grad = torch.zeros_like(q)
-    state = {
+    state: dict[str, Any] = {
         "epoch": 0,
         "update": 0,
         "best_ndcg": -math.inf,
