@@ -248,7 +248,7 @@ class AdditiveGaussianDropout(DropoutModule):
         never in training); elsewhere the clamp is always applied, to avoid a device sync.
         """
         lo, hi = LOG_SIGMA2_MIN, self.max_log_sigma2
-        if log_sigma2.device.type == "cpu":
+        if log_sigma2.device.type == "cpu" and not torch.compiler.is_compiling():
             mn, mx = torch.aminmax(log_sigma2)
             if lo <= float(mn) and float(mx) <= hi:
                 return log_sigma2, None
@@ -258,6 +258,9 @@ class AdditiveGaussianDropout(DropoutModule):
     def _pruned(self) -> Tensor | None:
         """``~weight_mask``, or ``None`` when nothing is pruned (cached per mask version)."""
         mask = self.weight_mask
+        if torch.compiler.is_compiling():
+            # No data-dependent branch under torch.compile: always apply the (possibly empty) mask.
+            return ~mask
         key = (id(mask), mask._version, mask.data_ptr())
         if key != self._pruned_key:
             self._pruned_cache = None if bool(mask.all()) else ~mask
