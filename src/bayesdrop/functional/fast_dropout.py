@@ -518,8 +518,9 @@ def expected_softmax(
 
     Example:
         >>> import torch
-        >>> expected_softmax(torch.zeros(1, 3), torch.ones(1, 3)).sum().item()
-        1.0
+        >>> probs = expected_softmax(torch.tensor([[0.0, 0.0, 2.0]]), torch.ones(1, 3))
+        >>> round(probs.sum().item(), 6), probs.argmax().item()
+        (1.0, 2)
     """
     check_choice("method", method, _METHODS_SOFTMAX)
     _check_softmax_args(mean, var)
