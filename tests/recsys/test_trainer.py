@@ -37,7 +37,8 @@ def test_beta_annealing():
 
 def test_result_has_the_promised_keys_and_best_epoch(split):
     r = train(split, _cfg(model="mult-vae"))
-    assert set(r["test"]) == {"recall@20", "recall@50", "ndcg@100", "users"}
+    names = ("recall@20", "recall@50", "ndcg@100")
+    assert set(r["test"]) == {*names, *(f"{m}_se" for m in names), "users"}
     assert r["test"]["users"] == int((split.test_heldout.getnnz(axis=1) > 0).sum())
     vals = [h["val_ndcg@100"] for h in r["history"]]
     assert r["best_epoch"] == 1 + vals.index(max(vals))

@@ -170,13 +170,18 @@ def evaluate(
 ) -> dict[str, float]:
     """Recall@20, Recall@50 and NDCG@100 over users with a held-out item (fold-in excluded).
 
+    Each metric ``m`` comes with ``m_se``, its standard error over the users
+    (:math:`s/\\sqrt n`, the test users' sampling noise), and ``users``, their number.
+
     Under torch.distributed (and ``shard=True``) each process scores an interleaved share of the
     users and the per-user sums are all-reduced, so every process returns the same numbers.
     """
     rank, world = _dist() if shard else (0, 1)
     n_items = fold_in.shape[1]
     users = np.arange(fold_in.shape[0])[rank::world]
-    sums = torch.zeros(len(_METRICS) + 1, dtype=torch.float64)
+    k_metrics = len(_METRICS)
+    # per metric: sum and sum of squares over users; last entry: number of users
+    sums = torch.zeros(2 * k_metrics + 1, dtype=torch.float64)
     if isinstance(model, nn.Module):
         was_training = model.training
         model.eval()
@@ -195,6 +200,7 @@ def evaluate(
         for j, (_, fn, k) in enumerate(_METRICS):
             per_user = fn(scores, held, min(k, n_items), exclude=fin, reduction="none")
             sums[j] += per_user.sum()
+            sums[k_metrics + j] += per_user.pow(2).sum()
         sums[-1] += len(rows)
     if isinstance(model, nn.Module) and was_training:
         model.train()
@@ -202,7 +208,12 @@ def evaluate(
     n = float(sums[-1])
     if n == 0:
         raise ValueError("no evaluation user has a held-out item")
-    out = {name: float(sums[j]) / n for j, (name, _, _) in enumerate(_METRICS)}
+    out: dict[str, float] = {}
+    for j, (name, _, _) in enumerate(_METRICS):
+        mean = float(sums[j]) / n
+        var = max(float(sums[k_metrics + j]) / n - mean * mean, 0.0) * n / max(n - 1.0, 1.0)
+        out[name] = mean
+        out[f"{name}_se"] = math.sqrt(var / n)
     out["users"] = int(n)
     return out
 
