@@ -53,9 +53,12 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--families", nargs="*", default=list(FAMILIES))
     ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--threads", type=int, default=1, help="torch threads (0: default)")
     args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     x, y = torch.randn(128, 784), torch.randint(0, 10, (128,))
-    print(f"MLP 784-512-512-10, batch 128, CPU threads={torch.get_num_threads()}")
+    print(f"MLP 784-512-512-10, batch 128, CPU threads={torch.get_num_threads()}, process CPU time")
     print(f"{'family':<12} {'eager ms':>9} {'compiled ms':>12} {'ratio':>6}")
     for fam in args.families:
         torch.manual_seed(0)

@@ -53,7 +53,7 @@ def step_fn(model, x, y, pair="concat"):
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--threads", type=int, default=1, help="torch threads (0: default)")
     ap.add_argument("--rounds", type=int, default=7)
     args = ap.parse_args()
     if args.threads:
@@ -69,7 +69,9 @@ def main() -> None:
     }
     t = interleaved_median(fns, rounds=args.rounds)
     base = t["nn.Dropout"]
-    print(f"MLP 784-1024-1024-10, batch 128, CPU threads={torch.get_num_threads()}")
+    print(
+        f"MLP 784-1024-1024-10, batch 128, CPU threads={torch.get_num_threads()}, process CPU time"
+    )
     print(f"{'variant':<20} {'ms/step':>8} {'ratio':>6}")
     for k, v in t.items():
         print(f"{k:<20} {1000 * v:>8.2f} {v / base:>6.2f}")

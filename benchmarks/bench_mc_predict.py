@@ -36,6 +36,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import time
 
 import torch
 from torch import nn
@@ -116,7 +117,7 @@ def main() -> None:
             sync()
 
         fns = {"loop": loop, "mc_predict": tiled, "exact=False": inexact, "naive tiling": naive}
-        t = interleaved_median(fns, rounds=5, reps=3)
+        t = interleaved_median(fns, rounds=5, reps=3, clock=time.perf_counter)
         print(f"\n{name}")
         for k, v in t.items():
             print(f"  {k:13s} {1e3 * v:8.2f} ms   loop / this = {t['loop'] / v:5.2f}x")
