@@ -119,3 +119,78 @@ def test_popularity_counts_training_users():
         Popularity().scores(train)
     with pytest.raises(ValueError, match="l2"):
         EASE(0.0)
+
+
+def test_mult_vae_loss_is_the_reparameterised_beta_elbo():
+    """training_loss = mean_u [-log p(x|mu + sigma eps) + beta KL(q || N(0, I))] with the same eps."""
+    torch.manual_seed(3)
+    model = MultVAE(12, hidden=8, latent=4, dropout=0.0).double()
+    m = _clicks(seed=4)
+    x = csr_batch(m)
+    x = x.with_values(x.values.double())
+    beta = 0.37
+    got = model.training_loss(x, beta, generator=torch.Generator().manual_seed(5))
+    xd = torch.from_numpy(m.toarray()).double()
+    h = torch.tanh(F.normalize(xd, dim=1) @ model.input_layer.weight + model.input_layer.bias)
+    out = model.encoder_out(h)
+    mu, logvar = out[:, :4], out[:, 4:]
+    eps = torch.randn(mu.shape, dtype=mu.dtype, generator=torch.Generator().manual_seed(5))
+    z = mu + torch.exp(0.5 * logvar) * eps
+    logits = model.decoder[1](torch.tanh(model.decoder[0](z)))
+    nll = -(xd * torch.log_softmax(logits, -1)).sum(-1)
+    kl = 0.5 * (logvar.exp() + mu**2 - 1 - logvar).sum(-1)
+    torch.testing.assert_close(got, (nll + beta * kl).mean())
+    # eval mode scores with the mean code, deterministically
+    model.eval()
+    torch.testing.assert_close(model(x), model.decode(mu))
+
+
+def test_sparse_input_dropout_is_inverted_dropout_on_clicks():
+    """The model's own input dropout on CSR input: the first layer's pre-activation is unbiased
+    for the noiseless one (inverted scaling), and equals the dense path under the same mask."""
+    torch.manual_seed(0)
+    model = MultDAE(12, hidden=5, latent=3, dropout=0.3).double().train()
+    with torch.no_grad():
+        model.input_layer.weight.mul_(0.2)  # keep tanh away from saturation for atanh
+    m = _clicks(seed=5)
+    x = csr_batch(m)
+    x = x.with_values(x.values.double())
+    n = 4000
+    big = stacked_csr(x, n)
+    pre = torch.atanh(model._first_layer(big)).detach().reshape(n, m.shape[0], -1)
+    expected = model.input_layer(x, normalized_values(x)).detach()
+    se = pre.std(0) / n**0.5
+    assert torch.all((pre.mean(0) - expected).abs() <= 4.5 * se + 1e-12)
+    assert bool((pre.std(0)[m.getnnz(axis=1) > 0] > 1e-3).all())  # noise where there are clicks
+    # a user with no click gets the bias only, with no noise
+    torch.testing.assert_close(pre[:, 3], model.input_layer.bias.detach().expand(n, -1))
+    # sparse and dense paths draw the same mask from the same stream: identical outputs
+    torch.manual_seed(7)
+    ys = model._first_layer(x)
+    torch.manual_seed(7)
+    v = normalized_values(x)
+    mask = torch.nn.functional.dropout(torch.ones_like(v), 0.3, True)
+    dense = x.with_values(v * mask).to_dense()
+    yd = torch.tanh(dense @ model.input_layer.weight + model.input_layer.bias)
+    torch.testing.assert_close(ys, yd)
+
+
+def test_baselines_reject_bad_input():
+    train = sp.csr_matrix(np.eye(4, dtype=np.float32))
+    with pytest.raises(ValueError, match="columns"):
+        EASE(1.0).fit(train).scores(sp.csr_matrix((2, 5)))
+    with pytest.raises(ValueError, match="columns"):
+        Popularity().fit(train).scores(sp.csr_matrix((2, 3)))
+    with pytest.raises(TypeError, match="train"):
+        EASE(1.0).fit([[1, 0], [0, 1]])
+    with pytest.raises(RuntimeError, match="fit"):
+        EASE(1.0).scores(train)
+
+
+def test_ease_ranks_the_co_clicked_item_first():
+    """Items 0 and 1 always co-occur, 2 and 3 too: a user with item 0 gets item 1 on top."""
+    x = np.array([[1, 1, 0, 0]] * 5 + [[0, 0, 1, 1]] * 5 + [[1, 1, 1, 1]], dtype=np.float64)
+    s = EASE(1.0).fit(x).scores(sp.csr_matrix(np.array([[1.0, 0, 0, 0]]))).numpy()[0]
+    assert s[1] > s[2] and s[1] > s[3]
+    pop = Popularity().fit(x).scores(np.zeros((1, 4))).numpy()[0]
+    np.testing.assert_array_equal(pop, x.sum(0))

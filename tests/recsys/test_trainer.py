@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import torch
 
@@ -152,3 +153,27 @@ def test_two_process_data_parallel_matches_one_process(tmp_path):
     vae1, vae2 = one[1]["test"], two[1]["test"]
     for k in ("recall@20", "recall@50", "ndcg@100"):
         assert abs(vae1[k] - vae2[k]) < 0.05
+
+
+def test_evaluate_standard_errors_match_per_user_metrics(split):
+    from bayesdrop.metrics.ranking import ndcg_at_k, recall_at_k
+    from bayesdrop.recsys.baselines import Popularity
+
+    model = Popularity().fit(split.train)
+    r = evaluate(model, split.test_fold_in, split.test_heldout, batch_size=7)
+    scores = model.scores(split.test_fold_in)
+    n_items = split.n_items
+    for name, fn, k in (("recall@20", recall_at_k, 20), ("ndcg@100", ndcg_at_k, 100)):
+        per_user = fn(
+            scores,
+            split.test_heldout,
+            min(k, n_items),
+            exclude=split.test_fold_in,
+            reduction="none",
+        ).numpy()
+        per_user = per_user[~np.isnan(per_user)]
+        assert r["users"] == len(per_user)
+        assert r[name] == pytest.approx(per_user.mean(), rel=1e-12)
+        assert r[f"{name}_se"] == pytest.approx(
+            per_user.std(ddof=1) / np.sqrt(len(per_user)), rel=1e-9
+        )
