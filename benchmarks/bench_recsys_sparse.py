@@ -4,12 +4,16 @@ The click matrix has the size of the pre-processed ML-20M of Liang et al. (2018)
 20,108 items, about 10M interactions (user activity log-normal with mean ~73, item popularity a
 power law), built directly in CSR form. Both variants train the same ``MultVAE`` (600-200, batch 500
 users, Adam) for the same batches; the dense one gets ``X[rows].toarray()`` per batch as the
-reference code does. A full epoch is too slow for two shared cores, so a fixed number of batches is
-timed (after a warm-up batch) and the epoch time is extrapolated from the measured users/second.
+reference code does. A full epoch (about 233 batches) takes many minutes on two shared cores, so
+by default a fixed number of batches (``--batches``, after a warm-up batch, the two variants
+interleaved batch by batch so load changes hit both alike) is timed and the epoch time is
+extrapolated from the measured users/second; ``--batches 0`` times a whole epoch instead.
+Peak host memory (``ru_maxrss``) covers building the matrix and both models.
 
 Usage::
 
-    python benchmarks/bench_recsys_sparse.py [--batches 6] [--device cpu|cuda] [--users 136677]
+    python benchmarks/bench_recsys_sparse.py [--batches 6 | --batches 0] [--device cpu|cuda]
+        [--users 136677] [--threads N]
 """
 
 from __future__ import annotations
@@ -71,7 +75,12 @@ def main() -> None:
     ap.add_argument("--items", type=int, default=20_108)
     ap.add_argument("--interactions", type=int, default=10_000_000)
     ap.add_argument("--batch-size", type=int, default=500)
-    ap.add_argument("--batches", type=int, default=6, help="timed batches per variant")
+    ap.add_argument(
+        "--batches",
+        type=int,
+        default=6,
+        help="timed batches per variant (0: a whole epoch of training users, no extrapolation)",
+    )
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: leave default)")
     args = ap.parse_args()
@@ -87,6 +96,10 @@ def main() -> None:
     rng = np.random.default_rng(1)
     order = rng.permutation(args.users)
     n_train = args.users - 20_000 if args.users > 40_000 else args.users
+    if args.batches < 0:
+        raise SystemExit(f"--batches must be >= 0, got {args.batches}")
+    if args.batches == 0:  # a whole epoch of the training users
+        args.batches = -(-n_train // args.batch_size)
     batches = [
         order[i * args.batch_size : (i + 1) * args.batch_size] for i in range(args.batches + 1)
     ]
@@ -100,6 +113,7 @@ def main() -> None:
         return get
 
     times = {"sparse": 0.0, "dense": 0.0}
+    cpu = {"sparse": 0.0, "dense": 0.0}  # process CPU seconds: robust to other users' load
     torch.manual_seed(0)
     models = {}
     for kind in ("sparse", "dense"):
@@ -112,19 +126,24 @@ def main() -> None:
     for rows in batches[1:]:
         for kind, (model, opt, get) in models.items():
             _sync(args.device)
-            start = time.perf_counter()
+            start, cpu_start = time.perf_counter(), time.process_time()
             _step(model, opt, get(rows), 0.1)
             _sync(args.device)
             times[kind] += time.perf_counter() - start
-    users = args.batches * args.batch_size
+            cpu[kind] += time.process_time() - cpu_start
+    users = sum(len(b) for b in batches[1:])
     rate = {k: users / t for k, t in times.items()}
     for k in ("sparse", "dense"):
         epoch = n_train / rate[k]
         print(
             f"{k:>6}: {rate[k]:8.1f} users/s, {times[k] / args.batches:.3f} s/batch, "
-            f"extrapolated epoch ({n_train} train users) {epoch:.1f} s = {epoch / 60:.2f} min"
+            f"extrapolated epoch ({n_train} train users) {epoch:.1f} s = {epoch / 60:.2f} min; "
+            f"CPU {cpu[k] / args.batches:.3f} s/batch, {n_train / users * cpu[k]:.0f} CPU s/epoch"
         )
-    print(f"speed-up sparse / dense: {rate['sparse'] / rate['dense']:.2f}x")
+    print(
+        f"speed-up sparse / dense: {rate['sparse'] / rate['dense']:.2f}x wall, "
+        f"{cpu['dense'] / cpu['sparse']:.2f}x CPU time"
+    )
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2
     print(f"peak resident memory: {peak:.2f} GB (host)")
     if args.device.startswith("cuda"):
