@@ -240,6 +240,13 @@ def fast_dropout_linear(
     check_moments(mean, var)
     p = check_drop_probability(p)
     _check_layer(mean, var, weight, p)
+    return _linear_moments(mean, var, weight, bias, p)
+
+
+def _linear_moments(
+    mean: Tensor, var: Tensor | None, weight: Tensor, bias: Tensor | None, p: float | Tensor
+) -> Moments:
+    """:func:`fast_dropout_linear` without the argument checks (for validated inputs)."""
     keep = 1.0 - p
     w2 = weight * weight
     out_mean = _mm(mean, weight.t())
@@ -275,6 +282,11 @@ def relu_moments(mean: Tensor, var: Tensor) -> Moments:
         (0.398942, 0.340845)
     """
     check_moments(mean, var)
+    return _relu_moments(mean, var)
+
+
+def _relu_moments(mean: Tensor, var: Tensor) -> Moments:
+    """:func:`relu_moments` without the argument checks."""
     s = _safe_sqrt(var)
     pos = s > 0
     # |r| > 40: Phi, phi saturate (bracket = 1 or 0); clamping avoids inf * 0 when s underflows
@@ -317,6 +329,11 @@ def sigmoid_moments(mean: Tensor, var: Tensor) -> Moments:
         0.5
     """
     check_moments(mean, var)
+    return _sigmoid_moments(mean, var)
+
+
+def _sigmoid_moments(mean: Tensor, var: Tensor) -> Moments:
+    """:func:`sigmoid_moments` without the argument checks."""
     out_mean = torch.sigmoid(mean * torch.rsqrt(1.0 + _PI_8 * var))
     a, b = SIGMOID_VAR_A, SIGMOID_VAR_B
     second = torch.sigmoid(a * (mean - b) * torch.rsqrt(1.0 + _PI_8 * a * a * var))

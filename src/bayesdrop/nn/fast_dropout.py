@@ -35,7 +35,11 @@ from torch import Tensor, nn
 from .._validation import check_choice, check_int, check_positive
 from ..functional.fast_dropout import (
     Moments,
+    _linear_moments,
     _mm,
+    _relu_moments,
+    _ScipySparseMatmul,
+    _sigmoid_moments,
     _square,
     _to_scipy,
     check_drop_probability,
@@ -45,8 +49,6 @@ from ..functional.fast_dropout import (
     expected_softmax_cross_entropy,
     expected_squared_error,
     fast_dropout_linear,
-    relu_moments,
-    sigmoid_moments,
 )
 from ._base import DropoutModule
 
@@ -105,6 +107,74 @@ def as_feature_tensor(x: Any, dtype: torch.dtype = torch.float32) -> Tensor:
     return x
 
 
+class _Design:
+    """Validated features ``x`` ``(N, d)`` prepared once for repeated products with weights.
+
+    Sparse CPU features are held as ``scipy.sparse`` CSR matrices (``x`` and its element-wise
+    square), so every loss evaluation is two sparse products and nothing is re-validated or
+    re-converted (torch's CPU sparse kernels are far slower). Dense or GPU features stay tensors.
+    """
+
+    def __init__(self, x: Tensor) -> None:
+        self.x = x
+        self.n = int(x.shape[0])
+        self.sp: Any = None
+        if x.layout != torch.strided and x.device.type == "cpu":
+            self.sp = _to_scipy(x)
+            self.sp.sum_duplicates()
+        self._sq: Any = None
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.x.dtype
+
+    def mm(self, w_t: Tensor) -> Tensor:
+        """``x @ w_t``."""
+        if self.sp is not None:
+            return _sparse_product(self.sp, w_t)
+        return _mm(self.x, w_t)
+
+    def mm_square(self, w_t: Tensor) -> Tensor:
+        """``(x * x) @ w_t`` (the square is computed once)."""
+        if self._sq is None:
+            self._sq = self.sp.multiply(self.sp).tocsr() if self.sp is not None else _square(self.x)
+        if self.sp is not None:
+            return _sparse_product(self._sq, w_t)
+        return _mm(self._sq, w_t)
+
+    def mm_masked(self, w_t: Tensor, p: float, generator: torch.Generator | None) -> Tensor:
+        """``(x * z / (1 - p)) @ w_t`` for one inverted Bernoulli mask ``z`` per entry.
+
+        For sparse ``x`` only the stored (non-zero) entries are masked: zeros stay zero anyway.
+        """
+        if self.sp is not None:
+            data = self.sp.data
+            u_np = torch.rand(data.shape[0], dtype=torch.float64, generator=generator).numpy()
+            masked = self.sp.copy()
+            masked.data = data * ((u_np >= p) / (1.0 - p)).astype(data.dtype)
+            return _sparse_product(masked, w_t)
+        x = self.x
+        vals = x.values() if x.layout != torch.strided else x
+        u = torch.rand(vals.shape, dtype=vals.dtype, device=vals.device, generator=generator)
+        dropped = vals * ((u >= p).to(vals.dtype) / (1.0 - p))
+        return _mm(dropped if x.layout == torch.strided else _sparse_map(x, dropped), w_t)
+
+    def rows(self, idx: Tensor) -> _Design:
+        """The design of rows ``idx`` (mini-batches)."""
+        if self.sp is not None:
+            return _Design(as_feature_tensor(self.sp[idx.numpy()], self.dtype))
+        x = self.x
+        if x.layout == torch.strided:
+            return _Design(x[idx])
+        coo = x if x.layout == torch.sparse_coo else x.to_sparse_coo()
+        return _Design(coo.index_select(0, idx).coalesce())
+
+
+def _sparse_product(x_sp: Any, w_t: Tensor) -> Tensor:
+    """``x_sp @ w_t`` for a constant ``scipy.sparse`` matrix, differentiable in ``w_t``."""
+    return _ScipySparseMatmul.apply(x_sp, w_t)
+
+
 def _sparse_map(x: Tensor, values: Tensor) -> Tensor:
     """A sparse tensor with the structure of ``x`` and new ``values``."""
     if x.layout == torch.sparse_csr:
@@ -112,15 +182,6 @@ def _sparse_map(x: Tensor, values: Tensor) -> Tensor:
             x.crow_indices(), x.col_indices(), values, x.shape, dtype=values.dtype
         )
     return torch.sparse_coo_tensor(x.indices(), values, x.shape, dtype=values.dtype)
-
-
-def _rows(x: Tensor, idx: Tensor) -> Tensor:
-    """Rows ``idx`` of a dense or sparse 2-d tensor (for mini-batches)."""
-    if x.layout == torch.strided:
-        return x[idx]
-    if x.device.type == "cpu":
-        return as_feature_tensor(_to_scipy(x)[idx.numpy()], x.dtype)
-    return x.index_select(0, idx) if x.layout == torch.sparse_coo else x.to_sparse_coo()[idx]
 
 
 # --------------------------------------------------------------------------- layers and MLP
@@ -192,7 +253,7 @@ class FastDropoutLinear(DropoutModule):
         return F.linear(x, self.weight, self.bias)
 
 
-_ACTIVATIONS = {"relu": relu_moments, "sigmoid": sigmoid_moments}
+_ACTIVATIONS = {"relu": _relu_moments, "sigmoid": _sigmoid_moments}
 _MLP_LOSSES = ("cross_entropy", "logistic", "squared")
 
 
@@ -276,9 +337,10 @@ class FastDropoutMLP(DropoutModule):
     def output_moments(self, x: Tensor) -> Moments:
         """Gaussian ``(mean, var)`` of the output logits, each ``(N, out_features)``."""
         act = _ACTIVATIONS[self.activation]
-        mean, var = self.layers[0].output_moments(x)
-        for layer in self.layers[1:]:
-            mean, var = layer.moments(*act(mean, var))
+        layers: list[FastDropoutLinear] = list(self.layers)  # type: ignore[arg-type]
+        mean, var = layers[0].output_moments(x)  # checks x; the moments below are finite
+        for layer in layers[1:]:
+            mean, var = _linear_moments(*act(mean, var), layer.weight, layer.bias, layer._p)
         return Moments(mean, var)
 
     def forward(self, x: Tensor) -> Tensor:
@@ -333,6 +395,7 @@ class _LogisticRegression(DropoutModule):
         self.bias = nn.Parameter(torch.zeros(rows, dtype=dtype))
         self.fit_time_: float | None = None
         self.n_iter_: int = 0
+        self.n_evals_: int = 0
 
     @property
     def binary(self) -> bool:
@@ -361,28 +424,45 @@ class _LogisticRegression(DropoutModule):
             raise ValueError(f"y must be class indices in [0, {self.num_classes}), but is not")
         return y
 
-    def _linear(self, x: Tensor) -> Tensor:
-        return _mm(x, self.weight.t()) + self.bias
+    def _design(self, x: Any) -> _Design:
+        return x if isinstance(x, _Design) else _Design(self._x(x))
 
-    def nll(self, x: Tensor, y: Tensor) -> Tensor:
-        """Per-example training loss ``(N,)`` (expected NLL under the model's dropout)."""
+    def _logits(self, d: _Design) -> Tensor:
+        """The linear logits ``(N, rows)`` without dropout."""
+        return d.mm(self.weight.t()) + self.bias
+
+    def _nll(self, d: _Design, y: Tensor) -> Tensor:
         raise NotImplementedError
 
-    def loss(self, x: Tensor, y: Tensor) -> Tensor:
-        """Mean training loss plus the optional L2 penalty :math:`\\tfrac{l2}{2}\\|W\\|^2`."""
-        out = self.nll(x, y).mean()
+    def nll(self, x: Any, y: Any) -> Tensor:
+        """Per-example training loss ``(N,)`` (expected NLL under the model's dropout)."""
+        d = self._design(x)
+        return self._nll(d, self._y(y, d.n))
+
+    def _loss(self, d: _Design, y: Tensor) -> Tensor:
+        self.n_evals_ += 1
+        out = self._nll(d, y).mean()
         if self.l2 > 0:
             out = out + 0.5 * self.l2 * (self.weight * self.weight).sum()
         return out
 
+    def loss(self, x: Any, y: Any) -> Tensor:
+        """Mean training loss plus the optional L2 penalty :math:`\\tfrac{l2}{2}\\|W\\|^2`."""
+        d = self._design(x)
+        return self._loss(d, self._y(y, d.n))
+
     def forward(self, x: Tensor) -> Tensor:
-        logits = self._linear(x)
+        logits = _mm(x, self.weight.t()) + self.bias
         return _class_logits(logits) if self.binary else logits
+
+    def _proba(self, d: _Design) -> Tensor:
+        logits = self._logits(d)
+        return torch.softmax(_class_logits(logits) if self.binary else logits, -1)
 
     @torch.no_grad()
     def predict_proba(self, x: Any) -> Tensor:
         """Class probabilities ``(N, num_classes)``."""
-        return torch.softmax(self(self._x(x)), -1)
+        return self._proba(self._design(x))
 
     @torch.no_grad()
     def predict(self, x: Any) -> Tensor:
@@ -392,8 +472,8 @@ class _LogisticRegression(DropoutModule):
     @torch.no_grad()
     def score(self, x: Any, y: Any) -> float:
         """Accuracy of :meth:`predict` on ``(x, y)``."""
-        x = self._x(x)
-        return float((self.predict(x) == self._y(y, x.shape[0])).double().mean())
+        d = self._design(x)
+        return float((self.predict(d) == self._y(y, d.n)).double().mean())
 
     def fit(
         self,
@@ -407,11 +487,12 @@ class _LogisticRegression(DropoutModule):
         tol: float = 1e-6,
         seed: int = 0,
     ) -> _LogisticRegression:
-        """Train on ``(x, y)`` and return ``self``; records ``fit_time_`` (s) and ``n_iter_``.
+        """Train on ``(x, y)`` and return ``self``; records ``fit_time_`` (s), ``n_iter_`` and
+        ``n_evals_`` (loss evaluations).
 
         Args:
             x: features ``(N, in_features)``: dense or torch sparse tensor, ``scipy.sparse``
-                matrix or NumPy array.
+                matrix or NumPy array (validated once, then prepared for fast products).
             y: class indices ``(N,)``.
             optimizer: ``"lbfgs"`` (full batch, strong Wolfe line search; stochastic objectives
                 draw new noise once per iteration and keep it during the line search) or
@@ -420,25 +501,30 @@ class _LogisticRegression(DropoutModule):
             max_iter: L-BFGS iterations or Adam epochs.
             lr: step size (default 1 for L-BFGS, 0.05 for Adam).
             batch_size: Adam mini-batch size (``None``: full batch).
-            tol: L-BFGS stops when the loss changes by less than ``tol`` (relative).
+            tol: L-BFGS stops when the loss or the step changes by less than ``tol``.
             seed: seeds the mini-batch order and, when no ``generator`` was given, the noise.
         """
         check_choice("optimizer", optimizer, _OPTIMIZERS)
         check_int("max_iter", max_iter)
-        x = self._x(x)
-        y = self._y(y, x.shape[0])
+        check_positive("tol", tol)
+        if lr is not None:
+            check_positive("lr", lr)
+        d = self._design(x)
+        y_t = self._y(y, d.n)
+        bs = d.n if batch_size is None else check_int("batch_size", batch_size)
         if self.generator is None:
             self.generator = torch.Generator().manual_seed(seed)
             own_gen = True
         else:
             own_gen = False
         self.train()
+        self.n_evals_ = 0
         start = time.perf_counter()
         try:
             if optimizer == "lbfgs":
-                self._fit_lbfgs(x, y, max_iter, 1.0 if lr is None else lr, tol)
+                self._fit_lbfgs(d, y_t, max_iter, 1.0 if lr is None else lr, tol)
             else:
-                self._fit_adam(x, y, max_iter, 0.05 if lr is None else lr, batch_size, seed)
+                self._fit_adam(d, y_t, max_iter, 0.05 if lr is None else lr, bs, seed)
         finally:
             self.fit_time_ = time.perf_counter() - start
             if own_gen:
@@ -446,13 +532,13 @@ class _LogisticRegression(DropoutModule):
             self.eval()
         return self
 
-    def _fit_lbfgs(self, x: Tensor, y: Tensor, max_iter: int, lr: float, tol: float) -> None:
+    def _fit_lbfgs(self, d: _Design, y: Tensor, max_iter: int, lr: float, tol: float) -> None:
         def make_closure(opt: torch.optim.Optimizer, state: Tensor | None) -> Any:
             def closure() -> Tensor:
                 if state is not None:
                     self.generator.set_state(state)  # type: ignore[union-attr]
                 opt.zero_grad()
-                value = self.loss(x, y)
+                value = self._loss(d, y)
                 value.backward()
                 return value.detach()
 
@@ -460,8 +546,9 @@ class _LogisticRegression(DropoutModule):
 
         if not self._stochastic:  # one deterministic objective: ordinary L-BFGS
             opt = torch.optim.LBFGS(
-                self.parameters(), lr=lr, max_iter=max_iter, history_size=20,
-                tolerance_change=tol, tolerance_grad=1e-7, line_search_fn="strong_wolfe",
+                self.parameters(), lr=lr, max_iter=max_iter, max_eval=3 * max_iter,
+                history_size=20, tolerance_change=tol, tolerance_grad=1e-7,
+                line_search_fn="strong_wolfe",
             )  # fmt: skip
             opt.step(make_closure(opt, None))
             self.n_iter_ = int(opt.state[opt._params[0]].get("n_iter", 0))  # type: ignore[attr-defined]
@@ -475,23 +562,19 @@ class _LogisticRegression(DropoutModule):
             opt.step(make_closure(opt, self.generator.get_state()))
             self.n_iter_ = it + 1
 
-    def _fit_adam(
-        self, x: Tensor, y: Tensor, epochs: int, lr: float, batch_size: int | None, seed: int
-    ) -> None:
+    def _fit_adam(self, d: _Design, y: Tensor, epochs: int, lr: float, bs: int, seed: int) -> None:
         opt = torch.optim.Adam(self.parameters(), lr=lr)
-        n = x.shape[0]
-        bs = n if batch_size is None else check_int("batch_size", batch_size)
         order_gen = torch.Generator().manual_seed(seed)
         for epoch in range(epochs):
-            perm = torch.randperm(n, generator=order_gen) if bs < n else None
-            for start in range(0, n, bs):
+            perm = torch.randperm(d.n, generator=order_gen) if bs < d.n else None
+            for start in range(0, d.n, bs):
                 if perm is None:
-                    xb, yb = x, y
+                    db, yb = d, y
                 else:
                     idx = perm[start : start + bs]
-                    xb, yb = _rows(x, idx), y[idx]
+                    db, yb = d.rows(idx), y[idx]
                 opt.zero_grad()
-                self.loss(xb, yb).backward()
+                self._loss(db, yb).backward()
                 opt.step()
             self.n_iter_ = epoch + 1
 
@@ -587,52 +670,57 @@ class FastDropoutLogisticRegression(_LogisticRegression):
     def _stochastic(self) -> bool:
         return self.objective == "sample"
 
-    def logit_moments(self, x: Tensor, covariance: str = "diagonal") -> Moments:
+    def _logit_moments(self, d: _Design, covariance: str = "diagonal") -> Moments:
+        mean = self._logits(d)
+        c = self._p / (1.0 - self._p)
+        w = self.weight
+        if self.binary or covariance == "diagonal":
+            var = d.mm_square((c * w * w).t()) if c > 0 else torch.zeros_like(mean)
+            if self.binary:
+                return Moments(mean[..., 0], var[..., 0])
+            return Moments(mean, var)
+        k = self.num_classes
+        outer = (w.unsqueeze(1) * w.unsqueeze(0)).reshape(k * k, -1)
+        if c > 0:
+            cov = d.mm_square((c * outer).t()).reshape(-1, k, k)
+        else:
+            cov = mean.new_zeros(d.n, k, k)
+        return Moments(mean, cov)
+
+    def logit_moments(self, x: Any, covariance: str = "diagonal") -> Moments:
         """Moments of the model's own logits: ``(N,)`` for binary, ``(N, K)`` otherwise.
 
         ``covariance="full"`` returns covariances ``(N, K, K)`` for several classes.
         """
         check_choice("covariance", covariance, ("full", "diagonal"))
-        mean, var = fast_dropout_linear(x, None, self.weight, self.bias, self._p)
-        if self.binary:
-            return Moments(mean[..., 0], var[..., 0])
-        if covariance == "full":
-            k = self.num_classes
-            c = self._p / (1.0 - self._p)
-            outer = (self.weight.unsqueeze(1) * self.weight.unsqueeze(0)).reshape(k * k, -1)
-            var = _mm(_square(x), (c * outer).t()).reshape(-1, k, k)
-        return Moments(mean, var)
+        return self._logit_moments(self._design(x), covariance)
 
-    def output_moments(self, x: Tensor) -> Moments:
+    def output_moments(self, x: Any) -> Moments:
         """Mean and variance ``(N, num_classes)`` of the class logits (binary: ``(0, Y)``)."""
         mean, var = self.logit_moments(x)
         if self.binary:
             return Moments(_class_logits(mean.unsqueeze(-1)), _class_logits(var.unsqueeze(-1)))
         return Moments(mean, var)
 
-    def nll(self, x: Tensor, y: Tensor) -> Tensor:
-        r"""Per-example expected NLL ``(N,)`` under the Gaussian logits (the training loss)."""
+    def _nll(self, d: _Design, y: Tensor) -> Tensor:
         if self.binary:
-            mean, var = self.logit_moments(x)
-            method = "closed_form" if self.objective == "closed_form" else self.objective
+            mean, var = self._logit_moments(d)
             return expected_logistic_nll(
-                mean, var, y.to(mean.dtype), method=method, samples=self.samples,
+                mean, var, y.to(mean.dtype), method=self.objective, samples=self.samples,
                 generator=self.generator,
             )  # fmt: skip
-        mean, var = self.logit_moments(x, self.covariance)
+        mean, var = self._logit_moments(d, self.covariance)
         return expected_softmax_cross_entropy(
             mean, var, y, self.objective, samples=self.samples, generator=self.generator
         )
 
-    @torch.no_grad()
-    def predict_proba(self, x: Any) -> Tensor:
-        """Expected class probabilities under the Gaussian logits, ``(N, num_classes)``."""
-        x = self._x(x)
+    def _proba(self, d: _Design) -> Tensor:
+        """Expected class probabilities under the Gaussian logits (binary: eq. 8)."""
         if self.binary:
-            mean, var = self.logit_moments(x)
+            mean, var = self._logit_moments(d)
             p1 = torch.sigmoid(mean * torch.rsqrt(1.0 + _PI_8 * var))
             return torch.stack([1.0 - p1, p1], -1)
-        mean, var = self.logit_moments(x, self.covariance)
+        mean, var = self._logit_moments(d, self.covariance)
         return expected_softmax(mean, var, "unscented")
 
 
@@ -689,25 +777,17 @@ class MCDropoutLogisticRegression(_LogisticRegression):
     def _stochastic(self) -> bool:
         return self._p > 0
 
-    def drop(self, x: Tensor) -> Tensor:
-        """One inverted Bernoulli mask applied to ``x`` (only non-zeros of a sparse ``x``)."""
-        if self._p == 0.0:
-            return x
-        vals = x.values() if x.layout != torch.strided else x
-        u = torch.rand(vals.shape, dtype=vals.dtype, device=vals.device, generator=self.generator)
-        dropped = vals * ((u >= self._p).to(vals.dtype) / (1.0 - self._p))
-        return dropped if x.layout == torch.strided else _sparse_map(x, dropped)
-
     def forward(self, x: Tensor) -> Tensor:
-        if self.sampling:
-            x = self.drop(x)
-        return super().forward(x)
+        if not self.sampling:
+            return super().forward(x)
+        logits = _Design(x).mm_masked(self.weight.t(), self._p, self.generator) + self.bias
+        return _class_logits(logits) if self.binary else logits
 
-    def nll(self, x: Tensor, y: Tensor) -> Tensor:
+    def _nll(self, d: _Design, y: Tensor) -> Tensor:
         """Per-example NLL ``(N,)`` averaged over ``samples`` fresh masks."""
-        total = x.new_zeros(x.shape[0]) if x.layout == torch.strided else None
+        total: Tensor | None = None
         for _ in range(self.samples):
-            logits = self._linear(self.drop(x))
+            logits = d.mm_masked(self.weight.t(), self._p, self.generator) + self.bias
             if self.binary:
                 loss = F.binary_cross_entropy_with_logits(
                     logits[:, 0], y.to(logits.dtype), reduction="none"
