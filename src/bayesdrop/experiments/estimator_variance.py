@@ -461,7 +461,7 @@ def _figure(results, columns):  # noqa: ANN001, ANN202 - plotting only
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4))
     width = 0.2
     for ax, source in zip(axes, ("paper", "ours")):
         for k, mode in enumerate(MODES):
@@ -480,7 +480,7 @@ def _figure(results, columns):  # noqa: ANN001, ANN202 - plotting only
             if source == "paper"
             else [f"{layer} {ep}" for layer, ep in columns]
         )
-        ax.set_xticklabels([f"{n} ep" for n in names])
+        ax.set_xticklabels([f"{n} ep" for n in names], fontsize=8)
         ax.set_title(f"{source}: mean gradient variance")
     axes[0].legend(fontsize=8)
     fig.subplots_adjust(wspace=0.25)
