@@ -154,7 +154,11 @@ def fit_dynamics(
 
 @torch.no_grad()
 def epistemic(
-    model: DynamicsModel, x: Tensor, y: Tensor, samples: int, generator: torch.Generator
+    model: DynamicsModel,
+    x: Tensor,
+    y: Tensor,
+    samples: int,
+    generator: torch.Generator | None = None,
 ) -> dict[str, float]:
     r"""Model variance, the mutual-information bound and RMSE of MC predictions on ``(x, y)``.
 

@@ -37,7 +37,7 @@ from ..objectives import objective
 from ._framework import Result, RunConfig, progress, timer
 from .uci_regression import single_thread
 
-__all__ = ["NAME", "TITLE", "tokenize", "encode", "SentimentLSTM", "run"]
+__all__ = ["NAME", "TITLE", "tokenize", "encode", "SentimentLSTM", "fit", "rt_split", "run"]
 
 NAME = "sentiment-lstm"
 TITLE = (
@@ -132,6 +132,83 @@ def _correct(model: nn.Module, x: Tensor, y: Tensor) -> Tensor:
     )
 
 
+def fit(
+    model: SentimentLSTM,
+    x_train: Tensor,
+    y_train: Tensor,
+    x_val: Tensor,
+    y_val: Tensor,
+    *,
+    epochs: int,
+    batch_size: int,
+    lr: float,
+    generator: torch.Generator,
+    evals_per_epoch: int = 1,
+    train_subset: Tensor | None = None,
+) -> tuple[dict[str, list], Tensor]:
+    """Adam on :func:`bayesdrop.objective`; validation accuracy ``evals_per_epoch`` times an epoch.
+
+    Returns the curves (``epoch``, ``test_accuracy``, ``train_accuracy`` on ``train_subset``
+    — by default the first ``len(y_val)`` training rows —, ``rate``) and the per-snippet
+    correctness of the best validation evaluation.
+    """
+    n = len(y_train)
+    sub = torch.arange(min(n, len(y_val))) if train_subset is None else train_subset
+    sub = sub.to(x_train.device)
+    steps_per_epoch = -(-n // batch_size)
+    eval_at = {round(steps_per_epoch * (k + 1) / evals_per_epoch) for k in range(evals_per_epoch)}
+    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    curve: dict[str, list] = {"epoch": [], "test_accuracy": [], "train_accuracy": [], "rate": []}
+    best_right = torch.zeros(len(y_val), dtype=torch.bool)
+    for epoch in range(epochs):
+        model.train()
+        order = torch.randperm(n, generator=generator).to(x_train.device)
+        for step, i in enumerate(range(0, n, batch_size), start=1):
+            idx = order[i : i + batch_size]
+            loss = objective(model, x_train[idx], y_train[idx], _ce, n_data=n)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            if step in eval_at:
+                right = _correct(model, x_val, y_val)
+                acc = float(right.double().mean())
+                if not curve["test_accuracy"] or acc > max(curve["test_accuracy"]):
+                    best_right = right
+                curve["epoch"].append(epoch + step / steps_per_epoch)
+                curve["test_accuracy"].append(acc)
+                curve["train_accuracy"].append(
+                    float(_correct(model, x_train[sub], y_train[sub]).double().mean())
+                )
+                curve["rate"].append(model.rate())
+                model.train()
+    return curve, best_right
+
+
+def rt_split(
+    n_train: int | None, n_test: int | None, max_len: int, vocab_size: int, seed: int
+) -> tuple[Tensor, Tensor, Tensor, Tensor, int]:
+    """Token ids and labels of a seeded 80/20 split of the Rotten Tomatoes snippets.
+
+    The vocabulary (the ``vocab_size - 2`` most frequent training tokens; 0 pads, 1 is unknown)
+    comes from the training part. Returns ``x_train, y_train, x_test, y_test, vocabulary size``.
+    """
+    data = load_text("rt-polarity")
+    labels = torch.from_numpy(data.labels)
+    perm = torch.randperm(len(labels), generator=torch.Generator().manual_seed(seed))
+    cut = int(0.8 * len(perm))
+    tr, te = perm[:cut], perm[cut:]
+    if n_train is not None:
+        tr = tr[:n_train]
+    if n_test is not None:
+        te = te[:n_test]
+    tokens = [tokenize(t) for t in data.texts]
+    counts = Counter(tok for i in tr.tolist() for tok in tokens[i])
+    vocab = {w: k + 2 for k, (w, _) in enumerate(counts.most_common(vocab_size - 2))}
+    x_train = encode([tokens[i] for i in tr.tolist()], vocab, max_len)
+    x_test = encode([tokens[i] for i in te.tolist()], vocab, max_len)
+    return x_train, labels[tr], x_test, labels[te], len(vocab) + 2
+
+
 def run(cfg: RunConfig) -> Result:
     """Train the fixed-rate and the Concrete LSTM; accuracy curves and the converged rate."""
     hidden = cfg.pick(256, 128, 16)
@@ -144,63 +221,34 @@ def run(cfg: RunConfig) -> Result:
     lr = cfg.pick(1e-3, 5e-3, 5e-3)
     evals_per_epoch = cfg.pick(2, 2, 1)
     batch_size, embed = 64, 100
-    data = load_text("rt-polarity")
-    labels = torch.from_numpy(data.labels)
-    perm = torch.randperm(len(labels), generator=cfg.generator(1))
-    cut = int(0.8 * len(perm))
-    tr, te = perm[:cut], perm[cut:]
-    if n_train is not None:
-        tr = tr[:n_train]
-    if n_test is not None:
-        te = te[:n_test]
-    tokens = [tokenize(t) for t in data.texts]
-    counts = Counter(tok for i in tr.tolist() for tok in tokens[i])
-    vocab = {w: k + 2 for k, (w, _) in enumerate(counts.most_common(vocab_size - 2))}
+    x_train, y_train, x_test, y_test, n_vocab = rt_split(
+        n_train, n_test, max_len, vocab_size, cfg.seed + 1
+    )
     dev = torch.device(cfg.device)
-    x_train = encode([tokens[i] for i in tr.tolist()], vocab, max_len).to(dev)
-    x_test = encode([tokens[i] for i in te.tolist()], vocab, max_len).to(dev)
-    y_train, y_test = labels[tr].to(dev), labels[te].to(dev)
+    x_train, y_train, x_test, y_test = (t.to(dev) for t in (x_train, y_train, x_test, y_test))
     n = len(y_train)
     # Training accuracy is tracked on a fixed subset as large as the validation set.
-    sub = torch.randperm(n, generator=cfg.generator(2))[: len(y_test)].to(dev)
-    steps_per_epoch = -(-n // batch_size)
-    eval_at = {round(steps_per_epoch * (k + 1) / evals_per_epoch) for k in range(evals_per_epoch)}
+    sub = torch.randperm(n, generator=cfg.generator(2))[: len(y_test)]
 
     results: dict[str, dict] = {}
     best_right: dict[str, Tensor] = {}
     for k, method in enumerate(progress(("fixed", "concrete"), cfg, f"{NAME} methods")):
         torch.manual_seed(cfg.seed + 17)  # the same initial weights for both
-        model = SentimentLSTM(len(vocab) + 2, method, hidden=hidden, embed=embed, n_data=n).to(dev)
-        opt = torch.optim.Adam(model.parameters(), lr=lr)
-        gen = cfg.generator(40 + k)
-        curve: dict[str, list] = {
-            "epoch": [],
-            "test_accuracy": [],
-            "train_accuracy": [],
-            "rate": [],
-        }
+        model = SentimentLSTM(n_vocab, method, hidden=hidden, embed=embed, n_data=n).to(dev)
         with timer() as t, single_thread(cfg):
-            for epoch in range(epochs):
-                model.train()
-                order = torch.randperm(n, generator=gen).to(dev)
-                for step, i in enumerate(range(0, n, batch_size), start=1):
-                    idx = order[i : i + batch_size]
-                    loss = objective(model, x_train[idx], y_train[idx], _ce, n_data=n)
-                    opt.zero_grad(set_to_none=True)
-                    loss.backward()
-                    opt.step()
-                    if step in eval_at:
-                        right = _correct(model, x_test, y_test)
-                        acc = float(right.double().mean())
-                        if not curve["test_accuracy"] or acc > max(curve["test_accuracy"]):
-                            best_right[method] = right
-                        curve["epoch"].append(epoch + step / steps_per_epoch)
-                        curve["test_accuracy"].append(acc)
-                        curve["train_accuracy"].append(
-                            float(_correct(model, x_train[sub], y_train[sub]).double().mean())
-                        )
-                        curve["rate"].append(model.rate())
-                        model.train()
+            curve, best_right[method] = fit(
+                model,
+                x_train,
+                y_train,
+                x_test,
+                y_test,
+                epochs=epochs,
+                batch_size=batch_size,
+                lr=lr,
+                generator=cfg.generator(40 + k),
+                evals_per_epoch=evals_per_epoch,
+                train_subset=sub,
+            )
         best = max(range(len(curve["test_accuracy"])), key=curve["test_accuracy"].__getitem__)
         results[method] = {
             **curve,
@@ -260,7 +308,7 @@ def run(cfg: RunConfig) -> Result:
     settings = {
         "n_train": n,
         "n_test": len(y_test),
-        "vocabulary": len(vocab) + 2,
+        "vocabulary": n_vocab,
         "max_tokens": max_len,
         "embedding": embed,
         "lstm_hidden": hidden,
