@@ -304,6 +304,12 @@ def run(cfg: RunConfig) -> Result:
         f"on {m} validation snippets. The Concrete rate went from {FIXED_P} to "
         f"{c['converged_rate']:.3f} in {epochs} epoch(s)"
         + (" and was still falling (not converged)." if still_moving else ".")
+        + (
+            " Both models were still improving at the last evaluation, so this compares "
+            "learning speed, not converged accuracy."
+            if c["best_epoch"] == c["epoch"][-1] and f["best_epoch"] == f["epoch"][-1]
+            else ""
+        )
     )
     settings = {
         "n_train": n,
