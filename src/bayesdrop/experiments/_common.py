@@ -63,7 +63,11 @@ def image_split(
     flat: bool = True,
     offset: int = 0,
 ) -> ImageSplit:
-    """The image set of this run's mode (full/quick/tiny), standardised by the train mean/std."""
+    """The image set of this run's mode (full/quick/tiny): pixels in [0, 1], on ``cfg.device``.
+
+    ``n_train``/``n_test`` take seeded subsets (seed ``cfg.seed + offset``); ``flat`` flattens
+    each image to a vector.
+    """
     name = cfg.pick(full, quick, tiny)
     data = load_images(name, n_train=n_train, n_test=n_test, seed=cfg.seed + offset)
     x_train, x_test = data.x_train, data.x_test
@@ -107,12 +111,14 @@ def train(
     offset: int = 0,
     max_steps: int | None = None,
     on_epoch: Callable[[int], None] | None = None,
+    on_step: Callable[[int], None] | None = None,
     kl_warmup_epochs: float = 0.0,
     lr_decay_from: float | None = None,
 ) -> dict[str, float]:
     """Adam on :func:`bayesdrop.objective` with shuffled minibatches; returns time and step count.
 
-    ``max_steps`` stops early (for timing); ``on_epoch(epoch)`` is called after each epoch.
+    ``max_steps`` stops early (for timing); ``on_epoch(epoch)`` is called after each epoch and
+    ``on_step(steps_done)`` after each optimiser step.
     ``kl_warmup_epochs`` ramps the KL weight linearly from 0 to ``kl_weight``;
     ``lr_decay_from`` (a fraction of ``epochs``) decays the learning rates linearly to zero from
     that point on.
@@ -144,6 +150,8 @@ def train(
             loss.backward()
             opt.step()
             steps += 1
+            if on_step is not None:
+                on_step(steps)
             if max_steps is not None and steps >= max_steps:
                 break
         if on_epoch is not None:
