@@ -40,6 +40,7 @@ def test_tiny_run_bookkeeping(tmp_path):
         "sivae_lbd_matches_mult_vae",
         "ease_and_vaes_beat_popularity",
         "concrete_and_gaussian_below_mult_vae",
+        "concrete_and_gaussian_below_mult_vae_beyond_noise",
     }
     # the learned-rate models report their rates, the others do not
     assert "mean_drop_rate" in summary["sivae-gaussian"] and "mean_drop_rate" not in summary["ease"]

@@ -21,7 +21,8 @@ repeated over seeds (mean ± standard error across seeds).
 
 The paper's claims (ML-20M): SIVAE+LBDrop is best in every metric (NDCG@100 43.01% vs 42.63% for
 VAE+Drop); Concrete and Gaussian SIVAE are *worse* than VAE with fixed dropout. With 100 test
-users the standard error of one model's NDCG@100 is about 2 points, so only large gaps can show.
+users the standard error of one model's NDCG@100 is about 2 points; comparisons between models
+are paired (same split, same seeds) and reported with their standard error over seeds.
 """
 
 from __future__ import annotations
@@ -209,32 +210,45 @@ def run(cfg: RunConfig) -> Result:
     user_se = runs["mult-vae"][0]["test"]["ndcg@100_se"]
     pop = summary["popularity"]["ndcg@100"]
     margins = {k: summary[k]["ndcg@100"] - pop for k in ("ease", "mult-vae", "sivae-lbd")}
-    # "matches": the LBD-VAE difference is not below zero by more than 2 standard errors of a
-    # single model's test NDCG (the test users' sampling noise, the same for both models).
-    noise = max(summary["mult-vae"]["ndcg@100_se"], summary["sivae-lbd"]["ndcg@100_se"])
-    noise = 0.01 if math.isnan(noise) else noise
-    lbd_matches = d_lbd_vae[0] >= -2 * noise
+    # "matches": the paired LBD - VAE difference (same seeds, same split) is not below zero by
+    # more than 2 of its standard errors over seeds; with one seed, 2 standard errors of the test
+    # users' sampling noise of one model.
+    tol = 2 * (d_lbd_vae[1] if seeds > 1 else user_se)
+    lbd_matches = d_lbd_vae[0] >= -tol
     beats_pop = all(v > 0.05 for v in margins.values())
-    cg_worse = all(
-        summary[k]["ndcg@100"] < summary["mult-vae"]["ndcg@100"]
-        for k in ("sivae-concrete", "sivae-gaussian")
-    )
+    d_cg = {k: paired(k, "mult-vae") for k in ("sivae-concrete", "sivae-gaussian")}
+    cg_worse = all(d[0] < 0 for d in d_cg.values())
+    cg_resolved = all(d[0] < -2 * d[1] for d in d_cg.values()) if seeds > 1 else False
+
+    def pm(d: tuple[float, float]) -> str:
+        return f"{100 * d[0]:+.2f}" + ("" if math.isnan(d[1]) else f" ± {100 * d[1]:.2f}")
+
     verdict = (
-        f"{'Reproduced' if lbd_matches and beats_pop else 'Not reproduced'} at small scale: "
+        f"{'Reproduced' if lbd_matches and beats_pop else 'Not reproduced'} at small scale "
+        f"(SIVAE-LBD at least matches Mult-VAE; EASE and the VAEs clearly beat popularity): "
         f"SIVAE-LBD NDCG@100 {100 * summary['sivae-lbd']['ndcg@100']:.2f}% vs Mult-VAE "
-        f"{100 * summary['mult-vae']['ndcg@100']:.2f}% (paired difference "
-        f"{100 * d_lbd_vae[0]:+.2f} points over {seeds} seed(s); the paper's gap on ML-20M is "
-        f"+0.38); EASE / Mult-VAE / SIVAE-LBD beat popularity by "
+        f"{100 * summary['mult-vae']['ndcg@100']:.2f}%, paired difference {pm(d_lbd_vae)} "
+        f"points over {seeds} seed(s) (the paper's gap on ML-20M: +0.38, so LBD's edge is not "
+        f"shown here); EASE / Mult-VAE / SIVAE-LBD beat popularity by "
         + " / ".join(f"{100 * v:.1f}" for v in margins.values())
-        + " points. Concrete and Gaussian SIVAE "
-        + ("are below Mult-VAE, as in the paper" if cg_worse else "are not both below Mult-VAE")
-        + f" ({100 * summary['sivae-concrete']['ndcg@100']:.2f}% / "
-        f"{100 * summary['sivae-gaussian']['ndcg@100']:.2f}%). With {n_test} test users one model's "
-        f"NDCG@100 carries about ±{100 * user_se:.1f} points of sampling noise, so smaller "
-        f"differences between the VAEs are not resolved. Learned LBD rates: mean "
+        + " points. Concrete / Gaussian SIVAE minus Mult-VAE: "
+        + " / ".join(pm(d) for d in d_cg.values())
+        + " points (paper: -2.73 / -3.94); "
+        + (
+            "below Mult-VAE beyond noise, as in the paper"
+            if cg_resolved
+            else (
+                "below Mult-VAE but within noise"
+                if cg_worse
+                else "not both below Mult-VAE, unlike the paper"
+            )
+        )
+        + f". With {n_test} test users one model's NDCG@100 also carries about "
+        f"±{100 * user_se:.1f} points of test-user sampling noise. Learned LBD rates: mean "
         f"{summary['sivae-lbd'].get('mean_drop_rate', float('nan')):.3f}, spread across items "
         f"{summary['sivae-lbd'].get('drop_rate_std_across_items', float('nan')):.3f} "
-        f"(from 0.5; {updates_per_epoch * epochs} Adam steps at lr 1e-3)."
+        f"(from 0.5 after {updates_per_epoch * epochs} Adam steps at lr 1e-3: the rates barely "
+        f"move at this scale, so SIVAE-LBD is close to a VAE with fixed 0.5 input dropout)."
     )
     if "sivae-lbd-batch-mean" in summary:
         d_bm = paired("sivae-lbd", "sivae-lbd-batch-mean")
@@ -268,11 +282,13 @@ def run(cfg: RunConfig) -> Result:
         "runs": runs,
         "ease_selection": ease_sel,
         "paired_lbd_minus_vae_ndcg@100": {"mean": d_lbd_vae[0], "se": d_lbd_vae[1]},
+        "paired_minus_vae_ndcg@100": {k: {"mean": d[0], "se": d[1]} for k, d in d_cg.items()},
         "ndcg@100_margin_over_popularity": margins,
         "claims": {
             "sivae_lbd_matches_mult_vae": lbd_matches,
             "ease_and_vaes_beat_popularity": beats_pop,
             "concrete_and_gaussian_below_mult_vae": cg_worse,
+            "concrete_and_gaussian_below_mult_vae_beyond_noise": cg_resolved,
         },
     }
     return Result(
