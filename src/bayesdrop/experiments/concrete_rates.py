@@ -305,7 +305,7 @@ def _figure(results: dict[str, dict]):  # noqa: ANN202 - a matplotlib Figure
     ax.set(
         xscale="log",
         xlabel="training images N",
-        ylabel="converged drop rate",
+        ylabel="drop rate (mean over the last quarter)",
         title="Fig. 3: rate vs training-set size",
     )
     ax.set_xticks(ns, [str(n) for n in ns])
