@@ -276,7 +276,8 @@ def _network_verdict(net: str, runs: dict[str, dict]) -> str:
     svd, ard = runs.get("Sparse VD"), runs.get("ARD")
     parts = []
     dense = runs.get("Dense")
-    head = f"{net} ({runs[next(iter(runs))]['epochs']} epochs; the papers train 200)"
+    n_ep = runs[next(iter(runs))]["epochs"]
+    head = f"{net} ({n_ep} epoch{'' if n_ep == 1 else 's'}; the papers train 200)"
     if dense is not None:
         head += f", dense reference {100 * dense['error']:.2f}% error"
     parts.append(head + ":")
@@ -299,7 +300,8 @@ def _network_verdict(net: str, runs: dict[str, dict]) -> str:
             epochs = svd["epochs"]
             parts.append(
                 f"The published Sparse VD figure is {ref[0]}% at {ref[1]}× on MNIST; our "
-                f"compression is {svd['compression'] / ref[1]:.2g} of it after {epochs} epochs"
+                f"compression is {svd['compression'] / ref[1]:.2g} of it after {epochs} "
+                f"epoch{'' if epochs == 1 else 's'}"
                 + (" (of the paper's 200)." if epochs < 200 else ".")
             )
     gam = sorted((m for m in runs if m.startswith("Gamma")), key=lambda m: float(m[8:]))
