@@ -362,7 +362,7 @@ def _figure(keep_grid, stats, concrete_bias, tr, tr_se, temperature):  # noqa: A
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(2, 4, figsize=(16, 7.5))
+    fig, axes = plt.subplots(2, 4, figsize=(17, 7.5), layout="constrained")
     ext = [keep_grid[0].item(), keep_grid[-1].item()] * 2
     panels = [
         ("arm", "bias", "(a) ARM bias, α1"),
@@ -386,5 +386,4 @@ def _figure(keep_grid, stats, concrete_bias, tr, tr_se, temperature):  # noqa: A
             ax.fill_between(steps, m - 2 * se, m + 2 * se, color=c, alpha=0.2)
         ax.set(title=f"({'gh'[k]}) gradient for α{k + 1} along descent", xlabel="step")
         ax.legend(fontsize=8)
-    fig.subplots_adjust(wspace=0.35, hspace=0.35)
     return fig
