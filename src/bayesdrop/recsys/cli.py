@@ -27,6 +27,8 @@ from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
+import torch.distributed as dist
+
 from .data import (
     FORMATS,
     CFSplit,
@@ -39,7 +41,7 @@ from .data import (
     read_interactions,
     synthetic_interactions,
 )
-from .trainer import MODELS, TrainConfig, train
+from .trainer import MODELS, TrainConfig, _init_distributed, train
 
 __all__ = ["main", "load_split", "BUILTIN_DATA"]
 
@@ -163,21 +165,31 @@ def _cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _print_row(result: dict[str, Any], rank: int) -> None:
+    if rank == 0:
+        t = result["test"]
+        print(
+            f"[compare] {result['model']}: Recall@20 {t['recall@20']:.4f} Recall@50 "
+            f"{t['recall@50']:.4f} NDCG@100 {t['ndcg@100']:.4f}",
+            file=sys.stderr,
+        )
+
+
 def _cmd_compare(args: argparse.Namespace) -> int:
     rank = int(os.environ.get("RANK", "0"))
     split = load_split(args)
     _report(split, rank)
     rows = []
-    for name in args.models:
-        result = train(split, _config(args, name))
-        rows.append(result)
-        if rank == 0:
-            t = result["test"]
-            print(
-                f"[compare] {name}: Recall@20 {t['recall@20']:.4f} Recall@50 "
-                f"{t['recall@50']:.4f} NDCG@100 {t['ndcg@100']:.4f}",
-                file=sys.stderr,
-            )
+    # One process group for the whole comparison: re-creating it per model races the
+    # rendezvous store of the previous one (a hang under torchrun).
+    created = _init_distributed(_config(args, args.models[0]).device)
+    try:
+        for name in args.models:
+            rows.append(train(split, _config(args, name)))
+            _print_row(rows[-1], rank)
+    finally:
+        if created:
+            dist.destroy_process_group()
     if rank == 0:
         header = "| model | Recall@20 | Recall@50 | NDCG@100 | best epoch |\n|---|---|---|---|---|"
         lines = [header]
