@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -15,13 +14,7 @@ from bayesdrop.experiments.concrete_rates import INIT_P, build, layer_rates, rat
 CFG = RunConfig(quick=False, tiny=True, seed=0, device="cpu", out=Path("."), progress=False)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread() -> Iterator[None]:
-    # small models: a second thread only adds synchronisation (and contention on shared CPUs)
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_build_has_one_rate_per_linear_layer_at_init_p() -> None:

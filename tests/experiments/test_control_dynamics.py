@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
 
 import pytest
 import torch
@@ -19,14 +18,7 @@ from bayesdrop.experiments.control_dynamics import (
 )
 from bayesdrop.uncertainty import mc_sampling
 
-
-@pytest.fixture(autouse=True)
-def _one_thread() -> Iterator[None]:
-    # small models: a second thread only adds synchronisation (and contention on shared CPUs)
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_gaussian_nll_is_the_isotropic_normal_density() -> None:

@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import pytest
-import torch
 
-from bayesdrop.experiments._framework import RunConfig
+from bayesdrop.experiments._framework import RunConfig, torch_threads
 from bayesdrop.experiments.recsys import PAPER_ML20M, VARIANTS, run, select_ease_l2
 from bayesdrop.recsys.baselines import EASE, Popularity
 from bayesdrop.recsys.data import load_recbole_ml100k, prepare_liang
@@ -64,9 +63,7 @@ def test_ease_and_mult_vae_clearly_beat_popularity_on_ml100k(ml100k):
     by far more than the test users' sampling noise."""
     pop = evaluate(Popularity().fit(ml100k.train), ml100k.test_fold_in, ml100k.test_heldout)
     ease = evaluate(EASE(200.0).fit(ml100k.train), ml100k.test_fold_in, ml100k.test_heldout)
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+    with torch_threads(1):
         cfg = TrainConfig(
             model="mult-vae",
             epochs=15,
@@ -77,8 +74,6 @@ def test_ease_and_mult_vae_clearly_beat_popularity_on_ml100k(ml100k):
             progress=False,
         )
         vae = train(ml100k, cfg)["test"]
-    finally:
-        torch.set_num_threads(old)
     for r in (ease, vae):
         margin = r["ndcg@100"] - pop["ndcg@100"]
         noise = (r["ndcg@100_se"] ** 2 + pop["ndcg@100_se"] ** 2) ** 0.5

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import importlib.util
 import math
-from collections.abc import Iterator
 from typing import cast
 
 import pytest
@@ -30,13 +29,7 @@ needs_scattertext = pytest.mark.skipif(
 )
 
 
-@pytest.fixture(autouse=True)
-def _one_thread() -> Iterator[None]:
-    # small models: a second thread only adds synchronisation (and contention on shared CPUs)
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_only_input_to_hidden_weights_enter_the_regulariser() -> None:

@@ -3,7 +3,6 @@ at small scale (Sparse VD and ARD compress alike; the Gamma hyperprior prunes mo
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -29,13 +28,7 @@ from bayesdrop.sparsity import compression_report
 CFG = RunConfig(quick=False, tiny=True, seed=0, device="cpu", out=Path("."), progress=False)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread() -> Iterator[None]:
-    # small models: a second thread only adds synchronisation (and contention on shared CPUs)
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_networks_have_the_papers_weight_counts() -> None:

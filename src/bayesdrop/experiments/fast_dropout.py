@@ -37,11 +37,9 @@ import math
 import time
 from typing import Any
 
-import torch
-
 from ..datasets.text import load_text_features
 from ..nn.fast_dropout import FastDropoutLogisticRegression, MCDropoutLogisticRegression
-from ._framework import Result, RunConfig, progress
+from ._framework import Result, RunConfig, progress, torch_threads
 
 __all__ = ["NAME", "TITLE", "METHODS", "PAPER", "compare", "run"]
 
@@ -104,9 +102,7 @@ def compare(
     d = x_train.shape[1]
     n_test = len(y_test)
     out: dict[str, dict[str, float]] = {}
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+    with torch_threads(1):
         for method in methods:
             model, kw = _model(method, d, num_classes, samples, iters, epochs, seed)
             start = time.process_time()
@@ -120,8 +116,6 @@ def compare(
                 "iterations": model.n_iter_,
                 "loss_evaluations": model.n_evals_,
             }
-    finally:
-        torch.set_num_threads(threads)
     return out
 
 

@@ -28,17 +28,14 @@ are paired (same split, same seeds) and reported with their standard error over 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
-import torch
 
 from ..recsys.baselines import EASE
 from ..recsys.data import CFSplit, load_recbole_ml100k, prepare_liang, synthetic_interactions
 from ..recsys.trainer import TrainConfig, evaluate, train
-from ._framework import Result, RunConfig, progress
+from ._framework import Result, RunConfig, progress, single_thread
 
 __all__ = ["NAME", "TITLE", "PAPER_ML20M", "VARIANTS", "load_split", "select_ease_l2", "run"]
 
@@ -68,18 +65,6 @@ VARIANTS: tuple[tuple[str, str, dict[str, Any]], ...] = (
 
 _METRICS = ("recall@20", "recall@50", "ndcg@100")
 _EASE_GRID = (20.0, 50.0, 100.0, 200.0, 500.0, 1000.0)
-
-
-@contextmanager
-def _threads(n: int) -> Iterator[None]:
-    """Limit torch's intra-op threads (these layers are small; extra threads only add overhead
-    and, on a shared machine, OpenMP waits)."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(min(n, old))
-    try:
-        yield
-    finally:
-        torch.set_num_threads(old)
 
 
 def load_split(cfg: RunConfig) -> tuple[CFSplit, str]:
@@ -136,7 +121,7 @@ def run(cfg: RunConfig) -> Result:
     if cfg.tiny:
         variants = list(VARIANTS)
 
-    with _threads(1 if cfg.device == "cpu" else torch.get_num_threads()):
+    with single_thread(cfg):
         ease_sel = select_ease_l2(split, _EASE_GRID if not cfg.tiny else (20.0, 100.0))
         runs: dict[str, list[dict[str, Any]]] = {}
         jobs = [

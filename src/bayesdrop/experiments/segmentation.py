@@ -41,8 +41,7 @@ from ..nn.mc_dropout import MCDropout
 from ..nn.variational import VariationalDropout
 from ..objectives import dropout_rates, objective
 from ..uncertainty import mc_predict
-from ._framework import Result, RunConfig, progress, timer
-from .uci_regression import single_thread
+from ._framework import Result, RunConfig, progress, single_thread, timer
 
 __all__ = ["NAME", "TITLE", "METHODS", "SegmentationFCN", "run"]
 

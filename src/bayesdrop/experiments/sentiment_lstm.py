@@ -34,8 +34,7 @@ from torch import Tensor, nn
 from ..datasets.text import load_text
 from ..nn.concrete import ConcreteDropout
 from ..objectives import objective
-from ._framework import Result, RunConfig, progress, timer
-from .uci_regression import single_thread
+from ._framework import Result, RunConfig, progress, single_thread, timer
 
 __all__ = ["NAME", "TITLE", "tokenize", "encode", "SentimentLSTM", "fit", "rt_split", "run"]
 

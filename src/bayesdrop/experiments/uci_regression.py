@@ -27,8 +27,7 @@ MC prediction.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -38,7 +37,7 @@ from ..nn.concrete import ConcreteDropout
 from ..nn.mc_dropout import MCDropout
 from ..objectives import objective
 from ..uncertainty import MCRegression, mc_predict
-from ._framework import Result, RunConfig, progress, timer
+from ._framework import Result, RunConfig, progress, single_thread, timer
 
 __all__ = [
     "NAME",
@@ -46,7 +45,6 @@ __all__ = [
     "RegressionMLP",
     "gamma_log_prior",
     "train_split",
-    "single_thread",
     "run",
 ]
 
@@ -66,18 +64,6 @@ MC_RATE = 0.05
 FAMILIES = ("concrete", "mc")
 #: Range of the random initial Concrete rates (one per layer), as in the replication.
 INIT_RANGE = (0.05, 0.5)
-
-
-@contextmanager
-def single_thread(cfg: RunConfig) -> Iterator[None]:
-    """Run small CPU models on one thread (two threads only add synchronisation for them)."""
-    old = torch.get_num_threads()
-    if cfg.device == "cpu":
-        torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(old)
 
 
 def gamma_log_prior(log_tau: Tensor, shape: float, rate: float) -> Tensor:
