@@ -17,41 +17,13 @@ import sys
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).parent))
+from _mlp import inputs, mlp, step_fn  # noqa: E402
 from _timing import interleaved_median  # noqa: E402
 
-from bayesdrop import ConcreteDropout, objective  # noqa: E402
-
-
-def nll(out, y):
-    return F.cross_entropy(out, y, reduction="none")
-
-
-def mlp(kind: str) -> nn.Module:
-    sizes = [(784, 1024), (1024, 1024), (1024, 10)]
-    layers: list[nn.Module] = []
-    for i, (a, b) in enumerate(sizes):
-        if kind == "dropout":
-            layers += [nn.Dropout(0.1), nn.Linear(a, b)]
-        else:
-            layers.append(ConcreteDropout(nn.Linear(a, b), granularity=kind))
-        if i < 2:
-            layers.append(nn.ReLU())
-    return nn.Sequential(*layers)
-
-
-def step_fn(model, x, y, kl_weight=1.0):
-    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
-
-    def step():
-        opt.zero_grad(set_to_none=True)
-        objective(model, x, y, nll, 60000, kl_weight).backward()
-        opt.step()
-
-    return step
+from bayesdrop import ConcreteDropout  # noqa: E402
 
 
 def main() -> None:
@@ -61,13 +33,16 @@ def main() -> None:
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    torch.manual_seed(0)
-    x, y = torch.randn(128, 784), torch.randint(0, 10, (128,))
+    x, y = inputs()
+
+    def concrete(granularity: str) -> nn.Module:
+        return mlp(lambda layer: ConcreteDropout(layer, granularity=granularity))
+
     fns = {
-        "nn.Dropout": step_fn(mlp("dropout"), x, y),
-        "Concrete layer": step_fn(mlp("layer"), x, y),
-        "Concrete unit": step_fn(mlp("unit"), x, y),
-        "Concrete no KL": step_fn(mlp("layer"), x, y, kl_weight=0.0),
+        "nn.Dropout": step_fn(mlp(None, dropout_p=0.1), x, y),
+        "Concrete layer": step_fn(concrete("layer"), x, y),
+        "Concrete unit": step_fn(concrete("unit"), x, y),
+        "Concrete no KL": step_fn(concrete("layer"), x, y, kl_weight=0.0),
     }
     t = interleaved_median(fns, rounds=args.rounds)
     base = t["nn.Dropout"]

@@ -14,41 +14,13 @@ import sys
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).parent))
+from _mlp import inputs, mlp, step_fn  # noqa: E402
 from _timing import interleaved_median  # noqa: E402
 
-from bayesdrop import LearnableBernoulliDropout, objective  # noqa: E402
-
-
-def nll(out, y):
-    return F.cross_entropy(out, y, reduction="none")
-
-
-def mlp(kind: str) -> nn.Module:
-    sizes = [(784, 1024), (1024, 1024), (1024, 10)]
-    layers: list[nn.Module] = []
-    for i, (a, b) in enumerate(sizes):
-        if kind == "dropout":
-            layers += [nn.Dropout(0.5), nn.Linear(a, b)]
-        else:
-            layers.append(LearnableBernoulliDropout(nn.Linear(a, b), estimator=kind))
-        if i < 2:
-            layers.append(nn.ReLU())
-    return nn.Sequential(*layers)
-
-
-def step_fn(model, x, y, pair="concat"):
-    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
-
-    def step():
-        opt.zero_grad(set_to_none=True)
-        objective(model, x, y, nll, 60000, pair=pair).backward()
-        opt.step()
-
-    return step
+from bayesdrop import LearnableBernoulliDropout  # noqa: E402
 
 
 def main() -> None:
@@ -58,14 +30,17 @@ def main() -> None:
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    torch.manual_seed(0)
-    x, y = torch.randn(128, 784), torch.randint(0, 10, (128,))
+    x, y = inputs()
+
+    def lbd(estimator: str) -> nn.Module:
+        return mlp(lambda layer: LearnableBernoulliDropout(layer, estimator=estimator))
+
     fns = {
-        "nn.Dropout": step_fn(mlp("dropout"), x, y),
-        "LBD ARM concat": step_fn(mlp("arm"), x, y, "concat"),
-        "LBD DisARM concat": step_fn(mlp("disarm"), x, y, "concat"),
-        "LBD ARM nograd": step_fn(mlp("arm"), x, y, "nograd"),
-        "LBD DisARM nograd": step_fn(mlp("disarm"), x, y, "nograd"),
+        "nn.Dropout": step_fn(mlp(None), x, y, pair="concat"),
+        "LBD ARM concat": step_fn(lbd("arm"), x, y, pair="concat"),
+        "LBD DisARM concat": step_fn(lbd("disarm"), x, y, pair="concat"),
+        "LBD ARM nograd": step_fn(lbd("arm"), x, y, pair="nograd"),
+        "LBD DisARM nograd": step_fn(lbd("disarm"), x, y, pair="nograd"),
     }
     t = interleaved_median(fns, rounds=args.rounds)
     base = t["nn.Dropout"]

@@ -16,47 +16,18 @@ import sys
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
-from torch import nn
 
 sys.path.insert(0, str(Path(__file__).parent))
+from _mlp import inputs, mlp, step_fn  # noqa: E402
 from _timing import interleaved_median  # noqa: E402
 
-from bayesdrop import ARDDropout, SparseVariationalDropout, objective  # noqa: E402
+from bayesdrop import ARDDropout, SparseVariationalDropout  # noqa: E402
 
 WRAPPERS = {
     "SparseVariationalDropout": SparseVariationalDropout,
     "ARDDropout": ARDDropout,
     "ARDDropout gamma": lambda layer: ARDDropout(layer, prior="gamma"),
 }
-
-
-def nll(out, y):
-    return F.cross_entropy(out, y, reduction="none")
-
-
-def mlp(kind: str) -> nn.Module:
-    sizes = [(784, 1024), (1024, 1024), (1024, 10)]
-    layers: list[nn.Module] = []
-    for i, (a, b) in enumerate(sizes):
-        if kind == "nn.Dropout":
-            layers += [nn.Dropout(0.5), nn.Linear(a, b)]
-        else:
-            layers.append(WRAPPERS[kind](nn.Linear(a, b)))
-        if i < 2:
-            layers.append(nn.ReLU())
-    return nn.Sequential(*layers)
-
-
-def step_fn(model, x, y):
-    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
-
-    def step():
-        opt.zero_grad(set_to_none=True)
-        objective(model, x, y, nll, 60000).backward()
-        opt.step()
-
-    return step
 
 
 def main() -> None:
@@ -66,9 +37,9 @@ def main() -> None:
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    torch.manual_seed(0)
-    x, y = torch.randn(128, 784), torch.randint(0, 10, (128,))
-    fns = {kind: step_fn(mlp(kind), x, y) for kind in ["nn.Dropout", *WRAPPERS]}
+    x, y = inputs()
+    fns = {"nn.Dropout": step_fn(mlp(None), x, y)}
+    fns.update({kind: step_fn(mlp(wrap), x, y) for kind, wrap in WRAPPERS.items()})
     t = interleaved_median(fns, rounds=args.rounds)
     base = t["nn.Dropout"]
     print(
