@@ -175,3 +175,37 @@ def test_tuple_inputs_and_models_without_lbd():
     assert m.drop.logit_p.grad is not None
     plain = nn.Sequential(nn.Linear(3, 1), nn.Dropout(0.2))
     assert torch.isfinite(objective(plain, a, y, sq_err, 10))
+
+
+def test_rate_param_groups_split_every_family_and_train():
+    from bayesdrop import (
+        ARDDropout,
+        ConcreteDropout,
+        LearnableBernoulliDropout,
+        SparseVariationalDropout,
+        VariationalDropout,
+        rate_param_groups,
+    )
+
+    model = nn.Sequential(
+        LearnableBernoulliDropout(nn.Linear(4, 5)),
+        ConcreteDropout(nn.Linear(5, 5)),
+        VariationalDropout(nn.Linear(5, 5)),
+        SparseVariationalDropout(nn.Linear(5, 5)),
+        ARDDropout(nn.Linear(5, 3)),
+    )
+    groups = rate_param_groups(model, rate_lr=0.1, weight_decay=1e-3)
+    names = {id(p): n for n, p in model.named_parameters()}
+    rates = sorted(names[id(p)] for p in groups[1]["params"])
+    assert rates == ["0.logit_p", "1.logit_p", "2.log_alpha", "3.log_sigma2", "4.log_sigma2"]
+    others = {names[id(p)] for p in groups[0]["params"]}
+    assert others.isdisjoint(rates) and len(others) + len(rates) == len(names)
+    opt = torch.optim.SGD(groups, lr=1e-3)
+    assert [g["lr"] for g in opt.param_groups] == [1e-3, 0.1]
+    assert [g["weight_decay"] for g in opt.param_groups] == [1e-3, 0.0]
+    # no rate parameters: one group; bad arguments are named
+    assert len(rate_param_groups(nn.Linear(2, 2), rate_lr=0.1)) == 1
+    with pytest.raises(ValueError, match="rate_lr"):
+        rate_param_groups(model, rate_lr=-1.0)
+    with pytest.raises(TypeError, match="model"):
+        rate_param_groups(None)  # type: ignore[arg-type]

@@ -11,7 +11,13 @@ from .nn import (
     SparseVariationalDropout,
     VariationalDropout,
 )
-from .objectives import dropout_rates, kl_divergence, objective
+from .objectives import (
+    dropout_rates,
+    kl_divergence,
+    objective,
+    rate_param_groups,
+    rate_parameters,
+)
 from .uncertainty import mc_predict, mc_sampling
 
 __version__ = "0.1.0"
@@ -26,6 +32,8 @@ __all__ = [
     "objective",
     "kl_divergence",
     "dropout_rates",
+    "rate_param_groups",
+    "rate_parameters",
     "LearnableBernoulliDropout",
     "ConcreteDropout",
     "MCDropout",

@@ -22,7 +22,14 @@ from ._validation import check_choice, check_positive
 from .nn._base import DropoutModule
 from .nn.learnable_bernoulli import AntitheticPair, LearnableBernoulliDropout
 
-__all__ = ["objective", "kl_divergence", "dropout_rates", "PAIR_MODES"]
+__all__ = [
+    "objective",
+    "kl_divergence",
+    "dropout_rates",
+    "rate_parameters",
+    "rate_param_groups",
+    "PAIR_MODES",
+]
 
 #: How :func:`objective` evaluates the antithetic pair of LBD masks (see its docstring).
 PAIR_MODES = ("concat", "nograd")
@@ -61,6 +68,91 @@ def dropout_rates(model: nn.Module) -> dict[str, Tensor]:
         elif isinstance(m, nn.modules.dropout._DropoutNd):
             rates[name] = torch.tensor([float(m.p)])
     return rates
+
+
+def rate_parameters(model: nn.Module) -> list[nn.Parameter]:
+    """Every parameter of ``model`` that sets a dropout rate (each once), in module order.
+
+    These are the ``rate_parameters()`` of every bayesdrop dropout module inside: ``logit_p``,
+    ``log_alpha`` and ``log_sigma2``; the weights of wrapped layers are not among them.
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be an nn.Module, but got {type(model).__name__}")
+    seen: set[int] = set()
+    out: list[nn.Parameter] = []
+    for m in model.modules():
+        if isinstance(m, DropoutModule):
+            for p in m.rate_parameters():
+                if id(p) not in seen:
+                    seen.add(id(p))
+                    out.append(p)
+    return out
+
+
+def rate_param_groups(
+    model: nn.Module,
+    *,
+    rate_lr: float | None = None,
+    rate_weight_decay: float = 0.0,
+    **options: Any,
+) -> list[dict[str, Any]]:
+    r"""Two optimiser parameter groups: the dropout-rate parameters and everything else.
+
+    Pass the result to any ``torch.optim`` optimiser::
+
+        opt = torch.optim.Adam(rate_param_groups(model, rate_lr=5e-2), lr=1e-3)
+
+    Why a group of their own: a rate parameter (``logit_p``, ``log_alpha``, ``log_sigma2``)
+    receives the gradient of the whole data term through one scalar per unit, and its KL
+    gradient is divided by the data-set size :math:`N`; with the learning rate suited to the
+    weights (about 1e-3 for Adam), rates typically move by a few thousandths in a training run
+    that fits the weights, so the "learned" rates stay at their initial values. A larger step
+    for the rates (1e-2 to 1e-1 for Adam) lets them settle in the same number of steps, and
+    weight decay on them would pull the logits to zero (``p = 0.5``), a prior nobody asked for,
+    so it is off by default.
+
+    Args:
+        model: the model (any ``nn.Module``).
+        rate_lr: learning rate of the rate group; ``None`` keeps the optimiser's default.
+        rate_weight_decay: weight decay of the rate group (default 0).
+        **options: options of the other group (e.g. ``weight_decay=1e-4``); the rate group
+            does not inherit them.
+
+    Returns:
+        ``[{"params": others, **options}, {"params": rates, "lr": rate_lr,
+        "weight_decay": rate_weight_decay, "name": "rates"}]``; the first group is named
+        ``"weights"``. The rate group is omitted when the model has no rate parameters, and
+        ``"lr"`` is omitted from it when ``rate_lr`` is ``None``.
+
+    Example:
+        >>> import torch
+        >>> from torch import nn
+        >>> from bayesdrop.nn import LearnableBernoulliDropout
+        >>> model = nn.Sequential(LearnableBernoulliDropout(nn.Linear(3, 2)))
+        >>> groups = rate_param_groups(model, rate_lr=5e-2, weight_decay=1e-4)
+        >>> [(g["name"], len(g["params"])) for g in groups]
+        [('weights', 2), ('rates', 1)]
+        >>> opt = torch.optim.Adam(groups, lr=1e-3)
+        >>> [g["lr"] for g in opt.param_groups], [g["weight_decay"] for g in opt.param_groups]
+        ([0.001, 0.05], [0.0001, 0.0])
+    """
+    rates = rate_parameters(model)
+    if rate_lr is not None:
+        rate_lr = check_positive("rate_lr", rate_lr)
+    rate_weight_decay = check_positive("rate_weight_decay", rate_weight_decay, allow_zero=True)
+    ids = {id(p) for p in rates}
+    others = [p for p in model.parameters() if id(p) not in ids]
+    groups: list[dict[str, Any]] = [{"params": others, "name": "weights", **options}]
+    if rates:
+        group: dict[str, Any] = {
+            "params": rates,
+            "weight_decay": rate_weight_decay,
+            "name": "rates",
+        }
+        if rate_lr is not None:
+            group["lr"] = rate_lr
+        groups.append(group)
+    return groups
 
 
 @contextmanager

@@ -46,6 +46,20 @@ class DropoutModule(nn.Module):
         """Drop probabilities, one per rate the module has (detached, read-only)."""
         raise NotImplementedError
 
+    #: Names of this module's own parameters that set its dropout rates (learned noise levels).
+    #: Families override it when they name theirs differently; :func:`bayesdrop.rate_param_groups`
+    #: reads it through :meth:`rate_parameters`.
+    rate_parameter_names: tuple[str, ...] = ("logit_p", "log_alpha", "log_sigma2")
+
+    def rate_parameters(self) -> list[nn.Parameter]:
+        r"""The parameters of this module (not of the layer it wraps) that set its rates.
+
+        ``logit_p`` (LBD, Concrete), ``log_alpha`` (variational, SIVAE's Gaussian rates) and
+        ``log_sigma2`` (sparse variational and ARD, whose rate is :math:`\alpha = \sigma^2/\theta^2`).
+        """
+        own = dict(self.named_parameters(recurse=False))
+        return [own[n] for n in self.rate_parameter_names if n in own]
+
     def kl(self) -> Tensor:
         """KL divergence (or negative log prior) of this module's parameters, a 0-dim tensor."""
         ref = next(self.parameters(), None)
