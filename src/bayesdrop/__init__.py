@@ -18,6 +18,7 @@ from .objectives import (
     rate_param_groups,
     rate_parameters,
 )
+from .tracking import RateTracker
 from .uncertainty import mc_predict, mc_sampling
 
 __version__ = "0.1.0"
@@ -34,6 +35,7 @@ __all__ = [
     "dropout_rates",
     "rate_param_groups",
     "rate_parameters",
+    "RateTracker",
     "LearnableBernoulliDropout",
     "ConcreteDropout",
     "MCDropout",
