@@ -1,7 +1,7 @@
 """bayesdrop: dropout that learns its own rates and reads as Bayesian inference."""
 
 from . import estimators, functional, metrics, nn, sparsity, uncertainty
-from .convert import convert
+from .conversion import convert
 from .nn import (
     ARDDropout,
     ConcreteDropout,

@@ -13,7 +13,7 @@ from torch import nn
 from bayesdrop import ConcreteDropout, kl_divergence, objective
 from bayesdrop.functional import bernoulli_entropy, concrete_regularizer, concrete_regularizers
 from bayesdrop.functional.concrete import _layer_regularizer
-from bayesdrop.nn._layers import input_weight_sq_norms, input_weights
+from bayesdrop.nn.wrapped_layers import input_weight_sq_norms, input_weights
 
 
 def captured_input(layer: nn.Module):

@@ -297,7 +297,7 @@ def concrete_regularizer(
         logit_p: drop logits, shape ``(1,)`` (one rate per layer) or ``(K,)`` (one per unit);
             clamped to ``[-LOGIT_BOUND, LOGIT_BOUND]``.
         weight_sq_norms: ``(K,)`` squared norms of the weights fed by each input unit (see
-            :func:`bayesdrop.nn._layers.input_weight_sq_norms`); with a single rate also a 0-dim
+            :func:`bayesdrop.nn.wrapped_layers.input_weight_sq_norms`); with a single rate also a 0-dim
             total :math:`\|W\|^2` (then ``num_units`` gives :math:`K`); or ``None`` for a bare
             dropout layer (only the entropy term remains).
         weight_regularizer: :math:`\lambda_w \ge 0`.

@@ -34,7 +34,7 @@ from .._validation import check_choice, check_positive, check_probability
 from ..functional.bernoulli import LOGIT_BOUND
 from ..functional.concrete import _concrete_dropout, _layer_regularizer
 from ._base import DropoutModule
-from ._layers import check_layer, input_weights, mask_shape
+from .wrapped_layers import check_layer, input_weights, mask_shape
 
 __all__ = ["ConcreteDropout"]
 

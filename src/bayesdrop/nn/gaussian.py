@@ -10,7 +10,7 @@ from .._validation import check_choice, check_probability
 from ..functional.gaussian import alpha_from_p, gaussian_dropout
 from ..functional.lrt import lrt_conv, lrt_linear, sample_gaussian
 from ._base import DropoutModule
-from ._layers import check_layer, mask_shape
+from .wrapped_layers import check_layer, mask_shape
 
 __all__ = ["GaussianDropout", "KINDS"]
 

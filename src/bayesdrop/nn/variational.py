@@ -12,7 +12,7 @@ from ..functional.gaussian import gaussian_dropout
 from ..functional.kl import LOG_ALPHA_MAX, LOG_ALPHA_MIN
 from ..functional.variational import clamp_log_alpha, variational_dropout_kl, weight_variance
 from ._base import DropoutModule
-from ._layers import check_layer, input_weights, mask_shape
+from .wrapped_layers import check_layer, input_weights, mask_shape
 from .gaussian import KINDS, _check_lrt_layer, _lrt_forward, _lrt_weight
 
 __all__ = ["VariationalDropout", "GRANULARITIES"]

@@ -24,6 +24,9 @@ refused unless listed in ``exclude``.
 from __future__ import annotations
 
 import copy
+import sys
+import types
+import warnings
 import inspect
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -33,7 +36,7 @@ import torch
 from torch import nn
 
 from .nn._base import DropoutModule
-from .nn._layers import SUPPORTED_LAYERS
+from .nn.wrapped_layers import SUPPORTED_LAYERS
 
 __all__ = ["convert", "ConversionReport", "Replacement", "FAMILIES", "resolve_family"]
 
@@ -327,3 +330,25 @@ def _bare(
         module.to(device=ref.device, dtype=ref.dtype)
     parent._modules[key] = module
     report.replacements.append(Replacement(full, repr(drop), p, full, None))
+
+
+class _RenamedModule(types.ModuleType):
+    """``bayesdrop.convert`` as a module name: forwards to :mod:`bayesdrop.conversion` with a warning.
+
+    ``bayesdrop.convert`` is the function; the module that holds it is ``bayesdrop.conversion``.
+    ``from bayesdrop.convert import ConversionReport`` keeps working for one release.
+    """
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("__"):
+            raise AttributeError(name)
+        warnings.warn(
+            "the module bayesdrop.convert is renamed bayesdrop.conversion (bayesdrop.convert is "
+            f"the function); import {name} from bayesdrop.conversion",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        return getattr(sys.modules[__name__], name)
+
+
+sys.modules.setdefault("bayesdrop.convert", _RenamedModule("bayesdrop.convert", __doc__))
