@@ -11,14 +11,17 @@ are plain sums that never see :math:`N`; the division happens here and only here
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from torch import Tensor, nn
+from torch.nn.modules.batchnorm import _BatchNorm
 
 from ._validation import check_choice, check_positive
+from .functional.bernoulli import uniform_dtype
 from .nn._base import DropoutModule
 from .nn.learnable_bernoulli import AntitheticPair, LearnableBernoulliDropout
 
@@ -28,6 +31,8 @@ __all__ = [
     "dropout_rates",
     "rate_parameters",
     "rate_param_groups",
+    "register_batch_coupled",
+    "batch_coupled_modules",
     "PAIR_MODES",
 ]
 
@@ -40,6 +45,7 @@ def kl_divergence(model: nn.Module) -> Tensor:
 
     Never scaled by the data-set size. Zero (on the model's device) when there is none.
     """
+    _check_model(model)
     total: Tensor | None = None
     for m in model.modules():
         if isinstance(m, DropoutModule):
@@ -61,6 +67,7 @@ def dropout_rates(model: nn.Module) -> dict[str, Tensor]:
         >>> {k: v.shape for k, v in dropout_rates(model).items()}
         {'0': torch.Size([1]), '1': torch.Size([3])}
     """
+    _check_model(model)
     rates: dict[str, Tensor] = {}
     for name, m in model.named_modules():
         if isinstance(m, DropoutModule):
@@ -76,8 +83,7 @@ def rate_parameters(model: nn.Module) -> list[nn.Parameter]:
     These are the ``rate_parameters()`` of every bayesdrop dropout module inside: ``logit_p``,
     ``log_alpha`` and ``log_sigma2``; the weights of wrapped layers are not among them.
     """
-    if not isinstance(model, nn.Module):
-        raise TypeError(f"model must be an nn.Module, but got {type(model).__name__}")
+    _check_model(model)
     seen: set[int] = set()
     out: list[nn.Parameter] = []
     for m in model.modules():
@@ -155,15 +161,111 @@ def rate_param_groups(
     return groups
 
 
+# ---------------------------------------------------------------------------------------------
+# Layers that couple the examples of a batch
+# ---------------------------------------------------------------------------------------------
+
+_COUPLED_TYPES: list[type[nn.Module]] = [_BatchNorm]
+
+
+def register_batch_coupled(*module_types: type[nn.Module]) -> None:
+    """Declare module types whose training-mode output for one example depends on the others.
+
+    :func:`objective` then uses the whole-batch ARM/DisARM form for any model that contains one
+    of them in training mode (see its ``coupled`` argument). Every torch BatchNorm variant
+    (``BatchNorm1d/2d/3d``, their lazy forms, ``SyncBatchNorm``: every subclass of torch's
+    ``_BatchNorm``) is registered already; a BatchNorm without running statistics couples the
+    batch in eval mode too. Per-example normalisations (LayerNorm, GroupNorm, InstanceNorm) do
+    not couple examples and need no declaration.
+
+    Example:
+        >>> from torch import nn
+        >>> class BatchCentre(nn.Module):  # subtracts the batch mean: couples the examples
+        ...     def forward(self, x):
+        ...         return x - x.mean(0)
+        >>> register_batch_coupled(BatchCentre)
+        >>> [name for name, _ in batch_coupled_modules(nn.Sequential(nn.Linear(2, 2), BatchCentre()))]
+        ['1']
+    """
+    for t in module_types:
+        if not (isinstance(t, type) and issubclass(t, nn.Module)):
+            raise TypeError(
+                f"module_types must be nn.Module subclasses, but got {t!r} ({type(t).__name__})"
+            )
+        if t not in _COUPLED_TYPES:
+            _COUPLED_TYPES.append(t)
+
+
+def batch_coupled_modules(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    """``(name, module)`` of every module of ``model`` that couples the examples of a batch now.
+
+    A registered type (:func:`register_batch_coupled`, every BatchNorm variant) in training mode;
+    a BatchNorm without running statistics also in eval mode (it always uses batch statistics).
+    """
+    _check_model(model)
+    found: list[tuple[str, nn.Module]] = []
+    for name, m in model.named_modules():
+        if isinstance(m, _BatchNorm):
+            if m.training or m.running_mean is None or m.running_var is None:
+                found.append((name, m))
+        elif m.training and any(isinstance(m, t) for t in _COUPLED_TYPES):
+            found.append((name, m))
+    return found
+
+
+# ---------------------------------------------------------------------------------------------
+# Helpers of the antithetic pair
+# ---------------------------------------------------------------------------------------------
+
+
+def _check_model(model: Any, name: str = "model") -> None:
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"{name} must be an nn.Module, but got {type(model).__name__}")
+
+
 @contextmanager
-def _pair_context(modules: Sequence[LearnableBernoulliDropout], mode: str) -> Iterator[None]:
+def _pair_context(
+    modules: Sequence[LearnableBernoulliDropout],
+    mode: str,
+    batch_dim: int,
+    batch_size: int | None,
+    replay: bool,
+) -> Iterator[None]:
     try:
         for m in modules:
-            m._pair = AntitheticPair(mode=mode)
+            m._pair = AntitheticPair(
+                mode=mode, batch_dim=batch_dim, batch_size=batch_size, replay=replay
+            )
         yield
     finally:
         for m in modules:
             m._pair = None
+
+
+class _RandomState:
+    """Snapshot of every random stream the model draws from: the global CPU generator, the CUDA
+    generators (when CUDA is initialised) and each module's own ``generator``."""
+
+    def __init__(self, model: nn.Module) -> None:
+        self.cpu = torch.get_rng_state()
+        self.cuda = (
+            torch.cuda.get_rng_state_all()
+            if torch.cuda.is_available() and torch.cuda.is_initialized()
+            else None
+        )
+        gens: dict[int, torch.Generator] = {}
+        for m in model.modules():
+            g = getattr(m, "generator", None)
+            if isinstance(g, torch.Generator):
+                gens[id(g)] = g
+        self.generators = [(g, g.get_state()) for g in gens.values()]
+
+    def restore(self) -> None:
+        torch.set_rng_state(self.cpu)
+        if self.cuda is not None:
+            torch.cuda.set_rng_state_all(self.cuda)
+        for g, state in self.generators:
+            g.set_state(state)
 
 
 def _concat(x: Any, dim: int, name: str) -> Any:
@@ -174,6 +276,22 @@ def _concat(x: Any, dim: int, name: str) -> Any:
     if isinstance(x, (tuple, list)):
         return type(x)(_concat(v, dim, name) for v in x)
     raise TypeError(f"{name} must be a Tensor or a tuple/list of Tensors, got {type(x).__name__}")
+
+
+def _concat_targets(y: Any, dim: int, batch: int) -> Any:
+    """Targets doubled along ``dim`` when they have it with the batch's size, else along dim 0."""
+    if isinstance(y, Tensor):
+        if y.dim() > dim and y.shape[dim] == batch:
+            return torch.cat([y, y], dim=dim)
+        if y.dim() > 0 and y.shape[0] == batch:
+            return torch.cat([y, y], dim=0)
+        raise ValueError(
+            f"targets of shape {tuple(y.shape)} have no dimension of the batch size {batch} "
+            f"(looked at batch_dim={dim} and 0)"
+        )
+    if isinstance(y, (tuple, list)):
+        return type(y)(_concat_targets(v, dim, batch) for v in y)
+    return _concat(y, dim, "targets")
 
 
 def _batch_size(x: Any, dim: int, name: str) -> int:
@@ -198,6 +316,66 @@ def _per_example(losses: Any, batch: int) -> Tensor:
     return losses
 
 
+def _check_n_data(n_data: Any) -> int:
+    if isinstance(n_data, bool) or not isinstance(n_data, numbers.Integral):
+        raise TypeError(
+            f"n_data must be a positive integer (the data-set size), but got {n_data!r} "
+            f"({type(n_data).__name__})"
+        )
+    n = int(n_data)
+    if n < 1:
+        raise ValueError(f"n_data must be a positive integer (the data-set size), but got {n}")
+    return n
+
+
+def _sequential_split(
+    model: nn.Module, inputs: Any, lbd: Sequence[LearnableBernoulliDropout]
+) -> tuple[Callable[[Any], Any], Callable[[Any], Any]] | None:
+    """``(head, tail)`` of a plain ``nn.Sequential``: the children before the first one that
+    holds an LBD module, and the rest; ``None`` when there is nothing before it."""
+    if not isinstance(model, nn.Sequential) or type(model).forward is not nn.Sequential.forward:
+        return None
+    if not isinstance(inputs, Tensor):
+        return None
+    ids = {id(m) for m in lbd}
+    children = list(model)
+    k = next(
+        (i for i, c in enumerate(children) if any(id(m) in ids for m in c.modules())),
+        len(children),
+    )
+    if k == 0:
+        return None
+    head, tail = children[:k], children[k:]
+
+    def run(mods: list[nn.Module], x: Any) -> Any:
+        for m in mods:
+            x = m(x)
+        return x
+
+    return (lambda x: run(head, x)), (lambda x: run(tail, x))
+
+
+def _whole_batch_delta(f1: Tensor, f2: Tensor, coupled: list[tuple[str, nn.Module]]) -> Tensor:
+    """:math:`\\bar f^{(1)} - \\bar f^{(2)}`; summed over processes when a SyncBatchNorm couples
+    the batches of a process group (each process's share of the global batch mean, times the
+    world size that ``DistributedDataParallel``'s gradient average divides by)."""
+    d = f1.mean() - f2.mean()
+    if (
+        any(isinstance(m, nn.SyncBatchNorm) for _, m in coupled)
+        and torch.distributed.is_available()
+        and torch.distributed.is_initialized()
+        and torch.distributed.get_world_size() > 1
+    ):
+        d = d.clone()
+        torch.distributed.all_reduce(d)
+    return d
+
+
+# ---------------------------------------------------------------------------------------------
+# The objective
+# ---------------------------------------------------------------------------------------------
+
+
 def objective(
     model: nn.Module,
     inputs: Any,
@@ -208,6 +386,9 @@ def objective(
     *,
     batch_dim: int = 0,
     pair: str = "nograd",
+    coupled: bool | None = None,
+    common_random_numbers: bool = True,
+    split: tuple[Callable[[Any], Any], Callable[[Any], Any]] | Literal[False] | None = None,
 ) -> Tensor:
     r"""Per-example training loss whose gradient is the right estimator for every module inside.
 
@@ -218,74 +399,218 @@ def objective(
     ordinary back-propagation. When ``model`` is in training mode and contains
     :class:`~bayesdrop.nn.LearnableBernoulliDropout` modules, the batch is evaluated as an
     antithetic pair of masks :math:`z^{(1)} = 1[u > \sigma(-\phi)]`,
-    :math:`z^{(2)} = 1[u < \sigma(\phi)]` (one uniform vector per example, shared by the pair) and
-    a surrogate :math:`\sum_k \phi_k\,\mathrm{sg}(\hat g_k)` is added, where :math:`\hat g` is the
-    per-example ARM or DisARM estimate (each module's ``estimator``) built from
-    :math:`\mathrm{nll}_i(z^{(1)}) - \mathrm{nll}_i(z^{(2)})`. The surrogate has value zero, so the
+    :math:`z^{(2)} = 1[u < \sigma(\phi)]` (uniforms drawn in float32, shared by the pair) and a
+    surrogate :math:`\sum_k \phi_k\,\mathrm{sg}(\hat g_k)` is added, where :math:`\hat g` is the
+    ARM or DisARM estimate (each module's ``estimator``). The surrogate has value zero, so the
     returned number is the loss itself, and one ``.backward()`` gives unbiased gradients for the
     rates and ordinary gradients for everything else (the pathwise dependence of the inverted
     dropout scale on the rates included).
 
+    Two forms of the estimate, both unbiased where they are used:
+
+    * **per-example** (models whose example :math:`i` depends only on its own masks):
+      :math:`\hat g_k = \frac1B\sum_i (f_i(z^{(1)}) - f_i(z^{(2)}))\,c_{ik}`, with :math:`c`
+      ARM's :math:`u - \tfrac12` or DisARM's coefficient; the lower-variance form.
+    * **whole-batch** (models with layers that couple the examples, e.g. BatchNorm in training
+      mode): all masks of the batch are one Bernoulli vector whose loss is the batch mean, so
+      every coefficient multiplies the same number,
+      :math:`\hat g_k = (\bar f(z^{(1)}) - \bar f(z^{(2)}))\sum_i c_{ik}`. With
+      ``pair="nograd"`` each evaluation of the pair sees its own batch statistics, which is
+      exactly the function being differentiated.
+
+    The gradient-free evaluation leaves the model's buffers as it found them (BatchNorm running
+    statistics are updated once per step, by the evaluation that trains), and with
+    ``common_random_numbers`` it replays the random state of the first evaluation, so that other
+    noise in the model (``nn.Dropout``, Concrete masks, a VAE's :math:`\epsilon`) is the same in
+    both and only the LBD masks differ (unbiased, and lower variance). For a plain
+    ``nn.Sequential`` (or a ``split`` you declare) the layers before the first LBD module run
+    once, and only the rest runs twice; the gradients are bit-identical to re-running the whole
+    model.
+
     Args:
         model: any module (also a ``DistributedDataParallel`` wrapper).
         inputs: a tensor, or tuple/list of tensors, passed as ``model(inputs)`` (a tuple/list is
-            unpacked: ``model(*inputs)``).
+            unpacked: ``model(*inputs)``); at least one example.
         targets: passed to ``nll`` (a tensor, a tuple/list of tensors, or ``None``).
         nll: ``nll(outputs, targets)`` returning per-example losses of shape ``(batch,)``.
-        n_data: data-set size :math:`N` (the KL is divided by it, once, here).
+        n_data: data-set size :math:`N`, any positive integer (Python or NumPy); the KL is
+            divided by it, once, here.
         kl_weight: multiplier of the KL term (e.g. for annealing); ``>= 0``.
-        batch_dim: batch dimension of ``inputs``/``targets`` (for the pair's concatenation).
-        pair: ``"concat"`` runs the pair as one doubled batch (both halves train the ordinary
-            parameters); ``"nograd"`` runs the :math:`z^{(1)}` half without autograd and the
-            :math:`z^{(2)}` half as an ordinary pass (only that half trains the other
-            parameters). The default is ``"nograd"``: in ``benchmarks/bench_lbd_step.py`` it
-            costs about 1.5× an ``nn.Dropout`` step against about 1.65× for ``"concat"``
-            (784-1024-1024-10 MLP, batch 128, 2 CPU cores). ``"concat"`` gives the ordinary
-            parameters a lower-variance gradient and runs a single forward (simplest under
-            DistributedDataParallel).
+        batch_dim: batch dimension of ``inputs`` (e.g. 1 for sequence-first ``(T, B, F)``
+            inputs). It reaches the LBD modules of linear and bare form (their masks are laid out
+            and paired along it; a 2-d ``(batch, features)`` input of such a module uses dimension
+            0); convolutions use 0 and RNNs their own ``batch_first``. ``pair="concat"`` doubles
+            ``inputs`` along it, and ``targets`` along it when they have it with the batch's size,
+            else along their first dimension.
+        pair: ``"nograd"`` (default) runs the :math:`z^{(1)}` evaluation without autograd and the
+            :math:`z^{(2)}` evaluation as an ordinary pass (only that one trains the other
+            parameters); ``"concat"`` runs the pair as one doubled batch (both halves train the
+            ordinary parameters, a lower-variance gradient for them; a single forward). Refused
+            with batch-coupled layers, whose statistics would pool both halves.
+        coupled: ``None`` (default) detects batch-coupled layers
+            (:func:`batch_coupled_modules`: every BatchNorm variant in training mode and the types
+            given to :func:`register_batch_coupled`) and uses the whole-batch form when there is
+            one; ``True`` declares a coupling the detection cannot see (a custom layer, a model
+            that reshapes its batch) and always uses the whole-batch form, which is unbiased for
+            every model; ``False`` asserts that no example's loss depends on another's masks.
+        common_random_numbers: replay the random state for the second evaluation of
+            ``pair="nograd"`` (default ``True``); ``False`` draws other noise afresh.
+        split: ``(head, tail)`` with ``model(inputs) == tail(head(inputs))`` (``head`` receives
+            ``inputs`` as the model would, ``tail`` one argument) and no LBD module in ``head``:
+            ``head`` then runs once per step with ``pair="nograd"``. ``None`` splits a plain
+            ``nn.Sequential`` automatically before its first child that holds an LBD module;
+            ``False`` never splits.
 
     Returns:
         A 0-dim tensor.
+
+    Raises:
+        TypeError: ``model`` is not an ``nn.Module``, ``nll`` not callable, ``n_data`` not an
+            integer.
+        ValueError: an empty batch, ``n_data < 1``, ``kl_weight < 0``, an unknown ``pair``,
+            ``pair="concat"`` with batch-coupled layers, a batch dimension the LBD modules'
+            inputs do not have.
     """
-    if isinstance(n_data, bool) or not isinstance(n_data, int) or n_data < 1:
-        raise ValueError(f"n_data must be a positive int (the data-set size), but got {n_data!r}")
+    _check_model(model)
+    n_data = _check_n_data(n_data)
     kl_weight = check_positive("kl_weight", kl_weight, allow_zero=True)
     check_choice("pair", pair, PAIR_MODES)
+    if isinstance(batch_dim, bool) or not isinstance(batch_dim, int) or batch_dim < 0:
+        raise ValueError(f"batch_dim must be a non-negative int, but got {batch_dim!r}")
     if not callable(nll):
         raise TypeError("nll must be callable as nll(outputs, targets) -> (batch,) losses")
+    if coupled is not None and not isinstance(coupled, bool):
+        raise TypeError(f"coupled must be None, True or False, but got {coupled!r}")
+    if not isinstance(common_random_numbers, bool):
+        raise TypeError(
+            f"common_random_numbers must be True or False, but got {common_random_numbers!r}"
+        )
+    if split is not None and split is not False:
+        if not (isinstance(split, tuple) and len(split) == 2 and all(callable(f) for f in split)):
+            raise TypeError("split must be None, False or a (head, tail) tuple of callables")
     batch = _batch_size(inputs, batch_dim, "inputs")
+    if batch == 0:
+        raise ValueError(
+            f"inputs hold an empty batch (size 0 along batch_dim={batch_dim}); objective needs "
+            "at least one example"
+        )
 
     def run(x: Any) -> Any:
         return model(*x) if isinstance(x, (tuple, list)) else model(x)
 
     lbd = [m for m in model.modules() if isinstance(m, LearnableBernoulliDropout)]
+    surrogate: Tensor | None = None
     if not lbd or not any(m.sampling for m in lbd):
         data_loss = _per_example(nll(run(inputs), targets), batch).mean()
-        surrogate = None
-    elif pair == "concat":
-        with _pair_context(lbd, "concat"):
-            out = run(_concat(inputs, batch_dim, "inputs"))
-            both = _per_example(nll(out, _concat(targets, batch_dim, "targets")), 2 * batch)
-            f1, f2 = both[:batch], both[batch:]
-            delta = (f1 - f2).detach() / batch
-            surrogate = sum(m.rate_surrogate(delta) for m in lbd)
-        data_loss = both.mean()
     else:
-        with _pair_context(lbd, "first"):
-            with torch.no_grad():
-                f1 = _per_example(nll(run(inputs), targets), batch)
-            for m in lbd:
-                assert m._pair is not None
-                m._pair.mode = "second"
-            f2 = _per_example(nll(run(inputs), targets), batch)
-            delta = (f1 - f2).detach() / batch
-            surrogate = sum(m.rate_surrogate(delta) for m in lbd)
-        data_loss = f2.mean()
+        found = batch_coupled_modules(model)
+        whole_batch = bool(found) if coupled is None else coupled
+        if pair == "concat":
+            if whole_batch:
+                what = (
+                    f"{type(found[0][1]).__name__} at {found[0][0]!r} in training mode"
+                    if found
+                    else "coupled=True"
+                )
+                raise ValueError(
+                    f"pair='concat' cannot be used with batch-coupled layers ({what}): the doubled "
+                    "batch would pool the statistics of both halves of the antithetic pair and "
+                    "bias the rate gradient; use pair='nograd' (the default)"
+                )
+            with _pair_context(lbd, "concat", batch_dim, batch, False):
+                out = run(_concat(inputs, batch_dim, "inputs"))
+                both = _per_example(nll(out, _concat_targets(targets, batch_dim, batch)), 2 * batch)
+                f1, f2 = both[:batch], both[batch:]
+                dt = uniform_dtype(both.dtype)
+                delta = (f1.detach().to(dt) - f2.detach().to(dt)) / batch
+                surrogate = _sum_surrogates(lbd, delta)
+            data_loss = both.mean()
+        else:
+            data_loss, surrogate = _nograd_pair(
+                model,
+                run,
+                inputs,
+                targets,
+                nll,
+                batch,
+                lbd,
+                batch_dim=batch_dim,
+                coupled=found if whole_batch else None,
+                replay=common_random_numbers,
+                split=split,
+            )
 
     loss = data_loss
     if kl_weight:
         loss = loss + kl_weight * kl_divergence(model).to(loss.dtype) / n_data
     if surrogate is not None:
-        surrogate = torch.as_tensor(surrogate).to(loss.dtype)
-        loss = loss + (surrogate - surrogate.detach())
+        loss = loss + (surrogate - surrogate.detach()).to(loss.dtype)
     return loss
+
+
+def _sum_surrogates(lbd: Sequence[LearnableBernoulliDropout], delta: Tensor) -> Tensor:
+    """Sum of the modules' rate surrogates for one loss difference (per example or whole batch)."""
+    total: Tensor | None = None
+    for m in lbd:
+        s = m.rate_surrogate(delta)
+        total = s if total is None else total + s.to(total.device)
+    assert total is not None
+    return total
+
+
+def _nograd_pair(
+    model: nn.Module,
+    run: Callable[[Any], Any],
+    inputs: Any,
+    targets: Any,
+    nll: Callable[[Any, Any], Tensor],
+    batch: int,
+    lbd: Sequence[LearnableBernoulliDropout],
+    *,
+    batch_dim: int,
+    coupled: list[tuple[str, nn.Module]] | None,
+    replay: bool,
+    split: tuple[Callable[[Any], Any], Callable[[Any], Any]] | Literal[False] | None,
+) -> tuple[Tensor, Tensor]:
+    """The pair as a gradient-free evaluation with :math:`z^{(1)}` and an ordinary one with
+    :math:`z^{(2)}`; returns the data loss and the rate surrogate."""
+    parts = None if split is False else split
+    if parts is None and split is None:
+        parts = _sequential_split(model, inputs, lbd)
+    whole_batch = coupled is not None
+    with _pair_context(lbd, "first", batch_dim, None if whole_batch else batch, replay):
+        if parts is not None:
+            head, tail = parts
+            x = head(*inputs) if isinstance(inputs, (tuple, list)) else head(inputs)
+            if any(m._pair is not None and m._pair.draws for m in lbd):
+                raise ValueError(
+                    "the head of split called an LBD module; split before the first LBD module"
+                )
+            forward: Callable[[Any], Any] = tail
+        else:
+            x, forward = inputs, run
+        state = _RandomState(model) if replay else None
+        buffers = [(b, b.clone()) for b in model.buffers()]
+        with torch.no_grad():
+            f1 = _per_example(nll(forward(x), targets), batch)
+        with torch.no_grad():
+            for b, saved in buffers:
+                b.copy_(saved)
+        if state is not None:
+            state.restore()
+        for m in lbd:
+            assert m._pair is not None
+            m._pair.mode = "second"
+        f2 = _per_example(nll(forward(x), targets), batch)
+        for m in lbd:
+            assert m._pair is not None
+            if m._pair.cursor != len(m._pair.draws):
+                raise RuntimeError(
+                    "the second pass of the antithetic pair called an LBD module fewer times "
+                    "than the first"
+                )
+        dt = uniform_dtype(f2.dtype)
+        a, b2 = f1.detach().to(dt), f2.detach().to(dt)
+        delta = _whole_batch_delta(a, b2, coupled) if coupled is not None else (a - b2) / batch
+        surrogate = _sum_surrogates(lbd, delta)
+    return f2.mean(), surrogate

@@ -12,11 +12,27 @@ __all__ = [
     "inverted_scale",
     "bernoulli_dropout",
     "gal_bernoulli_kl",
+    "uniform_dtype",
 ]
 
 #: Learned drop logits are clamped to ``[-LOGIT_BOUND, LOGIT_BOUND]`` in every computation, so
 #: ``p`` stays in ``[9.4e-14, 1 - 9.4e-14]`` and ``1 / (1 - p)`` stays finite in float32.
 LOGIT_BOUND = 30.0
+
+
+def uniform_dtype(*dtypes: torch.dtype) -> torch.dtype:
+    """The dtype for uniforms, keep probabilities and estimator coefficients: float64 when any of
+    ``dtypes`` is float64, float32 otherwise (bfloat16/float16 activations included).
+
+    A bfloat16 uniform takes only a few thousand distinct values in [0, 1) (its mean is off 1/2 by
+    about 2e-3), which would bias both the masks and the ARM/DisARM coefficients.
+
+    Example:
+        >>> import torch
+        >>> uniform_dtype(torch.bfloat16), uniform_dtype(torch.float16, torch.float64)
+        (torch.float32, torch.float64)
+    """
+    return torch.float64 if torch.float64 in dtypes else torch.float32
 
 
 def bernoulli_entropy(logits: Tensor) -> Tensor:

@@ -3,27 +3,28 @@
 The rates are trained with unbiased ARM/DisARM gradients. That needs the *same* uniforms to be
 evaluated twice (the antithetic pair), which is what :func:`bayesdrop.objective` arranges: it
 opens an :class:`AntitheticPair` on every LBD module, runs the batch as the pair, and adds the
-estimator's surrogate term built from the per-example loss difference. Outside ``objective`` an
-LBD module in training mode samples ordinary independent masks (rates then get only the pathwise
-part of their gradient, through the inverted-dropout scale).
+estimator's surrogate term built from the loss difference. Outside ``objective`` an LBD module in
+training mode samples ordinary independent masks; its rates then get only the pathwise part of
+their gradient (through the inverted-dropout scale), and the first backward pass that reaches
+them warns once.
 """
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor, nn
 
 from .._validation import check_choice, check_positive, check_probability
-from ..estimators import antithetic_masks, arm_coefficient, disarm_coefficient
-from ..functional.bernoulli import LOGIT_BOUND, bernoulli_dropout, gal_bernoulli_kl
+from ..estimators import COEFFICIENTS, PAIR_ESTIMATORS, antithetic_masks
+from ..functional.bernoulli import LOGIT_BOUND, bernoulli_dropout, gal_bernoulli_kl, uniform_dtype
 from ._base import DropoutModule
-from ._layers import batch_dim, check_layer, input_weight_sq_norms, mask_shape
+from ._layers import batch_dim as layer_batch_dim
+from ._layers import check_layer, input_weight_sq_norms, mask_shape
 
 __all__ = ["LearnableBernoulliDropout", "AntitheticPair"]
-
-_COEFFICIENTS = {"arm": arm_coefficient, "disarm": disarm_coefficient}
 
 
 @dataclass
@@ -42,11 +43,20 @@ class AntitheticPair:
     ``z2``), ``"first"`` (this pass uses ``z1`` and records the draws) or ``"second"`` (this pass
     replays the recorded draws with ``z2``). Draws are kept in call order, so a module called
     several times per forward (weight sharing, loops) is handled.
+
+    ``batch_dim`` is the batch dimension of the objective's inputs (used by the linear and bare
+    forms, see :class:`LearnableBernoulliDropout`); ``batch_size`` the number of examples of one
+    half (``None``: unchecked); ``replay``: the second pass draws its uniforms again from the
+    replayed random state, so that every random stream advances exactly as in the first pass
+    (the recorded draws are what it uses).
     """
 
     mode: str = "concat"
     draws: list[_Draw] = field(default_factory=list)
     cursor: int = 0
+    batch_dim: int = 0
+    batch_size: int | None = None
+    replay: bool = False
 
 
 class LearnableBernoulliDropout(DropoutModule):
@@ -68,6 +78,20 @@ class LearnableBernoulliDropout(DropoutModule):
 
     The data-set size enters once, in :func:`bayesdrop.objective` (``n_data``), never here.
 
+    Uniforms are drawn, and keep probabilities and estimator coefficients computed, in float32
+    (float64 for float64 activations) whatever the activation dtype, so bfloat16/float16 models
+    and autocast get the same masks as float32 ones.
+
+    Batch dimension and mask layout. Inputs of ``nn.Linear`` and of the bare form,
+    ``(*, features)``, get an independent mask for every position (every example and every
+    other leading index, e.g. every time step of a ``(T, B, F)`` sequence); convolutions get one
+    mask per example and channel (batch dimension 0); RNNs one per sequence and feature, with
+    the batch dimension given by the RNN's ``batch_first``. For the linear and bare forms the
+    batch dimension is ``batch_dim`` when given, else the ``batch_dim`` passed to
+    :func:`bayesdrop.objective` (a ``(batch, features)`` input always uses dimension 0). The
+    uniforms are drawn in batch-first order and moved to the batch dimension, so a
+    sequence-first input gets exactly the masks of the batch-first input it permutes.
+
     Args:
         layer: the layer whose inputs are dropped, or ``None`` for the bare form.
         num_features: number of input units for the bare form (features, last dimension).
@@ -77,6 +101,9 @@ class LearnableBernoulliDropout(DropoutModule):
         length_scale: prior length-scale :math:`l` (prior precision :math:`l^2`); default 1.0
             gives an effective weight decay :math:`1/(2N(1-p))` per example.
         generator: optional generator for the uniforms.
+        batch_dim: batch dimension of this module's input for the linear and bare forms
+            (``None``: the objective's); not accepted for convolutions and RNNs, whose layout
+            fixes it.
 
     Shape:
         As the wrapped layer; bare form ``(*, num_features)``.
@@ -91,6 +118,9 @@ class LearnableBernoulliDropout(DropoutModule):
         torch.Size([3, 2])
     """
 
+    #: Set once the "trained outside objective" warning has been given (once per process).
+    _warned_pathwise_only = False
+
     def __init__(
         self,
         layer: nn.Module | None = None,
@@ -101,14 +131,24 @@ class LearnableBernoulliDropout(DropoutModule):
         estimator: str = "disarm",
         length_scale: float = 1.0,
         generator: torch.Generator | None = None,
+        batch_dim: int | None = None,
     ) -> None:
         super().__init__(generator)
         self.kind, self.units = check_layer(layer, num_features)
         self.layer = layer
         init_p = check_probability("init_p", init_p)
         self.granularity = check_choice("granularity", granularity, ("unit", "layer"))
-        self.estimator = check_choice("estimator", estimator, tuple(_COEFFICIENTS))
+        self.estimator = check_choice("estimator", estimator, PAIR_ESTIMATORS)
         self.length_scale = check_positive("length_scale", length_scale, allow_zero=True)
+        if batch_dim is not None:
+            if isinstance(batch_dim, bool) or not isinstance(batch_dim, int) or batch_dim < 0:
+                raise ValueError(f"batch_dim must be a non-negative int, but got {batch_dim!r}")
+            if self.kind in ("conv", "rnn"):
+                raise ValueError(
+                    f"batch_dim is fixed by the wrapped {type(layer).__name__} (convolutions: 0, "
+                    "RNNs: their batch_first); it applies to nn.Linear and the bare form only"
+                )
+        self.batch_dim = batch_dim
         n = self.units if self.granularity == "unit" else 1
         logit = torch.logit(torch.tensor(init_p, dtype=torch.float32))
         self.logit_p = nn.Parameter(torch.full((n,), float(logit)))
@@ -130,9 +170,10 @@ class LearnableBernoulliDropout(DropoutModule):
 
     def extra_repr(self) -> str:
         form = "" if self.layer is not None else f"num_features={self.units}, "
+        bd = "" if self.batch_dim is None else f", batch_dim={self.batch_dim}"
         return (
             f"{form}granularity={self.granularity!r}, estimator={self.estimator!r}, "
-            f"length_scale={self.length_scale}"
+            f"length_scale={self.length_scale}{bd}"
         )
 
     # ----------------------------------------------------------------------------- prior
@@ -149,31 +190,57 @@ class LearnableBernoulliDropout(DropoutModule):
             x = self._drop(x)
         return x if self.layer is None else self.layer(x)
 
+    def _resolve_batch_dim(self, x: Tensor, pair: AntitheticPair | None) -> int:
+        """The batch dimension of ``x`` for this module (see the class docstring)."""
+        if self.kind == "conv":
+            return 0
+        if self.kind == "rnn":
+            return layer_batch_dim(self.layer)
+        explicit = self.batch_dim is not None
+        bd = self.batch_dim if self.batch_dim is not None else (pair.batch_dim if pair else 0)
+        if x.dim() < 2:
+            return 0
+        if bd >= x.dim() - 1:
+            if not explicit and x.dim() == 2:
+                return 0  # a (batch, features) input: its batch is its first dimension
+            raise ValueError(
+                f"batch_dim={bd} is not a batch dimension of this module's input of shape "
+                f"{tuple(x.shape)} (the last dimension holds the features); pass batch_dim= to "
+                "the module or to objective"
+            )
+        return bd
+
+    def _uniforms(self, shape: tuple[int, ...], bd: int, dtype: torch.dtype, x: Tensor) -> Tensor:
+        """Uniform(0, 1) draws of ``shape``, drawn in batch-first order and moved to ``bd``."""
+        first = (shape[bd],) + shape[:bd] + shape[bd + 1 :]
+        u = torch.rand(first, dtype=dtype, device=x.device, generator=self.generator)
+        return u.movedim(0, bd) if bd else u
+
     def _drop(self, x: Tensor) -> Tensor:
         shape = mask_shape(x, self.layer, self.units)
         logit_p = self._unit_view(self._logit_p(), len(shape))
-        keep_logit = (-logit_p).detach().to(x.dtype)
+        dtype = uniform_dtype(x.dtype, logit_p.dtype)
+        keep_logit = (-logit_p).detach().to(dtype)
         pair = self._pair
+        bd = self._resolve_batch_dim(x, pair)
         if pair is None:
-            u = torch.rand(shape, dtype=x.dtype, device=x.device, generator=self.generator)
+            u = self._uniforms(shape, bd, dtype, x)
             keep = u < torch.sigmoid(keep_logit)
+            if self.training and torch.is_grad_enabled() and logit_p.requires_grad:
+                self._warn_on_backward(logit_p)
         elif pair.mode == "concat":
-            bd = batch_dim(self.layer)
-            if shape[bd] % 2:
-                raise ValueError(
-                    "the antithetic pair needs an even batch along batch_dim; got "
-                    f"{shape[bd]} (was the batch concatenated along another dimension?)"
-                )
+            self._check_batch(shape, bd, 2, pair)
             half = list(shape)
             half[bd] //= 2
-            u = torch.rand(half, dtype=x.dtype, device=x.device, generator=self.generator)
+            u = self._uniforms(tuple(half), bd, dtype, x)
             z1, z2 = antithetic_masks(keep_logit, u)
             pair.draws.append(_Draw(u, z1, z2, bd))
             keep = torch.cat([z1, z2], dim=bd)
         elif pair.mode == "first":
-            u = torch.rand(shape, dtype=x.dtype, device=x.device, generator=self.generator)
+            self._check_batch(shape, bd, 1, pair)
+            u = self._uniforms(shape, bd, dtype, x)
             z1, z2 = antithetic_masks(keep_logit, u)
-            pair.draws.append(_Draw(u, z1, z2, batch_dim(self.layer)))
+            pair.draws.append(_Draw(u, z1, z2, bd))
             keep = z1
         else:
             if pair.cursor >= len(pair.draws):
@@ -184,25 +251,76 @@ class LearnableBernoulliDropout(DropoutModule):
             pair.cursor += 1
             if tuple(draw.u.shape) != tuple(shape):
                 raise RuntimeError("the two passes of the antithetic pair saw different shapes")
+            if pair.replay:
+                self._uniforms(shape, bd, dtype, x)  # keep every random stream in step
             keep = draw.z2
         return bernoulli_dropout(x, logit_p, keep)
+
+    @staticmethod
+    def _check_batch(shape: tuple[int, ...], bd: int, copies: int, pair: AntitheticPair) -> None:
+        n = pair.batch_size
+        if n is None:
+            if copies == 2 and shape[bd] % 2:
+                raise ValueError(
+                    "the antithetic pair needs an even batch along batch_dim; got "
+                    f"{shape[bd]} (was the batch concatenated along another dimension?)"
+                )
+            return
+        if shape[bd] != copies * n:
+            raise ValueError(
+                f"an LBD module's input has {shape[bd]} entries along its batch dimension {bd} "
+                f"(mask shape {tuple(shape)}) but the batch has {copies * n}: the per-example "
+                "estimator needs one batch entry per example. Pass the right batch_dim to "
+                "objective (or to the module), or objective(..., coupled=True) for a model that "
+                "reshapes or mixes its batch (the whole-batch estimator holds for any layout)"
+            )
+
+    def _warn_on_backward(self, logit_p: Tensor) -> None:
+        if LearnableBernoulliDropout._warned_pathwise_only:
+            return
+
+        def hook(grad: Tensor) -> None:
+            if not LearnableBernoulliDropout._warned_pathwise_only:
+                LearnableBernoulliDropout._warned_pathwise_only = True
+                warnings.warn(
+                    "LearnableBernoulliDropout was trained outside bayesdrop.objective: its drop "
+                    "rates get only the pathwise part of their gradient (through the 1/(1-p) "
+                    "scale), not the ARM/DisARM part. Compute the loss with "
+                    "bayesdrop.objective(model, inputs, targets, nll, n_data) for unbiased rate "
+                    "gradients.",
+                    UserWarning,
+                    stacklevel=2,
+                )
+
+        logit_p.register_hook(hook)
 
     def rate_surrogate(self, delta: Tensor) -> Tensor:
         r"""Surrogate whose gradient is the ARM/DisARM estimate for this module's rates.
 
-        ``delta`` holds :math:`f_i(z^{(1)}) - f_i(z^{(2)})` per example (shape ``(batch,)``,
-        already divided by the batch size as the objective's mean requires). Returns a 0-dim
-        tensor :math:`\sum \phi \cdot \mathrm{sg}(\hat g)` over the recorded draws, with
-        :math:`\phi = -\mathrm{logit\_p}` the keep logits.
+        ``delta`` holds either :math:`f_i(z^{(1)}) - f_i(z^{(2)})` per example (shape
+        ``(batch,)``, already divided by the batch size as the objective's mean requires; the
+        per-example form) or one number, :math:`\bar f(z^{(1)}) - \bar f(z^{(2)})` of the batch
+        means, that multiplies every unit's coefficient (0-dim; the whole-batch form, which treats
+        all masks of the batch as one Bernoulli vector). Returns a 0-dim tensor
+        :math:`\sum \phi \cdot \mathrm{sg}(\hat g)` over the recorded draws, with
+        :math:`\phi = -\mathrm{logit\_p}` the keep logits. The coefficients are computed in the
+        uniforms' dtype (float32 or float64).
         """
         assert self._pair is not None
-        coefficient = _COEFFICIENTS[self.estimator]
-        total = delta.new_zeros(())
+        coefficient = COEFFICIENTS[self.estimator]
+        logit_p = self._logit_p()
+        total = logit_p.new_zeros(())
         for d in self._pair.draws:
-            keep_logit = self._unit_view(-self._logit_p(), d.u.dim())
-            coef = coefficient(d.u, d.z1, d.z2, keep_logit.detach().to(d.u.dtype))
-            view = [1] * d.u.dim()
-            view[d.batch_dim] = -1
-            g = delta.detach().to(coef.dtype).reshape(view) * coef
-            total = total + (keep_logit * g).sum()
+            keep_logit = self._unit_view(-logit_p, d.u.dim())
+            with torch.no_grad():
+                coef = coefficient(d.u, d.z1, d.z2, keep_logit.detach().to(d.u.dtype))
+                dl = delta.detach().to(coef.dtype)
+                if dl.dim() == 0:
+                    g = coef * dl
+                else:
+                    view = [1] * d.u.dim()
+                    view[d.batch_dim] = -1
+                    g = coef * dl.reshape(view)
+                g = g.sum_to_size(keep_logit.shape)
+            total = total + (keep_logit * g.to(keep_logit.dtype)).sum()
         return total

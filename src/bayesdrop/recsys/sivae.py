@@ -45,7 +45,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .._validation import check_choice, check_int, check_positive, check_probability
-from ..estimators import antithetic_masks, arm_coefficient, disarm_coefficient
+from ..estimators import COEFFICIENTS, PAIR_ESTIMATORS, antithetic_masks
 from ..functional.bernoulli import LOGIT_BOUND, bernoulli_dropout
 from ..functional.concrete import concrete_dropout
 from ..functional.gaussian import gaussian_dropout
@@ -64,7 +64,6 @@ __all__ = [
 
 NOISES = ("lbd", "concrete", "gaussian")
 ARM_PRODUCTS = ("per-user", "batch-mean")
-_COEFFICIENTS = {"arm": arm_coefficient, "disarm": disarm_coefficient}
 _LOG_2PI = math.log(2.0 * math.pi)
 
 
@@ -143,7 +142,7 @@ class SIVAE(_MultBase):
         self.noise = check_choice("noise", noise, NOISES)
         init_p = check_probability("init_p", init_p)
         self.n_extra = check_int("n_extra", n_extra, minimum=0)
-        self.estimator = check_choice("estimator", estimator, tuple(_COEFFICIENTS))
+        self.estimator = check_choice("estimator", estimator, PAIR_ESTIMATORS)
         self.arm_product = check_choice("arm_product", arm_product, ARM_PRODUCTS)
         self.temperature = check_positive("temperature", temperature)
         self.generator = generator
@@ -279,7 +278,7 @@ class SIVAE(_MultBase):
         f = self._bound(x, values, beta, eps.unsqueeze(0).expand(2, -1, -1))  # (2, users)
         loss = f.mean()
         delta = (f[0] - f[1]).detach()
-        coefficient = _COEFFICIENTS[self.estimator]
+        coefficient = COEFFICIENTS[self.estimator]
         phi = -self._logit_p()  # keep logits, with grad
         if self.arm_product == "per-user":
             coef = coefficient(u, z1, z2, keep_logit)  # (V+1, nnz)
