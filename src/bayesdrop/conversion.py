@@ -1,19 +1,46 @@
 """Turn an existing model's ``nn.Dropout*`` layers into a bayesdrop dropout family.
 
 :func:`convert` returns a **converted copy** of the model and a :class:`ConversionReport`; the
-original model is never modified. Dropout layers are found by module type (``isinstance`` of
+original model is never modified, and the copy is trainable at once (every new parameter exists
+when :func:`convert` returns). Dropout layers are found by module type (``isinstance`` of
 ``nn.Dropout``, ``nn.Dropout1d/2d/3d``), never by class-name text.
 
-* **Wrapper families** (their constructor takes ``layer``: LBD, Concrete, Gaussian, variational,
-  sparse, ARD) regularise the weights fed by the dropped units, so they wrap the layer the dropout
-  feeds. That layer is known only when the dropout is followed *directly* by an ``nn.Linear``,
-  ``nn.Conv1d/2d/3d``, ``nn.LSTM``, ``nn.GRU`` or ``nn.RNN`` inside an ``nn.Sequential``: the
-  layer is replaced by ``Family(layer, **options)`` (same weights) and the dropout by
-  ``nn.Identity`` (so the other indices, and their ``state_dict`` keys, stay put; the wrapped
-  layer's keys gain a ``.layer`` prefix). Anything else raises a ``ValueError`` naming the layer.
-* **Bare form** (``form="bare"``, or a family without ``layer`` such as ``MCDropout``): the dropout
-  is replaced in place by ``Family(num_features=..., **options)``; ``num_features`` is taken from
-  ``options`` or from a neighbouring ``nn.Linear`` in an ``nn.Sequential``.
+Where each dropout goes, and what it feeds, is read from the model:
+
+* with ``example_inputs=`` (recommended for anything but an ``nn.Sequential``), a copy of the model
+  is run once on them while every ``nn.Dropout*`` is replaced by a probe and every torch call is
+  watched (:class:`torch.overrides.TorchFunctionMode`): this gives the shape each dropout sees and
+  every consumer of its output, through residual additions, attention blocks, ``torch.cat``,
+  views and anything else written in ``forward`` (a trace, not a guess from the module order);
+* without them, only the ``nn.Sequential`` neighbours are known.
+
+Then each dropout becomes one of:
+
+* **wrapped** — the dropout's output is consumed by exactly one ``nn.Linear``, ``nn.Conv1d/2d/3d``
+  or ``nn.LSTM/GRU/RNN`` (and by nothing else), and that layer reads nothing else: the layer is
+  replaced by ``Family(layer, **options)`` (same weights, its ``state_dict`` keys gain a
+  ``.layer`` prefix) and the dropout by ``nn.Identity``. The family's prior (KL) then includes the
+  weight term over the weights the dropped units feed, as in the papers.
+* **bare** — otherwise (residual ``x + dropout(f(x))``, dropout before a normalisation, a
+  pooling, an addition, a reshape, or fed to two consumers): the dropout is replaced in place by
+  ``Family(num_features=F, **options)``, with one rate per feature (the last dimension), or for
+  ``nn.Dropout1d/2d/3d`` one per channel, whole channels dropped (:class:`ChannelDropout`). The
+  weights the dropout feeds are unknown here, so the family's prior keeps only its rate term; the
+  report says so for each layer (see :attr:`Replacement.prior`).
+* **one rate** — where a per-feature rate cannot be placed, because the last dimension is a
+  position and not a feature (the input of the dropout comes from a softmax: attention
+  probabilities), the dropout is called with different feature counts, or the layer is listed in
+  ``single_rate=``: :class:`SingleRateDropout`, elementwise masks with one learned rate.
+
+``nn.TransformerEncoderLayer`` and ``nn.TransformerEncoder`` take a fused "fast path" in eval mode
+that does not call their submodules; :func:`convert` switches it off on the converted copies
+(``activation_relu_or_gelu = 0`` and ``use_nested_tensor = False``, the flags that torch's own
+eligibility check reads) so that MC prediction samples the converted modules and sparse families'
+pruned weights are used. ``nn.MultiheadAttention`` applies its attention-probability dropout
+functionally (``F.dropout`` on the probabilities, ``dropout=`` in its constructor): no module can
+replace it, that rate stays fixed and is *off* under :func:`bayesdrop.mc_predict` (MHA is in eval
+mode there); the report lists each such layer. The same holds for the dropout between the layers
+of a stacked ``nn.LSTM/GRU/RNN`` (its ``dropout=`` argument).
 
 The dropout's ``p`` becomes the family's ``init_p`` (learned rates) or ``p`` (fixed rates) when the
 family has one; channel dropout (``nn.Dropout1d/2d/3d``) sets ``channelwise=True`` for families
@@ -24,21 +51,31 @@ refused unless listed in ``exclude``.
 from __future__ import annotations
 
 import copy
+import inspect
 import sys
 import types
 import warnings
-import inspect
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import torch
-from torch import nn
+from torch import Tensor, nn
+from torch.overrides import TorchFunctionMode
+from torch.utils._pytree import tree_leaves
 
 from .nn._base import DropoutModule
 from .nn.wrapped_layers import SUPPORTED_LAYERS
 
-__all__ = ["convert", "ConversionReport", "Replacement", "FAMILIES", "resolve_family"]
+__all__ = [
+    "convert",
+    "ConversionReport",
+    "Replacement",
+    "FAMILIES",
+    "resolve_family",
+    "ChannelDropout",
+    "SingleRateDropout",
+]
 
 #: Short names of the families, resolved lazily as attributes of :mod:`bayesdrop.nn`.
 FAMILIES: dict[str, str] = {
@@ -54,7 +91,28 @@ FAMILIES: dict[str, str] = {
 _BERNOULLI_DROPOUT = (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d)
 _CHANNEL_DROPOUT = (nn.Dropout1d, nn.Dropout2d, nn.Dropout3d)
 _ALPHA_DROPOUT = (nn.AlphaDropout, nn.FeatureAlphaDropout)
+_CONV = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 _FORMS = ("wrap", "bare")
+_SOFTMAX = {"softmax", "_softmax", "softmin", "sparse_softmax"}
+
+#: What each family's prior loses when the weights its dropout feeds are unknown (bare forms).
+_BARE_CONSEQUENCE = {
+    "LearnableBernoulliDropout": (
+        "without the weight term l²‖W‖²/(2(1-p)) the weights a bare layer feeds get no prior from "
+        "it (keep weight decay on them), and its rates are set by the data fit and the entropy "
+        "term -H(keep), which alone pulls p toward 0.5"
+    ),
+    "ConcreteDropout": (
+        "without the term weight_regularizer·‖W‖²/(1-p) the weights a bare layer feeds get no "
+        "prior from it (keep weight decay on them), and its rates are set by the data fit and the "
+        "entropy term -dropout_regularizer·K·H(p), which alone pulls p toward 0.5"
+    ),
+    "VariationalDropout": (
+        "a bare layer counts the log-uniform KL once per unit instead of once per weight the unit "
+        "feeds (its fan-out is unknown), so the prior's pull on its rates is understated by that "
+        "factor"
+    ),
+}
 
 
 @dataclass(frozen=True)
@@ -66,7 +124,12 @@ class Replacement:
         original: its ``repr``.
         p: its drop probability.
         module: dotted name of the new family module in the converted model.
-        wrapped: dotted name of the layer it wraps (the original name), or ``None`` (bare form).
+        wrapped: dotted name of the layer it wraps (the original name), or ``None``.
+        form: ``"wrapped"`` (the family wraps the layer the dropout feeds), ``"bare"`` (one rate
+            per feature of the last dimension), ``"bare, channels"`` (one rate per channel, whole
+            channels dropped) or ``"one rate"`` (elementwise masks, one shared rate).
+        units: the number of rates' units: input features or channels, 1 for ``"one rate"``.
+        prior: what the family's ``kl()`` covers for this layer.
     """
 
     name: str
@@ -74,15 +137,23 @@ class Replacement:
     p: float
     module: str
     wrapped: str | None
+    form: str = "wrapped"
+    units: int | None = None
+    prior: str = ""
 
 
 @dataclass
 class ConversionReport:
-    """What :func:`convert` did: the family, each replacement, and notes worth reading."""
+    """What :func:`convert` did: the family, each replacement, and notes worth reading.
+
+    ``fixed`` lists, by module name, the dropout that stays as it was because no module applies
+    it (``nn.MultiheadAttention``'s attention dropout, the dropout between stacked RNN layers).
+    """
 
     family: str
     replacements: list[Replacement] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    fixed: dict[str, str] = field(default_factory=dict)
 
     def __len__(self) -> int:
         return len(self.replacements)
@@ -90,8 +161,12 @@ class ConversionReport:
     def __str__(self) -> str:
         lines = [f"converted {len(self.replacements)} dropout layer(s) to {self.family}"]
         for r in self.replacements:
-            how = f"wraps '{r.wrapped}'" if r.wrapped is not None else "bare"
-            lines.append(f"  {r.name}: {r.original} -> {r.module} ({how})")
+            how = f"wraps '{r.wrapped}'" if r.wrapped is not None else r.form
+            units = "" if r.units is None else f", {r.units} unit(s)"
+            lines.append(f"  {r.name}: {r.original} -> {r.module} ({how}{units})")
+            if r.prior:
+                lines.append(f"      prior: {r.prior}")
+        lines += [f"  stays fixed: {k}: {v}" for k, v in self.fixed.items()]
         lines += [f"  note: {n}" for n in self.notes]
         return "\n".join(lines)
 
@@ -121,11 +196,219 @@ def resolve_family(family: str | type) -> type:
     return resolve_family(cls)
 
 
+# --------------------------------------------------------------------------------- adapters
+class ChannelDropout(nn.Module):
+    r"""Whole-channel dropout from a bare family module: ``x * noise[:, :, None, ...]``.
+
+    The noise is the family's bare form applied to ones of shape ``(N, C)``, one value per example
+    and channel (for every family the bare form multiplies its input by the noise, so this *is*
+    the noise, inverted-dropout scaling included), broadcast over the spatial dimensions of
+    ``x`` of shape ``(N, C, *)``. In eval mode the noise is 1 and this is the identity.
+
+    Args:
+        dropout: a bare bayesdrop dropout module over ``C`` features.
+    """
+
+    def __init__(self, dropout: DropoutModule) -> None:
+        super().__init__()
+        self.dropout = dropout
+
+    def forward(self, x: Tensor) -> Tensor:
+        if x.dim() < 2:
+            raise ValueError(f"channel dropout needs an (N, C, *) input, but got {tuple(x.shape)}")
+        noise = self.dropout(x.new_ones(x.shape[:2]))
+        return x * noise.reshape(tuple(x.shape[:2]) + (1,) * (x.dim() - 2))
+
+
+class SingleRateDropout(nn.Module):
+    """Elementwise dropout with one rate from a bare family module over a single feature.
+
+    ``x`` of any shape is seen as ``x[..., None]``, i.e. every element is one instance of the
+    family's single unit (own mask value, shared rate), as ``nn.Dropout`` does.
+
+    Args:
+        dropout: a bare bayesdrop dropout module with ``num_features=1``.
+    """
+
+    def __init__(self, dropout: DropoutModule) -> None:
+        super().__init__()
+        self.dropout = dropout
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.dropout(x.unsqueeze(-1)).squeeze(-1)
+
+
+# --------------------------------------------------------------------------------- tracing
+@dataclass
+class _Site:
+    """One dropout module object of the model (possibly reachable under several names)."""
+
+    module: nn.Module
+    names: list[str]
+    shapes: list[tuple[int, ...]] = field(default_factory=list)
+    consumers: list[set[str]] = field(default_factory=list)
+    softmax_input: bool = False
+
+    @property
+    def name(self) -> str:
+        return self.names[0]
+
+    @property
+    def channel(self) -> bool:
+        return isinstance(self.module, _CHANNEL_DROPOUT)
+
+
+class _Probe(nn.Module):
+    """Stands in for one dropout during the trace: records the input and marks the output."""
+
+    def __init__(self, index: int, tracer: _Tracer) -> None:
+        super().__init__()
+        self.index = index
+        self.tracer = tracer
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.tracer.probe(self.index, x)
+
+
+class _Tracer(TorchFunctionMode):
+    """Watches every torch call of one forward pass for the outputs of the probes."""
+
+    def __init__(self, sites: list[_Site]) -> None:
+        super().__init__()
+        self.sites = sites
+        self.watched: dict[int, tuple[Tensor, int, int]] = {}  # id -> (tensor, site, call)
+        self.frames: list[tuple[str, Any]] = []  # supported layers being called, innermost last
+        self.layer_calls: dict[str, list[int | None]] = {}  # layer -> site of each call's input
+
+    def probe(self, index: int, x: Tensor) -> Tensor:
+        site = self.sites[index]
+        site.shapes.append(tuple(x.shape))
+        site.consumers.append(set())
+        if getattr(x, "_bayesdrop_softmax", False):
+            site.softmax_input = True
+        with torch._C.DisableTorchFunction():
+            out = x.view_as(x)  # a tensor object of its own, to be followed
+        self.watched[id(out)] = (out, index, len(site.shapes) - 1)
+        return out
+
+    def watched_site(self, t: Any) -> int | None:
+        w = self.watched.get(id(t)) if isinstance(t, Tensor) else None
+        return w[1] if w is not None and w[0] is t else None
+
+    def pre_hook(self, name: str, args: tuple[Any, ...]) -> None:
+        first = args[0] if args else None
+        self.frames.append((name, first))
+        self.layer_calls.setdefault(name, []).append(self.watched_site(first))
+
+    def post_hook(self) -> None:
+        self.frames.pop()
+
+    def __torch_function__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
+        kwargs = kwargs or {}
+        out = func(*args, **kwargs)
+        name = getattr(func, "__name__", str(func))
+        if self.watched and any(isinstance(o, Tensor) for o in tree_leaves(out)):
+            for t in tree_leaves((args, kwargs)):
+                if not isinstance(t, Tensor):
+                    continue
+                w = self.watched.get(id(t))
+                if w is None or w[0] is not t:
+                    continue
+                frame = self.frames[-1] if self.frames else None
+                who = f"layer:{frame[0]}" if frame is not None and frame[1] is t else f"op:{name}"
+                self.sites[w[1]].consumers[w[2]].add(who)
+        if name in _SOFTMAX and isinstance(out, Tensor):
+            out._bayesdrop_softmax = True  # type: ignore[attr-defined]
+        return out
+
+
+def _trace(
+    model: nn.Module, example_inputs: Any, sites: list[_Site]
+) -> dict[str, list[int | None]]:
+    """Run a copy of ``model`` on ``example_inputs``, filling each site's shapes and consumers.
+
+    Returns, for every supported layer (by name), which site's output each of its calls read.
+    """
+    twin = copy.deepcopy(model)
+    tracer = _Tracer(sites)
+    by_name = dict(twin.named_modules(remove_duplicate=False))
+    for index, site in enumerate(sites):
+        probe = _Probe(index, tracer)
+        for full in site.names:
+            parent, _, key = full.rpartition(".")
+            by_name[parent]._modules[key] = probe
+    handles = []
+    for name, m in twin.named_modules():
+        if isinstance(m, SUPPORTED_LAYERS):
+            handles.append(
+                m.register_forward_pre_hook(
+                    lambda mod, args, name=name: tracer.pre_hook(name, args)
+                )
+            )
+            handles.append(m.register_forward_hook(lambda mod, args, out: tracer.post_hook()))
+    twin.train()  # the transformer fast path (eval only) would skip the probes
+    for m in twin.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            m.eval()  # running statistics: no batch-size requirement
+    args = example_inputs if isinstance(example_inputs, tuple) else (example_inputs,)
+    try:
+        with torch.no_grad(), tracer:
+            twin(*args)
+    except Exception as err:
+        raise type(err)(
+            f"the model failed on example_inputs (they are passed as model(*example_inputs)): {err}"
+        ) from err
+    finally:
+        for h in handles:
+            h.remove()
+    return tracer.layer_calls
+
+
+def _adjacent(model: nn.Module, sites: list[_Site]) -> tuple[dict[str, str], dict[str, int]]:
+    """Without a trace: the layer each dropout feeds and its feature count, from nn.Sequential.
+
+    Returns ``({dropout name: fed layer name}, {dropout name: units})``.
+    """
+    feeds: dict[str, str] = {}
+    units: dict[str, int] = {}
+    modules = dict(model.named_modules(remove_duplicate=False))
+    counts: dict[int, int] = {}
+    for m in modules.values():
+        counts[id(m)] = counts.get(id(m), 0) + 1
+    for site in sites:
+        if len(site.names) != 1:
+            continue
+        parent_name, _, key = site.name.rpartition(".")
+        parent = modules[parent_name]
+        if not isinstance(parent, nn.Sequential):
+            continue
+        keys = list(parent._modules)
+        i = keys.index(key)
+        nxt = parent._modules[keys[i + 1]] if i + 1 < len(keys) else None
+        prev = parent._modules[keys[i - 1]] if i > 0 else None
+        full_next = f"{parent_name}.{keys[i + 1]}" if parent_name else (keys[i + 1] if nxt else "")
+        if nxt is not None and isinstance(nxt, SUPPORTED_LAYERS) and counts[id(nxt)] == 1:
+            feeds[site.name] = full_next
+        if site.channel:
+            if isinstance(nxt, _CONV):
+                units[site.name] = int(nxt.in_channels)
+            elif isinstance(prev, _CONV):
+                units[site.name] = int(prev.out_channels)
+            elif isinstance(prev, nn.modules.batchnorm._BatchNorm):
+                units[site.name] = int(prev.num_features)
+        elif isinstance(nxt, nn.Linear):
+            units[site.name] = int(nxt.in_features)
+        elif isinstance(prev, nn.Linear):
+            units[site.name] = int(prev.out_features)
+    return feeds, units
+
+
+# --------------------------------------------------------------------------------- convert
 def _params(cls: type) -> dict[str, inspect.Parameter]:
     return dict(inspect.signature(cls).parameters)
 
 
-def _ref_tensor(*modules: nn.Module) -> torch.Tensor | None:
+def _ref_tensor(*modules: nn.Module) -> Tensor | None:
     for m in modules:
         for t in list(m.parameters()) + list(m.buffers()):
             if t.is_floating_point():
@@ -133,30 +416,30 @@ def _ref_tensor(*modules: nn.Module) -> torch.Tensor | None:
     return None
 
 
-def _infer_features(parent: nn.Module, key: str) -> int | None:
-    if not isinstance(parent, nn.Sequential):
-        return None
-    keys = list(parent._modules)
-    i = keys.index(key)
-    nxt = parent._modules[keys[i + 1]] if i + 1 < len(keys) else None
-    prev = parent._modules[keys[i - 1]] if i > 0 else None
-    if isinstance(nxt, nn.Linear):
-        return nxt.in_features
-    if isinstance(prev, nn.Linear):
-        return prev.out_features
-    return None
-
-
-def _join(prefix: str, key: str) -> str:
-    return f"{prefix}.{key}" if prefix else key
+def _check_names(arg: str, names: Iterable[str], known: set[str]) -> set[str]:
+    if isinstance(names, str):
+        names = (names,)
+    try:
+        out = set(names)
+    except TypeError:
+        raise TypeError(f"{arg} must be an iterable of module names, but got {names!r}") from None
+    unknown = sorted(n for n in out if n not in known)
+    if unknown:
+        raise ValueError(
+            f"{arg} names {unknown}, which are not dropout layers of the model; its dropout "
+            f"layers are {sorted(known)}"
+        )
+    return out
 
 
 def convert(
     model: nn.Module,
     family: str | type,
     *,
-    form: str = "wrap",
+    form: Literal["wrap", "bare"] = "wrap",
+    example_inputs: Any = None,
     exclude: Iterable[str] = (),
+    single_rate: Iterable[str] = (),
     **options: Any,
 ) -> tuple[nn.Module, ConversionReport]:
     """Return a copy of ``model`` whose ``nn.Dropout*`` layers are replaced by ``family``.
@@ -166,22 +449,27 @@ def convert(
         family: a :class:`~bayesdrop.nn.DropoutModule` subclass, or one of ``"mc"``, ``"lbd"``,
             ``"concrete"``, ``"gaussian"``, ``"variational"``, ``"sparse"``, ``"ard"`` (or the
             class name), resolved in :mod:`bayesdrop.nn`.
-        form: for families that take a ``layer``: ``"wrap"`` (wrap the layer the dropout feeds)
-            or ``"bare"`` (replace the dropout alone, with ``num_features``). Families without
-            ``layer`` are always bare.
+        form: ``"wrap"`` (wrap the layer a dropout feeds where it is known, the bare form
+            elsewhere) or ``"bare"`` (never wrap). Families without ``layer`` are always bare;
+            families without a bare form (sparse, ARD) refuse dropouts that feed no wrappable layer.
+        example_inputs: a batch the model can be called on (a tensor, or a tuple passed as
+            ``model(*example_inputs)``); a copy of the model is traced on it to find what each
+            dropout feeds and how many features it sees. Without it only ``nn.Sequential``
+            neighbours are known.
         exclude: dotted names of dropout layers to leave as they are.
+        single_rate: dotted names of ``nn.Dropout`` layers that get one rate shared by every
+            element (for inputs whose last dimension is not a feature, e.g. a sequence position).
         **options: passed to every family constructor (they override the carried-over ``p``).
 
     Returns:
         ``(converted_model, report)``.
 
     Raises:
-        ValueError: a dropout layer that cannot be converted (it does not feed a wrappable layer
-            in an ``nn.Sequential``, ``num_features`` cannot be inferred, alpha dropout), naming it.
+        ValueError: a dropout layer that cannot be converted, naming it and what to do instead;
+            names in ``exclude``/``single_rate`` that are not dropout layers of the model.
 
     Example:
         >>> from torch import nn
-        >>> from bayesdrop.nn import LearnableBernoulliDropout
         >>> model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Dropout(0.2), nn.Linear(8, 2))
         >>> new, report = convert(model, "lbd")
         >>> type(new[3]).__name__, type(new[2]).__name__, len(report)
@@ -194,36 +482,62 @@ def convert(
     cls = resolve_family(family)
     if form not in _FORMS:
         raise ValueError(f"form must be one of {list(_FORMS)}, but got {form!r}")
-    if isinstance(exclude, str):
-        exclude = (exclude,)
-    excluded = set(exclude)
+    for name, m in model.named_modules():
+        if isinstance(m, nn.modules.lazy.LazyModuleMixin) and m.has_uninitialized_params():  # type: ignore[misc]
+            raise ValueError(
+                f"'{name}' is a lazy module ({type(m).__name__}) whose sizes are not known yet; "
+                "run one forward pass on the model before converting it"
+            )
     params = _params(cls)
-    wraps = "layer" in params and form == "wrap"
-    if "layer" in params and form == "bare" and params["layer"].default is inspect.Parameter.empty:
+    can_wrap = "layer" in params
+    has_bare = not can_wrap or params["layer"].default is not inspect.Parameter.empty
+    if form == "bare" and not has_bare:
         raise ValueError(f"{cls.__name__} has no bare form (it needs a layer); use form='wrap'")
-    report = ConversionReport(cls.__name__)
-    new = copy.deepcopy(model)
-    # collect (parent, key, full name) of every dropout layer, before changing anything
-    todo: list[tuple[nn.Module, str, str]] = []
-    seen: set[tuple[int, str]] = set()
-    for pname, parent in new.named_modules(remove_duplicate=False):
-        for key, child in parent._modules.items():
-            if child is None or (id(parent), key) in seen:
-                continue
-            seen.add((id(parent), key))
-            full = _join(pname, key)
-            if isinstance(child, _ALPHA_DROPOUT) and full not in excluded:
-                raise ValueError(
-                    f"'{full}' is {type(child).__name__}, whose noise is tied to SELU networks; it "
-                    "cannot become a Bernoulli/Gaussian dropout family (pass exclude=[...] to keep it)"
-                )
-            if isinstance(child, _BERNOULLI_DROPOUT) and full not in excluded:
-                todo.append((parent, key, full))
+    wraps = can_wrap and form == "wrap"
 
-    for parent, key, full in todo:
-        drop = parent._modules[key]
-        assert drop is not None
-        p = float(drop.p)  # type: ignore[arg-type]
+    new = copy.deepcopy(model)
+    # every dropout module object, with all the names it is reachable under
+    sites: list[_Site] = []
+    index: dict[int, _Site] = {}
+    alpha: list[str] = []
+    for full, child in new.named_modules(remove_duplicate=False):
+        if isinstance(child, _ALPHA_DROPOUT):
+            alpha.append(full)
+        elif isinstance(child, _BERNOULLI_DROPOUT):
+            if id(child) in index:
+                index[id(child)].names.append(full)
+            else:
+                index[id(child)] = _Site(child, [full])
+                sites.append(index[id(child)])
+    known = {n for s in sites for n in s.names} | set(alpha)
+    excluded = _check_names("exclude", exclude, known)
+    single = _check_names("single_rate", single_rate, known)
+    for full in alpha:
+        if full not in excluded:
+            raise ValueError(
+                f"'{full}' is an alpha dropout, whose noise is tied to SELU networks; it "
+                "cannot become a Bernoulli/Gaussian dropout family (pass exclude=[...] to keep it)"
+            )
+    traced = example_inputs is not None
+    layer_calls: dict[str, list[int | None]] = {}
+    feeds: dict[str, str] = {}
+    units: dict[str, int] = {}
+    if traced:
+        layer_calls = _trace(model, example_inputs, sites)
+    else:
+        feeds, units = _adjacent(new, sites)
+
+    report = ConversionReport(cls.__name__)
+    modules = dict(new.named_modules(remove_duplicate=False))
+    converted: list[str] = []
+    for i, site in enumerate(sites):
+        if any(n in excluded for n in site.names):
+            if not all(n in excluded for n in site.names):
+                raise ValueError(
+                    f"exclude names some but not all of {site.names}, which are one module"
+                )
+            continue
+        p = float(site.module.p)  # type: ignore[arg-type]
         kwargs: dict[str, Any] = {}
         if "init_p" in params:
             kwargs["init_p"] = p
@@ -231,105 +545,223 @@ def convert(
             kwargs["p"] = p
         else:
             report.notes.append(
-                f"'{full}': {cls.__name__} has no initial rate; p={p} not carried over"
+                f"'{site.name}': {cls.__name__} has no initial rate; p={p} not carried over"
             )
-        channel = isinstance(drop, _CHANNEL_DROPOUT)
-        if channel and "channelwise" in params:
-            kwargs["channelwise"] = True
         kwargs.update(options)
         try:
-            if wraps:
-                _wrap(cls, parent, key, full, kwargs, report, channel, drop, p)
+            if traced:
+                target, n, why = _decide_traced(site, i, layer_calls, single)
             else:
-                _bare(cls, params, parent, key, full, kwargs, report, channel, drop, p, new)
+                target, n, why = feeds.get(site.name), units.get(site.name), ""
+                if site.name in single:
+                    target, n = None, 1
+            if target is not None and not _wrappable(site, modules[target]):
+                target, why = None, f"it feeds {type(modules[target]).__name__}"
+            if wraps and target is not None:
+                rep = _wrap(cls, modules, site, target, kwargs, p)
+                fed = modules[target]  # the layer now wrapped
+                if isinstance(fed, _CONV) and not site.channel:
+                    report.notes.append(
+                        f"'{site.name}' dropped single elements; wrapping the convolution "
+                        f"'{target}' drops whole input channels"
+                    )
+                if isinstance(fed, nn.RNNBase):
+                    report.notes.append(
+                        f"'{site.name}' dropped every element and time step on its own; wrapping "
+                        f"'{target}' draws one mask per sequence, shared over time (variational "
+                        "RNN dropout, Gal & Ghahramani 2016)"
+                    )
+            else:
+                if not has_bare:
+                    raise ValueError(
+                        f"{cls.__name__} has no bare form and the dropout feeds no layer it can "
+                        f"wrap ({why or 'the layer it feeds is unknown without a trace'}); "
+                        "pass example_inputs=... so that convert can trace it, use another family, "
+                        f"or exclude=['{site.name}']"
+                    )
+                if n is None and isinstance(options.get("num_features"), int):
+                    n = options["num_features"]
+                if not traced and n is None and _needs_units(cls, params, site):
+                    raise ValueError(
+                        "its number of features is not known (it is not next to an nn.Linear or "
+                        "a convolution in an nn.Sequential); pass example_inputs=(a batch,) so "
+                        "that convert can trace the model, or num_features=..."
+                    )
+                rep = _bare(cls, params, new, modules, site, kwargs, p, n, site.name in single)
         except (TypeError, ValueError) as err:
-            raise type(err)(f"converting '{full}' to {cls.__name__}: {err}") from err
-
-    for name, m in new.named_modules():
-        if isinstance(m, (nn.LSTM, nn.GRU, nn.RNN)) and m.dropout > 0:
-            report.notes.append(
-                f"'{name}' keeps its internal dropout={m.dropout} between stacked layers (not a module)"
-            )
-    if not todo:
+            raise type(err)(f"converting '{site.name}' to {cls.__name__}: {err}") from err
+        report.replacements.append(rep)
+        converted.append(rep.module)
+    _fixed_and_fast_paths(model, new, converted, report)
+    if any(r.wrapped is None for r in report.replacements) and cls.__name__ in _BARE_CONSEQUENCE:
+        report.notes.append(_BARE_CONSEQUENCE[cls.__name__])
+    if not sites:
         report.notes.append("no nn.Dropout layer found; the copy is unchanged")
     return new, report
 
 
+def _decide_traced(
+    site: _Site, i: int, layer_calls: dict[str, list[int | None]], single: set[str]
+) -> tuple[str | None, int | None, str]:
+    """From the trace: ``(the layer the dropout alone feeds or None, units or None, why not)``."""
+    if not site.shapes:
+        raise ValueError(
+            "it is not called when the model runs on example_inputs, so what it feeds and its "
+            "size are unknown; give example inputs that reach it, or exclude it"
+        )
+    if site.channel:
+        chans = {s[1] for s in site.shapes if len(s) >= 3}
+        if len(chans) != 1 or any(len(s) < 3 for s in site.shapes):
+            raise ValueError(
+                f"channel dropout needs batched (N, C, *) inputs with one C, but it saw shapes "
+                f"{sorted(set(site.shapes))}; exclude it or replace it with nn.Dropout"
+            )
+        n: int | None = chans.pop()
+    else:
+        lasts = {s[-1] if s else 0 for s in site.shapes}
+        n = None if len(lasts) != 1 or site.softmax_input or site.name in single else lasts.pop()
+        if n == 0:
+            n = None
+    target: str | None = None
+    why = ""
+    layers = [c for call in site.consumers for c in call]
+    if len(site.names) > 1:
+        why = f"it is one module under the names {site.names}"
+    elif any(len(call) != 1 for call in site.consumers):
+        used = sorted({c.split(":", 1)[1] for c in layers})
+        why = f"its output goes to {used or 'nothing'}"
+    elif len(set(layers)) != 1 or not layers[0].startswith("layer:"):
+        why = f"its output goes to {sorted({c.split(':', 1)[1] for c in layers})}"
+    else:
+        name = layers[0].split(":", 1)[1]
+        if all(s == i for s in layer_calls.get(name, [])):
+            target = name
+        else:
+            why = f"'{name}' also reads other inputs"
+    return target, n, why
+
+
+def _wrappable(site: _Site, layer: nn.Module) -> bool:
+    if site.channel:
+        return isinstance(layer, _CONV)
+    return isinstance(layer, SUPPORTED_LAYERS)
+
+
+def _needs_units(cls: type, params: dict[str, inspect.Parameter], site: _Site) -> bool:
+    """Whether the bare form of ``cls`` needs ``num_features`` (Gaussian and MC dropout do not)."""
+    if "num_features" not in params or cls.__name__ == "GaussianDropout":
+        return False
+    return not (site.channel and "channelwise" in params)
+
+
+def _prior(cls: type, wrapped: str | None) -> str:
+    if getattr(cls, "kl", None) is DropoutModule.kl:
+        return "none (fixed rate, no prior term)"
+    if wrapped is not None:
+        return f"full: rate term and weight term over the input weights of '{wrapped}'"
+    return "rate term only: the weights it feeds are unknown, so no weight term"
+
+
 def _wrap(
     cls: type,
-    parent: nn.Module,
-    key: str,
-    full: str,
+    modules: dict[str, nn.Module],
+    site: _Site,
+    target: str,
     kwargs: dict[str, Any],
-    report: ConversionReport,
-    channel: bool,
-    drop: nn.Module,
     p: float,
-) -> None:
-    supported = ", ".join(t.__name__ for t in SUPPORTED_LAYERS)
-    if not isinstance(parent, nn.Sequential):
-        raise ValueError(
-            f"{cls.__name__} wraps the layer a dropout feeds, which is known only inside an "
-            f"nn.Sequential where the dropout is followed directly by one of nn.{{{supported}}}; "
-            f"'{full}' is an attribute of {type(parent).__name__}. Put dropout and layer in an "
-            "nn.Sequential, wrap the layer by hand, or use form='bare'"
-        )
-    keys = list(parent._modules)
-    i = keys.index(key)
-    nxt = parent._modules[keys[i + 1]] if i + 1 < len(keys) else None
-    if nxt is None or not isinstance(nxt, SUPPORTED_LAYERS):
-        what = "nothing" if nxt is None else type(nxt).__name__
-        raise ValueError(
-            f"{cls.__name__} must wrap the layer the dropout feeds, one of nn.{{{supported}}}, but "
-            f"it is followed by {what}; use form='bare' or exclude=['{full}']"
-        )
-    if isinstance(nxt, (nn.Conv1d, nn.Conv2d, nn.Conv3d)) and not channel:
-        report.notes.append(
-            f"'{full}' dropped single elements; wrapping {type(nxt).__name__} drops whole channels"
-        )
-    prefix = full[: -len(key)].rstrip(".")
-    module = cls(nxt, **kwargs)
-    ref = _ref_tensor(nxt)
+) -> Replacement:
+    layer = modules[target]
+    module = cls(layer, **kwargs)
+    ref = _ref_tensor(layer)
     if ref is not None:
         module.to(device=ref.device, dtype=ref.dtype)
-    parent._modules[keys[i + 1]] = module
-    parent._modules[key] = nn.Identity()
-    name = _join(prefix, keys[i + 1])
-    report.replacements.append(Replacement(full, repr(drop), p, name, name))
+    parent, _, key = target.rpartition(".")
+    modules[parent]._modules[key] = module
+    dparent, _, dkey = site.name.rpartition(".")
+    modules[dparent]._modules[dkey] = nn.Identity()
+    units = int(module.units) if isinstance(getattr(module, "units", None), int) else None
+    return Replacement(
+        site.name,
+        repr(site.module),
+        p,
+        target,
+        target,
+        "wrapped",
+        units,
+        _prior(cls, target),
+    )
 
 
 def _bare(
     cls: type,
     params: dict[str, inspect.Parameter],
-    parent: nn.Module,
-    key: str,
-    full: str,
-    kwargs: dict[str, Any],
-    report: ConversionReport,
-    channel: bool,
-    drop: nn.Module,
-    p: float,
     root: nn.Module,
-) -> None:
-    if channel and "channelwise" not in params:
-        raise ValueError(
-            f"{type(drop).__name__} drops whole channels, which the bare form of {cls.__name__} "
-            "cannot do (it drops last-dimension features); use form='wrap'"
-        )
-    if "num_features" in params and "num_features" not in kwargs:
-        n = _infer_features(parent, key)
-        if n is None:
-            raise ValueError(
-                "num_features cannot be inferred (no nn.Linear next to the dropout in an "
-                "nn.Sequential); pass num_features=..."
-            )
-        kwargs["num_features"] = n
-    module = cls(**kwargs)
+    modules: dict[str, nn.Module],
+    site: _Site,
+    kwargs: dict[str, Any],
+    p: float,
+    n: int | None,
+    single: bool,
+) -> Replacement:
+    module: nn.Module
+    if site.channel and "channelwise" in params:
+        kwargs["channelwise"] = True
+        module, form, units = cls(**kwargs), "bare, channels", n
+    elif site.channel:
+        if n is not None and "num_features" in params:
+            kwargs.setdefault("num_features", n)
+        module, form, units = ChannelDropout(cls(**kwargs)), "bare, channels", n
+    elif n is None or single:
+        form, units = "one rate", 1
+        if "num_features" in params:
+            kwargs.setdefault("num_features", 1)
+            module = SingleRateDropout(cls(**kwargs))
+        else:
+            module = cls(**kwargs)
+    else:
+        if "num_features" in params:
+            kwargs.setdefault("num_features", n)
+        module, form, units = cls(**kwargs), "bare", n
     ref = _ref_tensor(root)
     if ref is not None:
         module.to(device=ref.device, dtype=ref.dtype)
-    parent._modules[key] = module
-    report.replacements.append(Replacement(full, repr(drop), p, full, None))
+    for full in site.names:
+        parent, _, key = full.rpartition(".")
+        modules[parent]._modules[key] = module
+    return Replacement(
+        site.name, repr(site.module), p, site.name, None, form, units, _prior(cls, None)
+    )
+
+
+def _fixed_and_fast_paths(
+    model: nn.Module, new: nn.Module, converted: list[str], report: ConversionReport
+) -> None:
+    """Report the dropout no module applies; switch off fused paths that would skip modules."""
+
+    def inside(prefix: str) -> bool:
+        return any(c == prefix or c.startswith(prefix + ".") or not prefix for c in converted)
+
+    for name, m in model.named_modules():
+        if isinstance(m, nn.MultiheadAttention) and m.dropout > 0:
+            report.fixed[name] = (
+                f"nn.MultiheadAttention drops attention probabilities functionally "
+                f"(dropout={m.dropout}): the rate stays fixed, is not learned, and is off under "
+                "mc_predict (the layer is in eval mode there)"
+            )
+        elif isinstance(m, nn.RNNBase) and m.dropout > 0 and m.num_layers > 1:
+            report.fixed[name] = (
+                f"{type(m).__name__}(dropout={m.dropout}) drops between its stacked layers "
+                "functionally: the rate stays fixed, is not learned, and is off under mc_predict"
+            )
+    for name, m in new.named_modules():
+        if isinstance(m, nn.TransformerEncoderLayer) and inside(name) and converted:
+            m.activation_relu_or_gelu = 0
+            report.notes.append(
+                f"'{name}': torch's fused eval-mode fast path switched off (it would skip the "
+                "converted modules under MC prediction); eval outputs agree to rounding"
+            )
+        if isinstance(m, nn.TransformerEncoder) and inside(name) and converted:
+            m.use_nested_tensor = False
 
 
 class _RenamedModule(types.ModuleType):

@@ -8,7 +8,13 @@ from torch import nn
 
 import bayesdrop
 from bayesdrop import convert
-from bayesdrop.convert import FAMILIES, ConversionReport, resolve_family
+from bayesdrop.conversion import (
+    FAMILIES,
+    ChannelDropout,
+    ConversionReport,
+    SingleRateDropout,
+    resolve_family,
+)
 from bayesdrop.nn import DropoutModule, LearnableBernoulliDropout, MCDropout
 
 
@@ -102,7 +108,7 @@ def test_cnn_channel_and_element_dropout():
     torch.testing.assert_close(new[3].p, torch.full((4,), 0.25))
     x = torch.randn(2, 1, 5, 5)
     torch.testing.assert_close(new.eval()(x), model.eval()(x))
-    assert report.notes == []
+    assert report.notes == []  # everything wrapped, nothing to say
 
 
 def test_lstm_wrapped():
@@ -127,11 +133,32 @@ def test_mc_family_is_bare_and_keeps_channelwise():
 
 
 def test_bare_form_infers_num_features():
-    new, _ = convert(mlp(), "lbd", form="bare")
+    new, report = convert(mlp(), "lbd", form="bare")
     assert isinstance(new[2], LearnableBernoulliDropout) and new[2].layer is None
     assert new[2].p.shape == (8,)
-    with pytest.raises(ValueError, match="channels"):
-        convert(cnn(), "lbd", form="bare")
+    assert [r.form for r in report.replacements] == ["bare", "bare"]
+    # channel dropout in the bare form: whole channels, one rate per channel (from the conv)
+    model = cnn()
+    new, report = convert(model, "lbd", form="bare")
+    assert isinstance(new[2], ChannelDropout) and new[2].dropout.p.shape == (4,)
+    assert report.replacements[0].form == "bare, channels" and report.replacements[0].units == 4
+    x = torch.randn(3, 1, 5, 5)
+    torch.testing.assert_close(new.eval()(x), model.eval()(x), rtol=0, atol=0)
+
+
+def test_channel_dropout_drops_whole_channels():
+    """The bare channel form multiplies each (example, channel) by one noise value."""
+    model = nn.Sequential(nn.Conv2d(1, 3, 1), nn.Dropout2d(0.5), nn.ReLU())
+    new, _ = convert(model, "lbd", form="bare")
+    new.train()
+    x = torch.randn(64, 1, 4, 4)
+    torch.manual_seed(0)
+    y = new[1](x.expand(64, 3, 4, 4).contiguous())
+    ratio = y / x.expand(64, 3, 4, 4)
+    flat = ratio.reshape(64, 3, 16)
+    # one value per (example, channel), either 0 or 1 / (1 - 0.5)
+    torch.testing.assert_close(flat, flat[..., :1].expand_as(flat))
+    assert set(flat[..., 0].unique().tolist()) == {0.0, 2.0}
 
 
 def test_dtype_and_device_follow_the_model():
@@ -158,24 +185,31 @@ def test_every_family_converts_an_mlp(name):
 
 
 def test_refusals_are_clear():
-    with pytest.raises(ValueError, match=r"'drop'.*attribute of Attr.*nn.Sequential"):
+    # without example inputs the feature count of an attribute dropout is unknown
+    with pytest.raises(ValueError, match=r"'drop'.*not known.*example_inputs="):
         convert(Attr(), "lbd")
-    new, _ = convert(Attr(), "mc")  # bare families work anywhere
+    new, _ = convert(Attr(), "mc")  # bare families without sizes work anywhere
     assert isinstance(new.drop, MCDropout)
-    with pytest.raises(ValueError, match="num_features cannot be inferred"):
-        convert(Attr(), "lbd", form="bare")
     new, _ = convert(Attr(), "lbd", form="bare", num_features=4)
     assert new.drop.p.shape == (4,)
+    # ... with them, the trace finds the layer it feeds
+    new, report = convert(Attr(), "lbd", example_inputs=torch.randn(2, 4))
+    assert isinstance(new.fc, LearnableBernoulliDropout) and isinstance(new.drop, nn.Identity)
+    assert report.replacements[0].wrapped == "fc"
 
+    # families without a bare form refuse a dropout that feeds no wrappable layer
     relu_after = nn.Sequential(nn.Linear(3, 3), nn.Dropout(0.2), nn.ReLU(), nn.Linear(3, 1))
-    with pytest.raises(ValueError, match=r"converting '1'.*followed by ReLU"):
-        convert(relu_after, "lbd")
-    last = nn.Sequential(nn.Linear(3, 3), nn.Dropout(0.2))
-    with pytest.raises(ValueError, match="followed by nothing"):
-        convert(last, "lbd")
+    if available("sparse") is not None:
+        with pytest.raises(ValueError, match=r"converting '1'.*no bare form.*exclude=\['1'\]"):
+            convert(relu_after, "sparse")
+    new, report = convert(relu_after, "lbd")  # the others fall back to the bare form
+    assert isinstance(new[1], LearnableBernoulliDropout) and new[1].p.shape == (3,)
+    assert report.replacements[0].form == "bare"
+    assert "no weight term" in report.replacements[0].prior
+    assert any("keep weight decay" in n for n in report.notes)
 
     selu = nn.Sequential(nn.Linear(3, 3), nn.SELU(), nn.AlphaDropout(0.1), nn.Linear(3, 1))
-    with pytest.raises(ValueError, match="AlphaDropout.*SELU"):
+    with pytest.raises(ValueError, match="alpha dropout.*SELU"):
         convert(selu, "mc")
     new, report = convert(selu, "mc", exclude=["2"])
     assert isinstance(new[2], nn.AlphaDropout) and len(report) == 0
@@ -183,7 +217,38 @@ def test_refusals_are_clear():
     with pytest.raises(ValueError, match="init_p must be in"):
         convert(nn.Sequential(nn.Dropout(0.0), nn.Linear(2, 2)), "lbd")
     with pytest.raises(ValueError, match="form must be one of"):
-        convert(mlp(), "lbd", form="inline")
+        convert(mlp(), "lbd", form="inline")  # type: ignore[arg-type]
+
+
+def test_exclude_and_single_rate_names_are_checked():
+    with pytest.raises(ValueError, match=r"exclude names \['3'\].*dropout layers are \['2', '5'\]"):
+        convert(mlp(), "lbd", exclude=["3"])
+    with pytest.raises(ValueError, match=r"exclude names \['nope'\]"):
+        convert(mlp(), "lbd", exclude="nope")
+    with pytest.raises(ValueError, match=r"single_rate names \['0'\]"):
+        convert(mlp(), "lbd", single_rate=["0"])
+    with pytest.raises(TypeError, match="exclude must be an iterable"):
+        convert(mlp(), "lbd", exclude=3)  # type: ignore[arg-type]
+    new, report = convert(mlp(), "lbd", exclude=["5"])
+    assert isinstance(new[5], nn.Dropout) and [r.name for r in report.replacements] == ["2"]
+
+
+def test_lazy_modules_are_refused():
+    model = nn.Sequential(nn.LazyLinear(3), nn.Dropout(0.1), nn.Linear(3, 1))
+    with pytest.raises(ValueError, match=r"'0' is a lazy module \(LazyLinear\).*forward pass"):
+        convert(model, "lbd")
+    model(torch.randn(2, 5))  # materialised: now it converts
+    new, _ = convert(model, "lbd")
+    assert isinstance(new[2], LearnableBernoulliDropout)
+
+
+def test_module_name_is_deprecated_alias():
+    import bayesdrop.conversion as conversion
+
+    assert bayesdrop.convert is conversion.convert  # the function, not a module
+    with pytest.warns(DeprecationWarning, match="renamed bayesdrop.conversion"):
+        from bayesdrop.convert import ConversionReport as Old  # noqa: F401
+    assert Old is ConversionReport
 
 
 def test_family_resolution():
@@ -214,8 +279,9 @@ def test_not_by_class_name_text():
 def test_notes():
     lstm = nn.Sequential(nn.Dropout(0.1), nn.LSTM(3, 4, num_layers=2, dropout=0.2))
     _, report = convert(lstm, "lbd")
-    assert any("internal dropout=0.2" in n for n in report.notes)
+    assert "dropout=0.2" in report.fixed["1"] and "not learned" in report.fixed["1"]
+    assert any("one mask per sequence" in n for n in report.notes)
     _, report = convert(nn.Sequential(nn.Linear(2, 2)), "lbd")
     assert len(report) == 0 and "no nn.Dropout" in report.notes[0]
     _, report = convert(nn.Sequential(nn.Dropout(0.1), nn.Conv1d(2, 2, 1)), "lbd")
-    assert any("whole channels" in n for n in report.notes)
+    assert any("whole input channels" in n for n in report.notes)
