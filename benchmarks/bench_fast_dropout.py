@@ -39,9 +39,9 @@ import time
 
 import torch
 
-from bayesdrop.datasets import load_text_features
 from bayesdrop.nn import FastDropoutLogisticRegression, MCDropoutLogisticRegression
 from bayesdrop.nn.fast_dropout import _Design
+from bayesdrop_reproduce.datasets import load_text_features
 
 P = 0.5
 ITERS = 100

