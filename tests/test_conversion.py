@@ -285,3 +285,90 @@ def test_notes():
     assert len(report) == 0 and "no nn.Dropout" in report.notes[0]
     _, report = convert(nn.Sequential(nn.Dropout(0.1), nn.Conv1d(2, 2, 1)), "lbd")
     assert any("whole input channels" in n for n in report.notes)
+
+
+class Attention(nn.Module):
+    """Attention written in the common style: dropout on the softmax probabilities."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(3)
+        self.qkv = nn.Linear(8, 24)
+        self.attn_drop = nn.Dropout(0.1)
+        self.proj = nn.Linear(8, 8)
+        self.resid_drop = nn.Dropout(0.1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        q, k, v = self.qkv(x).chunk(3, dim=-1)
+        att = torch.softmax(q @ k.transpose(-2, -1) / 8**0.5, dim=-1)
+        y = self.attn_drop(att) @ v
+        return x + self.resid_drop(self.proj(y))
+
+
+def test_trace_residual_and_attention_probabilities():
+    model = Attention()
+    x = torch.randn(2, 5, 8)
+    new, report = convert(model, "concrete", example_inputs=x)
+    forms = {r.name: (r.form, r.units) for r in report.replacements}
+    # probabilities over positions (a softmax output): one rate, elementwise
+    assert forms["attn_drop"] == ("one rate", 1)
+    assert isinstance(new.attn_drop, SingleRateDropout) and new.attn_drop.dropout.p.shape == (1,)
+    # residual branch: bare, one rate per feature
+    assert forms["resid_drop"] == ("bare", 8)
+    torch.testing.assert_close(new.eval()(x), model.eval()(x), rtol=0, atol=0)
+    # another sequence length works with the one-rate module
+    new.train()(torch.randn(2, 7, 8))
+    # forced one rate for a named dropout
+    _, report = convert(model, "concrete", example_inputs=x, single_rate=["resid_drop"])
+    assert {r.name: r.form for r in report.replacements}["resid_drop"] == "one rate"
+
+
+class Shared(nn.Module):
+    """One dropout module used twice, and a dropout whose output has two consumers."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.drop = nn.Dropout(0.2)
+        self.a = nn.Linear(4, 4)
+        self.b = nn.Linear(4, 4)
+        self.skip_drop = nn.Dropout(0.3)
+        self.c = nn.Linear(4, 4)
+        self.unused = nn.Dropout(0.5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.a(self.drop(x)) + self.b(self.drop(x))
+        d = self.skip_drop(h)
+        return self.c(d) + d
+
+
+def test_trace_shared_and_two_consumers():
+    model = Shared()
+    x = torch.randn(3, 4)
+    with pytest.raises(ValueError, match=r"'unused'.*not called.*exclude it"):
+        convert(model, "lbd", example_inputs=x)
+    new, report = convert(model, "lbd", example_inputs=x, exclude=["unused"])
+    forms = {r.name: r.form for r in report.replacements}
+    assert forms == {"drop": "bare", "skip_drop": "bare"}  # two layers / layer + addition
+    assert isinstance(new.a, nn.Linear) and isinstance(new.c, nn.Linear)
+    torch.testing.assert_close(new.eval()(x), model.eval()(x), rtol=0, atol=0)
+    # the bare module is still one module (shared): one set of rates
+    assert sum(isinstance(m, LearnableBernoulliDropout) for m in new.modules()) == 2
+    assert isinstance(model.drop, nn.Dropout)  # the original is untouched
+
+
+def test_trace_does_not_touch_the_original_or_the_rng():
+    bn = nn.Sequential(nn.Conv2d(1, 2, 1), nn.BatchNorm2d(2), nn.Dropout2d(0.2), nn.Conv2d(2, 2, 1))
+    state = {k: v.clone() for k, v in bn.state_dict().items()}
+    x = torch.randn(4, 1, 3, 3)
+    torch.manual_seed(5)
+    before = torch.rand(())
+    torch.manual_seed(5)
+    new, report = convert(bn, "lbd", example_inputs=x)
+    assert torch.rand(()) == before  # no random numbers drawn by the trace
+    for k, v in bn.state_dict().items():
+        torch.testing.assert_close(v, state[k], rtol=0, atol=0)
+    for k, v in new.state_dict().items():
+        if k in state:  # BatchNorm statistics of the copy are the original's
+            torch.testing.assert_close(v, state[k], rtol=0, atol=0)
+    assert report.replacements[0].wrapped == "3"
+    assert bn.training  # modes restored / untouched
