@@ -8,8 +8,13 @@ sampled when the module is in training mode *or* when MC sampling has been switc
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import Tensor, nn
+from torch.nn.utils.rnn import PackedSequence
+
+from .wrapped_layers import drop_packed
 
 __all__ = ["DropoutModule"]
 
@@ -66,3 +71,40 @@ class DropoutModule(nn.Module):
         if ref is None:
             return torch.zeros(())
         return ref.new_zeros(())
+
+    # ------------------------------------------------------------------ the wrapper form
+    def _drop(self, x: Tensor) -> Tensor:
+        """Sample the input noise of the wrapper/bare form: ``x`` times a fresh mask.
+
+        ``x`` is shaped as the wrapped layer's input (the bare form: ``(*, num_features)``).
+        Families that drop inputs implement it; :meth:`_forward_wrapped` calls it.
+        """
+        raise NotImplementedError(f"{type(self).__name__} does not drop its inputs")
+
+    def _forward_wrapped(self, x: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        """The forward of every wrapper family: ``layer(drop(x), *args, **kwargs)``.
+
+        When sampling, ``x`` is dropped with :meth:`_drop`; in eval mode it is passed unchanged.
+        The wrapped layer receives the other arguments as it would without the wrapper (an
+        ``nn.LSTM/GRU/RNN`` its initial state ``h0`` or ``(h0, c0)``) and returns what it returns.
+        A :class:`~torch.nn.utils.rnn.PackedSequence` input of a wrapped RNN is dropped with one
+        mask per sequence and feature, shared over time, as a padded batch would be
+        (:func:`~bayesdrop.nn.wrapped_layers.drop_packed`). The bare form (no layer) takes a
+        single tensor.
+        """
+        layer: nn.Module | None = getattr(self, "layer", None)
+        if layer is None:
+            if args or kwargs:
+                raise TypeError("the bare form takes a single input tensor; extra arguments given")
+            return self._drop(x) if self.sampling else x
+        if isinstance(x, PackedSequence):
+            if not isinstance(layer, nn.RNNBase):
+                raise TypeError(
+                    f"a PackedSequence input needs a wrapped nn.LSTM/GRU/RNN, but the wrapped "
+                    f"layer is {type(layer).__name__}"
+                )
+            if self.sampling:
+                x = drop_packed(x, layer, self._drop)
+        elif self.sampling:
+            x = self._drop(x)
+        return layer(x, *args, **kwargs)

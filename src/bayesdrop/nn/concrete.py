@@ -155,13 +155,13 @@ class ConcreteDropout(DropoutModule):
             self.units,
         )
 
-    def forward(self, x: Tensor, *args: Any, **kwargs: Any) -> Tensor:
-        """Drop the inputs ``x`` (when sampling), then call the wrapped layer with ``*args``."""
-        if self.layer is None and (args or kwargs):
-            raise TypeError("the bare form takes a single input tensor; extra arguments given")
-        if self.sampling:
-            x = self._drop(x)
-        return x if self.layer is None else self.layer(x, *args, **kwargs)
+    def forward(self, x: Tensor, *args: Any, **kwargs: Any) -> Any:
+        """Drop the inputs ``x`` (when sampling), then call the wrapped layer with ``*args``.
+
+        A wrapped RNN takes its initial state and :class:`~torch.nn.utils.rnn.PackedSequence`
+        inputs as it does alone.
+        """
+        return self._forward_wrapped(x, args, kwargs)
 
     def _drop(self, x: Tensor) -> Tensor:
         shape = mask_shape(x, self.layer, self.units)

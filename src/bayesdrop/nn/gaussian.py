@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -139,14 +141,20 @@ class GaussianDropout(DropoutModule):
         form = f"num_features={self.units}, " if self.layer is None and self.units else ""
         return f"{form}p={self._p_value}, kind={self.kind!r}"
 
-    def forward(self, x: Tensor) -> Tensor:
-        if not self.sampling or self.alpha == 0.0:
-            return x if self.layer is None else self.layer(x)
-        if self.kind == "B":
+    def forward(self, x: Tensor, *args: Any, **kwargs: Any) -> Any:
+        """Noise on the inputs (A) or pre-activations (B) when sampling, then the wrapped layer.
+
+        A wrapped RNN takes its initial state and PackedSequence inputs as it does alone.
+        """
+        if self.kind == "B" and self.sampling and self.alpha != 0.0:
             assert self.units is not None
             mask_shape(x, self.layer, self.units)  # shape check only
             weight = _lrt_weight(self.layer)
             return _lrt_forward(self.layer, x, self.alpha * weight * weight, self.generator)
+        return self._forward_wrapped(x, args, kwargs)
+
+    def _drop(self, x: Tensor) -> Tensor:
+        if self.alpha == 0.0:
+            return x
         shape = tuple(x.shape) if self.units is None else mask_shape(x, self.layer, self.units)
-        x = gaussian_dropout(x, self.alpha, noise_shape=shape, generator=self.generator)
-        return x if self.layer is None else self.layer(x)
+        return gaussian_dropout(x, self.alpha, noise_shape=shape, generator=self.generator)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -185,10 +186,9 @@ class LearnableBernoulliDropout(DropoutModule):
         return gal_bernoulli_kl(logit_p, norms, self.length_scale)
 
     # ----------------------------------------------------------------------------- forward
-    def forward(self, x: Tensor) -> Tensor:
-        if self.sampling:
-            x = self._drop(x)
-        return x if self.layer is None else self.layer(x)
+    def forward(self, x: Tensor, *args: Any, **kwargs: Any) -> Any:
+        """Drop ``x`` when sampling, then the wrapped layer (an RNN takes h0 / PackedSequence)."""
+        return self._forward_wrapped(x, args, kwargs)
 
     def _resolve_batch_dim(self, x: Tensor, pair: AntitheticPair | None) -> int:
         """The batch dimension of ``x`` for this module (see the class docstring)."""

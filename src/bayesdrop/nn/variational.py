@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -12,8 +13,8 @@ from ..functional.gaussian import gaussian_dropout
 from ..functional.kl import LOG_ALPHA_MAX, LOG_ALPHA_MIN
 from ..functional.variational import clamp_log_alpha, variational_dropout_kl, weight_variance
 from ._base import DropoutModule
-from .wrapped_layers import check_layer, input_weights, mask_shape
 from .gaussian import KINDS, _check_lrt_layer, _lrt_forward, _lrt_weight
+from .wrapped_layers import check_layer, input_weights, mask_shape
 
 __all__ = ["VariationalDropout", "GRANULARITIES"]
 
@@ -158,19 +159,24 @@ class VariationalDropout(DropoutModule):
         return variational_dropout_kl(self._log_alpha(), self.weights_per_alpha())
 
     # ----------------------------------------------------------------------------- forward
-    def forward(self, x: Tensor) -> Tensor:
-        if not self.sampling:
-            return x if self.layer is None else self.layer(x)
-        shape = mask_shape(x, self.layer, self.units)
-        log_alpha = self._log_alpha()
-        if self.kind == "B":
+    def forward(self, x: Tensor, *args: Any, **kwargs: Any) -> Any:
+        """Noise on the inputs (A) or weights (B, via the LRT) when sampling, then the layer.
+
+        A wrapped RNN takes its initial state and PackedSequence inputs as it does alone.
+        """
+        if self.kind == "B" and self.sampling:
+            mask_shape(x, self.layer, self.units)  # shape check only
+            log_alpha = self._log_alpha()
             weight = _lrt_weight(self.layer)
             if self.granularity == "output":
                 log_alpha = log_alpha.reshape((-1,) + (1,) * (weight.dim() - 1))
             weight_var = weight_variance(log_alpha, weight)
             return _lrt_forward(self.layer, x, weight_var, self.generator)
-        alpha = log_alpha.exp().to(x.dtype)
+        return self._forward_wrapped(x, args, kwargs)
+
+    def _drop(self, x: Tensor) -> Tensor:
+        shape = mask_shape(x, self.layer, self.units)
+        alpha = self._log_alpha().exp().to(x.dtype)
         if self.layer_kind == "conv":
             alpha = alpha.reshape((-1,) + (1,) * (len(shape) - 2))
-        x = gaussian_dropout(x, alpha, noise_shape=shape, generator=self.generator)
-        return x if self.layer is None else self.layer(x)
+        return gaussian_dropout(x, alpha, noise_shape=shape, generator=self.generator)

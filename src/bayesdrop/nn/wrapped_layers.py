@@ -10,7 +10,11 @@ the squared norm of the weights fed by each input unit (what Gal's prior regular
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
+import torch
 from torch import Tensor, nn
+from torch.nn.utils.rnn import PackedSequence
 
 __all__ = [
     "SUPPORTED_LAYERS",
@@ -21,6 +25,8 @@ __all__ = [
     "input_weights",
     "input_weight_sq_norms",
     "check_layer",
+    "drop_packed",
+    "check_not_lazy",
 ]
 
 SUPPORTED_LAYERS: tuple[type[nn.Module], ...] = (
@@ -62,6 +68,7 @@ def check_layer(layer: nn.Module | None, num_features: int | None) -> tuple[str 
         return None, num_features
     if not isinstance(layer, nn.Module):
         raise TypeError(f"layer must be an nn.Module, but got {type(layer).__name__}")
+    check_not_lazy(layer)
     kind = layer_kind(layer)
     units = num_input_units(layer)
     if num_features is not None and num_features != units:
@@ -158,3 +165,39 @@ def input_weight_sq_norms(layer: nn.Module) -> Tensor:
         total = s if total is None else total + s
     assert total is not None
     return total
+
+
+def check_not_lazy(layer: nn.Module) -> None:
+    """Refuse a lazy layer (``nn.LazyLinear`` etc.) whose sizes are not known yet."""
+    if isinstance(layer, nn.modules.lazy.LazyModuleMixin) and layer.has_uninitialized_params():  # type: ignore[misc]
+        raise TypeError(
+            f"layer is a lazy module ({type(layer).__name__}) whose input size is not known until "
+            "its first forward pass; run one batch through it first, or use the non-lazy layer "
+            "(e.g. nn.Linear(in_features, out_features))"
+        )
+
+
+def drop_packed(
+    x: PackedSequence, layer: nn.RNNBase, drop: Callable[[Tensor], Tensor]
+) -> PackedSequence:
+    """Drop the inputs of a packed batch with one mask per sequence and feature, shared over time.
+
+    ``drop`` is a family's input dropout; applied to ones of the layer's per-sequence mask shape
+    (``(B, 1, F)`` if ``batch_first`` else ``(1, B, F)``, sequences in their original order) it
+    returns the noise itself, mask and inverted-dropout scale included, because every family
+    multiplies its input by its noise. Row ``r`` of ``x.data`` at time ``t`` holds sequence
+    ``sorted_indices[j]`` with ``j = r - (rows before t)``; it is multiplied by that sequence's
+    noise, so a packed batch is dropped exactly as the same batch padded would be with the same
+    random numbers.
+    """
+    data, sizes = x.data, x.batch_sizes
+    batch, features = int(sizes[0]), data.shape[-1]
+    shape = (batch, 1, features) if layer.batch_first else (1, batch, features)
+    noise = drop(data.new_ones(shape)).reshape(batch, features)
+    starts = torch.cumsum(sizes, 0) - sizes
+    position = torch.arange(data.shape[0]) - torch.repeat_interleave(starts, sizes)
+    if x.sorted_indices is not None:
+        position = x.sorted_indices.cpu()[position]
+    return PackedSequence(
+        data * noise[position.to(data.device)], sizes, x.sorted_indices, x.unsorted_indices
+    )
