@@ -147,11 +147,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         description="nn.Dropout vs LBD (ARM, DisARM) on scikit-learn digits",
     )
     parser.add_argument("--epochs", type=int, default=None, help="training epochs (default 40)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of every generator (default 0)")
+    parser.add_argument(
+        "--seed", type=int, default=0, help=f"seed, in [0, {2**31 - 1}] (default 0)"
+    )
     args = parser.parse_args(list(sys.argv[1:] if argv is None else argv))
     if args.epochs is not None and args.epochs < 1:
         parser.error(f"--epochs must be >= 1, but got {args.epochs}")
-    return run_demo(epochs=args.epochs, seed=args.seed)
+    if not 0 <= args.seed <= 2**31 - 1:
+        parser.error(f"--seed must be an integer in [0, {2**31 - 1}], but got {args.seed}")
+    try:
+        return run_demo(epochs=args.epochs, seed=args.seed)
+    except ImportError as err:  # scikit-learn missing: say what to install, no traceback
+        print(f"bayesdrop-demo: {err}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -26,3 +26,12 @@ def test_cli_rejects_bad_epochs(capsys):
         main(["--epochs", "0"])
     assert exc.value.code == 2
     assert "--epochs must be >= 1" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("seed", ["-1", str(2**31)])
+def test_cli_rejects_seed_out_of_range(capsys, seed):
+    with pytest.raises(SystemExit) as exc:
+        main(["--seed", seed])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert "--seed must be an integer in [0, 2147483647]" in err and "Traceback" not in err

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import platform
 import time
 import traceback
@@ -139,6 +140,25 @@ class _Record:
     result: Result | Failure
     wall_time_s: float
     files: dict[str, str] = field(default_factory=dict)
+    #: Files of this experiment that could not be written: ``"<file>: <error>"`` each.
+    write_errors: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        """The experiment ran and every one of its files was written."""
+        return isinstance(self.result, Result) and not self.write_errors
+
+
+def _write_text(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` through a temporary file and a rename: a failed write leaves
+    the previous ``path`` (if any) whole and no temporary file behind."""
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    try:
+        tmp.write_text(text)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def to_jsonable(value: Any) -> Any:
@@ -205,7 +225,7 @@ def write_json(result: Result | Failure, out: Path, cfg: RunConfig, wall_time_s:
     payload["versions"] = _versions()
     payload["config"] = config
     path = out / f"{result.name}.json"
-    path.write_text(json.dumps(to_jsonable(payload), indent=2) + "\n")
+    _write_text(path, json.dumps(to_jsonable(payload), indent=2) + "\n")
     return path
 
 
@@ -220,11 +240,18 @@ def write_figure(result: Result, out: Path, *, draft: bool = False) -> Path | No
     import matplotlib.pyplot as plt
 
     path = out / f"{result.name}.png"
-    if draft:
-        result.figure.savefig(path, dpi=40)
-    else:
-        result.figure.savefig(path, dpi=110, bbox_inches="tight")
-    plt.close(result.figure)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    try:
+        if draft:
+            result.figure.savefig(tmp, dpi=40, format="png")
+        else:
+            result.figure.savefig(tmp, dpi=110, bbox_inches="tight", format="png")
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    finally:
+        plt.close(result.figure)
     return path
 
 
@@ -264,13 +291,15 @@ def write_report(records: Iterable[_Record], out: Path, cfg: RunConfig) -> Path:
         "|---|---|---|",
     ]
     for rec in records:
-        status = "failed" if isinstance(rec.result, Failure) else "ok"
+        status = _status(rec)
         lines.append(
             f"| [{rec.result.name}](#{rec.result.name}) | {status} | {rec.wall_time_s:.1f} |"
         )
     for rec in records:
         res = rec.result
         lines += ["", f"## {res.name}", "", f"**{res.title}**", ""]
+        for error in rec.write_errors:
+            lines += [f"**Not written**: `{error}`", ""]
         if isinstance(res, Failure):
             lines += [f"**Failed**: `{res.error}` (traceback in `{res.name}.json`).", ""]
             continue
@@ -285,8 +314,14 @@ def write_report(records: Iterable[_Record], out: Path, cfg: RunConfig) -> Path:
         if "figure" in rec.files:
             lines += [f"![{res.name}]({Path(rec.files['figure']).name})", ""]
     path = out / "report.md"
-    path.write_text("\n".join(lines) + "\n")
+    _write_text(path, "\n".join(lines) + "\n")
     return path
+
+
+def _status(rec: _Record) -> str:
+    if isinstance(rec.result, Failure):
+        return "failed"
+    return "ok, files not written" if rec.write_errors else "ok"
 
 
 def run_experiment(name: str, cfg: RunConfig) -> _Record:
@@ -308,12 +343,29 @@ def run_experiment(name: str, cfg: RunConfig) -> _Record:
         )
     wall = time.perf_counter() - start
     record = _Record(result, wall)
-    cfg.out.mkdir(parents=True, exist_ok=True)
+    # A file that cannot be written is reported (in the record, then report.md and the exit
+    # status); it never stops the run: the other experiments still run and write theirs.
+    try:
+        cfg.out.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        record.write_errors.append(f"{cfg.out}: {type(err).__name__}: {err}")
+        if isinstance(result, Result) and result.figure is not None:
+            import matplotlib.pyplot as plt
+
+            plt.close(result.figure)
+        return record
     if isinstance(result, Result):
-        fig = write_figure(result, cfg.out, draft=cfg.tiny)
-        if fig is not None:
-            record.files["figure"] = str(fig)
-    record.files["json"] = str(write_json(result, cfg.out, cfg, wall))
+        try:
+            fig = write_figure(result, cfg.out, draft=cfg.tiny)
+        except Exception as err:  # noqa: BLE001 - reported, the run goes on
+            record.write_errors.append(f"{result.name}.png: {type(err).__name__}: {err}")
+        else:
+            if fig is not None:
+                record.files["figure"] = str(fig)
+    try:
+        record.files["json"] = str(write_json(result, cfg.out, cfg, wall))
+    except (OSError, TypeError, ValueError) as err:
+        record.write_errors.append(f"{result.name}.json: {type(err).__name__}: {err}")
     return record
 
 

@@ -2,13 +2,17 @@
 
 Runs the named experiments (all by default) with progress bars and writes, in ``--out``, one
 ``<name>.json`` and ``<name>.png`` per experiment and a ``report.md`` putting the papers' figures
-beside ours. A failing experiment is reported (its traceback goes into its JSON file), the others
-still run, and the command exits non-zero at the end.
+beside ours. A failing experiment, or one whose files cannot be written, is reported (a traceback
+goes into the experiment's JSON file, a failed write into ``report.md``), the others still run,
+and the command exits with status 1 at the end. A usage error (an ``--out`` that is a file or
+not writable, an unknown experiment, a seed out of range, ``--device cuda`` without CUDA) exits
+with status 2 before any work starts.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -36,8 +40,18 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--quick", action="store_true", help="reduced setting: whole suite within ~15 min on 2 CPUs"
     )
-    parser.add_argument("--out", type=Path, default=Path("reproduce-out"), help="output directory")
-    parser.add_argument("--seed", type=int, default=0, help="seed of every generator (default 0)")
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=Path("reproduce-out"),
+        help="output directory, created if missing (default reproduce-out)",
+    )
+    parser.add_argument(
+        "--seed",
+        type=int,
+        default=0,
+        help=f"seed of every generator, in [0, {2**31 - 1}] (default 0)",
+    )
     parser.add_argument(
         "--device",
         choices=("cpu", "cuda"),
@@ -49,8 +63,31 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+#: Seeds are offset per experiment and replicate (by up to a few million) and handed to torch and
+#: numpy generators: this range keeps every derived seed valid for both.
+SEED_RANGE = (0, 2**31 - 1)
+
+
+def _check_out(parser: argparse.ArgumentParser, out: Path) -> None:
+    """Create ``--out`` and check that files can be written there, or exit 2 naming ``--out``."""
+    if out.exists() and not out.is_dir():
+        parser.error(f"--out {out}: exists and is not a directory (give a directory)")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        parser.error(f"--out {out}: cannot create the directory ({err.strerror or err})")
+    probe = out / f".bayesdrop-reproduce-write-test-{os.getpid()}"
+    try:
+        probe.write_text("")
+    except OSError as err:
+        parser.error(f"--out {out}: cannot write files there ({err.strerror or err})")
+    finally:
+        probe.unlink(missing_ok=True)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point; returns the exit status (0 when every experiment ran)."""
+    """Entry point; returns the exit status: 0 when every experiment ran and wrote its files,
+    1 when one failed or could not write a file (the others still ran), 2 for a usage error."""
     parser = build_parser()
     args = parser.parse_args(list(sys.argv[1:] if argv is None else argv))
     names = list(dict.fromkeys(args.experiments)) or list(ALL)
@@ -62,9 +99,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
     if not names:
         parser.error("no experiments are registered")
+    lo, hi = SEED_RANGE
+    if not lo <= args.seed <= hi:
+        parser.error(f"--seed must be an integer in [{lo}, {hi}], but got {args.seed}")
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     if device == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda: no CUDA device is available (use --device cpu)")
+    _check_out(parser, args.out)
     cfg = RunConfig(
         quick=args.quick,
         seed=args.seed,
@@ -73,26 +114,40 @@ def main(argv: Sequence[str] | None = None) -> int:
         tiny=args.tiny,
         progress=not args.no_progress,
     )
-    cfg.out.mkdir(parents=True, exist_ok=True)
     records = []
+    report: Path | None = None
+    report_error = None
     bar = tqdm(names, desc="reproduce", disable=not cfg.progress)
     for name in bar:
         bar.set_postfix_str(name)
-        records.append(run_experiment(name, cfg))
-        rec = records[-1]
+        rec = run_experiment(name, cfg)
+        records.append(rec)
         status = "FAILED" if isinstance(rec.result, Failure) else "ok"
+        if rec.write_errors:
+            status += ", files not written"
         tqdm.write(f"{name}: {status} in {rec.wall_time_s:.1f} s")
-        report = write_report(records, cfg.out, cfg)  # rewritten after each: partial runs report
-    failed = [r.result.name for r in records if isinstance(r.result, Failure)]
-    print(f"report: {report}")
-    if failed:
-        for rec in records:
-            if isinstance(rec.result, Failure):
-                print(f"{rec.result.name} failed: {rec.result.error}", file=sys.stderr)
-        print(
-            f"{len(failed)} of {len(records)} experiment(s) failed: {', '.join(failed)}",
-            file=sys.stderr,
-        )
+        try:  # rewritten after each experiment: an interrupted run still has its report
+            report = write_report(records, cfg.out, cfg)
+            report_error = None
+        except OSError as err:
+            report_error = f"{cfg.out / 'report.md'}: {type(err).__name__}: {err}"
+    if report is not None and report_error is None:
+        print(f"report: {report}")
+    for rec in records:
+        if isinstance(rec.result, Failure):
+            print(f"{rec.result.name} failed: {rec.result.error}", file=sys.stderr)
+        for error in rec.write_errors:
+            print(f"{rec.result.name}: not written: {error}", file=sys.stderr)
+    if report_error is not None:
+        print(f"report not written: {report_error}", file=sys.stderr)
+    bad = [r.result.name for r in records if not r.ok]
+    if bad or report_error is not None:
+        if bad:
+            print(
+                f"{len(bad)} of {len(records)} experiment(s) failed or could not write their "
+                f"files: {', '.join(bad)}",
+                file=sys.stderr,
+            )
         return 1
     return 0
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import sys
 import types
+from pathlib import Path
 
 import pytest
 
@@ -88,3 +89,84 @@ def test_to_jsonable() -> None:
 
     out = to_jsonable({"t": torch.tensor([1.0, 2.0]), "n": np.float32(0.5), 3: (float("inf"),)})
     assert out == {"t": [1.0, 2.0], "n": 0.5, "3": ["inf"]}
+
+
+def test_out_that_is_a_file_is_a_usage_error(fake, tmp_path, capsys) -> None:
+    target = tmp_path / "taken"
+    target.write_text("keep me")
+    for out in (target, target / "below"):
+        with pytest.raises(SystemExit) as exc:
+            cli.main([*fake, "--out", str(out), "--tiny", "--no-progress"])
+        assert exc.value.code == 2
+        err = capsys.readouterr().err
+        assert "--out" in err and str(out) in err and "Traceback" not in err
+    assert target.read_text() == "keep me"  # nothing overwritten
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["taken"]  # no work started
+
+
+@pytest.mark.parametrize("seed", ["-1", str(2**31)])
+def test_seed_out_of_range_is_a_usage_error(fake, tmp_path, capsys, seed) -> None:
+    with pytest.raises(SystemExit) as exc:
+        cli.main([*fake, "--out", str(tmp_path / "o"), "--seed", seed, "--no-progress"])
+    assert exc.value.code == 2
+    assert "--seed must be an integer in [0, 2147483647]" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
+
+
+def test_failed_write_is_reported_and_the_others_still_run(monkeypatch, tmp_path, capsys) -> None:
+    names = ("fake-a", "fake-b", "fake-c")
+    for name in names:
+        mod = _module(name, fail=False)
+        monkeypatch.setitem(sys.modules, mod.__name__, mod)
+    monkeypatch.setattr(experiments, "ALL", names)
+    monkeypatch.setattr(cli, "ALL", names)
+    (tmp_path / "fake-a.json").mkdir()  # the JSON of the first cannot be written
+    (tmp_path / "fake-b.png").mkdir()  # nor the figure of the second
+    rc = cli.main([*names, "--out", str(tmp_path), "--tiny", "--no-progress"])
+    assert rc == 1
+    # every experiment ran; what could be written was written
+    assert json.loads((tmp_path / "fake-b.json").read_text())["status"] == "ok"
+    assert json.loads((tmp_path / "fake-c.json").read_text())["status"] == "ok"
+    assert (tmp_path / "fake-a.png").stat().st_size > 0
+    assert (tmp_path / "fake-c.png").stat().st_size > 0
+    report = (tmp_path / "report.md").read_text()
+    assert "| [fake-a](#fake-a) | ok, files not written |" in report
+    assert "| [fake-b](#fake-b) | ok, files not written |" in report
+    assert "| [fake-c](#fake-c) | ok |" in report
+    assert "**Not written**: `fake-a.json: IsADirectoryError" in report
+    assert "**Not written**: `fake-b.png: " in report
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    assert "2 of 3 experiment(s) failed or could not write their files: fake-a, fake-b" in err
+    # no temporary file is left behind
+    assert not [p for p in tmp_path.iterdir() if ".tmp" in p.name]
+
+
+def test_failed_report_write_does_not_stop_the_run(fake, monkeypatch, tmp_path, capsys) -> None:
+    (tmp_path / "report.md").mkdir()
+    rc = cli.main([*fake, "--out", str(tmp_path), "--tiny", "--no-progress"])
+    assert rc == 1
+    assert (tmp_path / "fake-ok.json").exists() and (tmp_path / "fake-fail.json").exists()
+    err = capsys.readouterr().err
+    assert "report not written:" in err and "report.md" in err and "Traceback" not in err
+
+
+def test_json_write_is_atomic(tmp_path, monkeypatch) -> None:
+    """A write that fails half-way keeps the previous file whole and leaves no temporary."""
+    from bayesdrop_reproduce.experiments import _framework
+
+    cfg = RunConfig(quick=False, seed=0, device="cpu", out=tmp_path, tiny=True)
+    res = Result("x", "t", "d", "s", {}, {"v": 1.0}, [], "fine")
+    first = _framework.write_json(res, tmp_path, cfg, 1.0)
+    before = first.read_text()
+
+    def broken(self, *args, **kwargs):
+        self.open("w").write('{"half')
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(Path, "write_text", broken)
+    with pytest.raises(OSError, match="No space"):
+        _framework.write_json(res, tmp_path, cfg, 2.0)
+    monkeypatch.undo()
+    assert first.read_text() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["x.json"]
