@@ -98,7 +98,7 @@ def test_filters_report_what_they_remove():
     assert steps[0].interactions_removed == 1 and steps[0].items_removed == 1
     # users with >= 2 items: user 1 has only item 5 left, user 2 only 7 -> removed
     assert steps[1].users_removed == 2 and steps[1].users_left == 1
-    with pytest.raises(ValueError, match="removed every interaction"):
+    with pytest.raises(ValueError, match="min_user=10 removes every interaction: no user has "):
         filter_min_counts(out, min_user=10)
     with pytest.raises(ValueError, match="min_user"):
         filter_min_counts(out, min_user=-1)

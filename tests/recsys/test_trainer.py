@@ -56,19 +56,58 @@ def test_ease_beats_popularity_on_low_rank_data(split):
     assert ease["recall@20"] > pop["recall@20"] + 0.05
 
 
-def test_resume_reproduces_an_uninterrupted_run(split, tmp_path):
+class _Crash(Exception):
+    """Stands for the process dying right after a checkpoint was written."""
+
+
+def _crash_after_epoch(monkeypatch, epoch):
+    import bayesdrop.recsys.trainer as trainer_module
+
+    real = trainer_module.save_atomic
+
+    def save_then_die(obj, path):
+        real(obj, path)
+        if obj["state"]["epoch"] == epoch:
+            raise _Crash
+
+    monkeypatch.setattr(trainer_module, "save_atomic", save_then_die)
+
+
+def test_resume_after_a_crash_reproduces_an_uninterrupted_run(split, tmp_path, monkeypatch):
     ckpt = str(tmp_path / "run" / "ckpt.pt")
-    full = train(split, _cfg(model="sivae-lbd", epochs=3, n_extra=1))
-    part = train(split, _cfg(model="sivae-lbd", epochs=2, n_extra=1, checkpoint=ckpt))
-    assert os.path.exists(ckpt) and os.listdir(tmp_path / "run") == ["ckpt.pt"]  # no temp file
-    assert len(part["history"]) == 2
-    resumed = train(
-        split, _cfg(model="sivae-lbd", epochs=3, n_extra=1, checkpoint=ckpt, resume=True)
-    )
+    cfg = dict(model="sivae-lbd", epochs=3, n_extra=1, anneal_steps="auto")
+    full = train(split, _cfg(**cfg))
+    with monkeypatch.context() as m:
+        _crash_after_epoch(m, 2)
+        with pytest.raises(_Crash):
+            train(split, _cfg(**cfg, checkpoint=ckpt))
+    # no temporary file is left; the lock file stays (deleting it would race another run)
+    assert sorted(os.listdir(tmp_path / "run")) == ["ckpt.pt", "ckpt.pt.lock"]
+    resumed = train(split, _cfg(**cfg, checkpoint=ckpt, resume=True))
+    assert resumed["resumed_after_epoch"] == 2
     assert resumed["history"] == full["history"]
     assert resumed["test"] == full["test"]
-    with pytest.raises(ValueError, match="checkpoint"):
-        train(split, _cfg(model="mult-vae", checkpoint=ckpt, resume=True))
+    assert resumed["drop_rates"] == full["drop_rates"]
+
+
+def test_more_epochs_on_resume_need_allow_change_and_then_match(split, tmp_path):
+    ckpt = str(tmp_path / "ckpt.pt")
+    full = train(split, _cfg(model="mult-vae", epochs=3))
+    part = train(split, _cfg(model="mult-vae", epochs=2, checkpoint=ckpt))
+    assert len(part["history"]) == 2
+    with pytest.raises(
+        ValueError, match="epochs: 2 in the checkpoint, 3 now.*--allow-change epochs"
+    ):
+        train(split, _cfg(model="mult-vae", epochs=3, checkpoint=ckpt, resume=True))
+    resumed = train(
+        split,
+        _cfg(model="mult-vae", epochs=3, checkpoint=ckpt, resume=True, allow_change=["epochs"]),
+    )
+    # anneal_steps is explicit (10): the schedule does not depend on epochs, so the extended
+    # run is the uninterrupted 3-epoch run
+    assert resumed["history"] == full["history"] and resumed["test"] == full["test"]
+    with pytest.raises(ValueError, match='model: "mult-vae" in the checkpoint, "mult-dae" now'):
+        train(split, _cfg(model="mult-dae", epochs=3, checkpoint=ckpt, resume=True))
 
 
 def test_evaluate_excludes_fold_in_items(split):

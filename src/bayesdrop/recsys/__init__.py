@@ -2,10 +2,12 @@
 
 See :mod:`bayesdrop.recsys.data` (readers, filters, split), :mod:`bayesdrop.recsys.models`,
 :mod:`bayesdrop.recsys.sivae`, :mod:`bayesdrop.recsys.baselines` and
-:mod:`bayesdrop.recsys.trainer`; the command line is ``bayesdrop recsys``.
+:mod:`bayesdrop.recsys.trainer`, :mod:`bayesdrop.recsys.checkpoint` and
+:mod:`bayesdrop.recsys.recommender`; the command line is ``bayesdrop recsys``.
 """
 
 from .baselines import EASE, Popularity, ease_weights
+from .checkpoint import CheckpointError, RunLockedError
 from .data import (
     CFSplit,
     DataFormatError,
@@ -19,8 +21,9 @@ from .data import (
     synthetic_interactions,
 )
 from .models import CSRBatch, MultDAE, MultVAE, csr_batch
+from .recommender import TrainedRun, load_run, recommend
 from .sivae import SIVAE
-from .trainer import MODELS, TrainConfig, build_model, evaluate, train
+from .trainer import MODELS, TrainConfig, TrainingDivergedError, build_model, evaluate, train
 
 __all__ = [
     "Interactions",
@@ -46,4 +49,10 @@ __all__ = [
     "build_model",
     "evaluate",
     "train",
+    "TrainingDivergedError",
+    "CheckpointError",
+    "RunLockedError",
+    "TrainedRun",
+    "load_run",
+    "recommend",
 ]

