@@ -7,7 +7,7 @@ Two side-by-side comparisons, timed in one run and reported as ratios (CPU, floa
    weight matrix for every example (a batched matrix-vector product over 100 sampled matrices).
    Target: the LRT is >= 50x faster (Kingma et al. 2015 report > 200x on a GPU).
 2. One training step (forward, loss, backward, Adam step) of a 784-1024-1024-10 MLP, batch 128:
-   every Linear wrapped in ``VariationalDropout(kind="B")`` trained through
+   every Linear wrapped in ``VariationalDropout(noise="B")`` trained through
    ``bayesdrop.objective`` versus plain ``nn.Linear`` layers with ``nn.Dropout(0.5)``.
    Target: <= 2x the plain step. A type-B layer does twice the matrix products of a plain one
    (mean and variance, forward and backward), so 2x is the floor; with one alpha per weight
@@ -97,14 +97,14 @@ def bench_layer(
 
 
 def mlp(granularity: str | None) -> nn.Module:
-    """784-1024-1024-10 ReLU MLP: VariationalDropout(kind="B") on every Linear, or, for
+    """784-1024-1024-10 ReLU MLP: VariationalDropout(noise="B") on every Linear, or, for
     ``granularity=None``, plain Linear layers with nn.Dropout(0.5) after each hidden ReLU."""
     sizes = [784, 1024, 1024, 10]
     layers: list[nn.Module] = []
     for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:])):
         last = i == len(sizes) - 2
         if granularity is not None:
-            vd = VariationalDropout(nn.Linear(a, b), kind="B", granularity=granularity, init_p=0.2)
+            vd = VariationalDropout(nn.Linear(a, b), noise="B", granularity=granularity, init_p=0.2)
             layers.append(vd)
         else:
             layers.append(nn.Linear(a, b))
@@ -180,7 +180,7 @@ def main() -> None:
     for granularity in ("weight", "output"):
         ratio = s[granularity] / s["dropout"]
         print(
-            f"  VariationalDropout(kind='B', granularity={granularity!r}) "
+            f"  VariationalDropout(noise='B', granularity={granularity!r}) "
             f"{1e3 * s[granularity]:.1f} ms -> {ratio:.2f}x (target <= 2x: "
             f"{'met' if ratio <= 2 else 'NOT met'})"
         )

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from torch import nn
 
-from .nn._additive import AdditiveGaussianDropout
+from .nn.additive_gaussian import AdditiveGaussianDropout
 
 __all__ = ["prune", "compression_report", "CompressionReport", "LayerCompression"]
 

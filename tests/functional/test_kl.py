@@ -9,7 +9,9 @@ import pytest
 import torch
 from scipy import integrate
 
-from bayesdrop.functional import LOG_ALPHA_MAX, LOG_ALPHA_MIN, kl_log_uniform
+from bayesdrop.functional import KL_LOG_ALPHA_MAX as LOG_ALPHA_MAX
+from bayesdrop.functional import KL_LOG_ALPHA_MIN as LOG_ALPHA_MIN
+from bayesdrop.functional import kl_log_uniform
 
 #: The constant that makes KL(alpha) -> 0 as alpha -> infinity: (Euler's gamma + log 2) / 2.
 LIMIT_CONSTANT = (np.euler_gamma + math.log(2.0)) / 2.0

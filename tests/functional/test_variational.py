@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from bayesdrop.functional import (
-    LOG_ALPHA_MIN,
+    KL_LOG_ALPHA_MIN,
     clamp_log_alpha,
     kl_log_uniform,
     variational_dropout_kl,
@@ -19,7 +19,7 @@ DT = torch.float64
 def test_clamp_values() -> None:
     la = torch.tensor([-1e4, -25.0, -3.0, 0.0, 0.7, 1e4])
     out = clamp_log_alpha(la, max_log_alpha=0.5)
-    assert out.tolist() == [LOG_ALPHA_MIN, LOG_ALPHA_MIN, -3.0, 0.0, 0.5, 0.5]
+    assert out.tolist() == [KL_LOG_ALPHA_MIN, KL_LOG_ALPHA_MIN, -3.0, 0.0, 0.5, 0.5]
 
 
 @pytest.mark.parametrize("sign", [1.0, -1.0])

@@ -15,15 +15,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from bayesdrop.nn import ARDDropout, SparseVariationalDropout
-from bayesdrop.nn._additive import (
+from bayesdrop.functional.additive_gaussian import (
+    ADDITIVE_LOG_ALPHA_MAX,
+    ADDITIVE_LOG_ALPHA_MIN,
     KL_CHUNK,
-    LOG_ALPHA_MAX,
-    LOG_ALPHA_MIN,
     LOG_SIGMA2_MAX,
     LOG_SIGMA2_MIN,
-    AdditiveGaussianDropout,
 )
+from bayesdrop.nn import ARDDropout, SparseVariationalDropout
+from bayesdrop.nn.additive_gaussian import AdditiveGaussianDropout
 
 Factory = Callable[..., AdditiveGaussianDropout]
 FACTORIES: dict[str, Factory] = {
@@ -171,8 +171,10 @@ def test_log_alpha_is_clamped(make: Factory) -> None:
         m, torch.tensor([[1e-20, 100.0, 0.5]]), torch.tensor([[0.0, -40.0, math.log(0.25)]])
     )
     la = m.log_alpha.detach()
-    torch.testing.assert_close(la, torch.tensor([[LOG_ALPHA_MAX, LOG_ALPHA_MIN, 0.0]]))
-    assert float(m.p[0, 0]) == pytest.approx(1 / (1 + math.exp(-LOG_ALPHA_MAX)))
+    torch.testing.assert_close(
+        la, torch.tensor([[ADDITIVE_LOG_ALPHA_MAX, ADDITIVE_LOG_ALPHA_MIN, 0.0]])
+    )
+    assert float(m.p[0, 0]) == pytest.approx(1 / (1 + math.exp(-ADDITIVE_LOG_ALPHA_MAX)))
     # log_sigma2 itself is clamped before use: no inf from exp
     with torch.no_grad():
         m.log_sigma2.fill_(1e4)

@@ -1,6 +1,13 @@
 """Pure tensor math: masks, relaxations, local-reparameterisation moments, fast-dropout moments, KLs."""
 
-from .ard import ard_gamma_constant, kl_ard, kl_ard_gamma
+from .additive_gaussian import (
+    ADDITIVE_LOG_ALPHA_MAX,
+    ADDITIVE_LOG_ALPHA_MIN,
+    additive_log_alpha,
+    additive_variance,
+    fused_kl_sum,
+)
+from .ard import ard_gamma_constant, ard_gamma_kl, ard_kl, kl_ard, kl_ard_gamma
 from .bernoulli import (
     LOGIT_BOUND,
     bernoulli_dropout,
@@ -26,11 +33,36 @@ from .fast_dropout import (
     sigmoid_moments,
 )
 from .gaussian import alpha_from_p, gaussian_dropout, gaussian_dropout_lrt
-from .kl import KL_APPROXIMATIONS, LOG_ALPHA_MAX, LOG_ALPHA_MIN, kl_log_uniform
-from .lrt import VAR_FLOOR, lrt_conv, lrt_linear, sample_gaussian
+from .kl import (
+    KINGMA_COEFFICIENTS,
+    KL_APPROXIMATIONS,
+    KL_LOG_ALPHA_MAX,
+    KL_LOG_ALPHA_MIN,
+    MOLCHANOV_COEFFICIENTS,
+    kl_log_uniform,
+)
+from .lrt import (
+    LRT_LAYERS,
+    VAR_FLOOR,
+    layer_options,
+    lrt_conv,
+    lrt_linear,
+    lrt_moments,
+    lrt_sample,
+    sample_gaussian,
+)
+from .sparse_variational import sparse_variational_kl
 from .variational import clamp_log_alpha, variational_dropout_kl, weight_variance
 
 __all__ = [
+    "ADDITIVE_LOG_ALPHA_MAX",
+    "ADDITIVE_LOG_ALPHA_MIN",
+    "additive_log_alpha",
+    "additive_variance",
+    "fused_kl_sum",
+    "ard_gamma_kl",
+    "ard_kl",
+    "sparse_variational_kl",
     "ard_gamma_constant",
     "kl_ard",
     "kl_ard_gamma",
@@ -45,12 +77,18 @@ __all__ = [
     "concrete_regularizer",
     "concrete_regularizers",
     "KL_APPROXIMATIONS",
-    "LOG_ALPHA_MAX",
-    "LOG_ALPHA_MIN",
+    "KINGMA_COEFFICIENTS",
+    "KL_LOG_ALPHA_MAX",
+    "KL_LOG_ALPHA_MIN",
+    "MOLCHANOV_COEFFICIENTS",
     "kl_log_uniform",
+    "LRT_LAYERS",
     "VAR_FLOOR",
+    "layer_options",
     "lrt_conv",
     "lrt_linear",
+    "lrt_moments",
+    "lrt_sample",
     "sample_gaussian",
     "Moments",
     "expected_logistic_nll",
@@ -67,3 +105,12 @@ __all__ = [
     "variational_dropout_kl",
     "weight_variance",
 ]
+
+
+def __getattr__(name: str) -> object:
+    """The deprecated ``LOG_ALPHA_MIN``/``LOG_ALPHA_MAX``, with a warning naming their successors."""
+    if name in ("LOG_ALPHA_MIN", "LOG_ALPHA_MAX"):
+        from . import kl
+
+        return getattr(kl, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -19,7 +19,17 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["kl_ard", "kl_ard_gamma", "ard_gamma_constant"]
+from .additive_gaussian import LOG_SIGMA2_MAX, fused_kl_sum, log_alpha_kernel
+
+__all__ = [
+    "kl_ard",
+    "kl_ard_gamma",
+    "ard_gamma_constant",
+    "ard_kl_and_derivative",
+    "ard_kl",
+    "ard_gamma_kl",
+    "check_gamma",
+]
 
 
 def kl_ard(log_alpha: Tensor) -> Tensor:
@@ -62,7 +72,7 @@ def ard_gamma_constant(a: float, b: float) -> float:
         a: Gamma shape, :math:`a > 1/2`.
         b: Gamma rate, :math:`b > 0`.
     """
-    a, b = _check_gamma(a, b)
+    a, b = check_gamma(a, b)
     return (
         1.0 - a + a * math.log(b) - math.lgamma(a) + 0.5 * (2.0 * a - 1.0) * math.log(2.0 * a - 1.0)
     )
@@ -101,13 +111,15 @@ def kl_ard_gamma(mu: Tensor, log_sigma2: Tensor, a: float, b: float) -> Tensor:
         >>> kl_ard_gamma(torch.tensor([1.0]), torch.tensor([0.0]), a=1.0, b=0.5)
         tensor([1.2425])
     """
-    a, b = _check_gamma(a, b)
+    a, b = check_gamma(a, b)
     c = ard_gamma_constant(a, b)
     sigma2 = torch.exp(log_sigma2)
     return -0.5 * log_sigma2 + (a - 0.5) * torch.log(sigma2 + mu.square() + 2.0 * b) - c
 
 
-def _check_gamma(a: float, b: float) -> tuple[float, float]:
+def check_gamma(a: float, b: float) -> tuple[float, float]:
+    """``(a, b)`` as floats after checking the Gamma hyperprior's shape :math:`a > 1/2` and rate
+    :math:`b > 0` (``TypeError``/``ValueError`` naming the argument)."""
     for name, v in (("a", a), ("b", b)):
         if isinstance(v, bool) or not isinstance(v, (int, float)):
             raise TypeError(f"{name} must be a float, but got {type(v).__name__}")
@@ -117,3 +129,93 @@ def _check_gamma(a: float, b: float) -> tuple[float, float]:
     if not (math.isfinite(b) and b > 0.0):
         raise ValueError(f"b must be finite and > 0, but got {b}")
     return a, b
+
+
+def ard_kl_and_derivative(log_alpha: Tensor, need_grad: bool) -> tuple[Tensor, Tensor | None]:
+    r"""ARD KL summed over a clamped :math:`\ell = \log\alpha`, and :math:`-2` times its derivative.
+
+    .. math::
+        \mathrm{KL} = \sum\tfrac12\log(1 + e^{-\ell}) = -\sum\tfrac12\log\sigma(\ell),\qquad
+        -2\,\frac{d\,\mathrm{KL}}{d\ell} = 1 - \sigma(\ell).
+
+    Overwrites ``log_alpha``; no autograd (the fused KL uses it).
+
+    Example:
+        >>> import torch
+        >>> kl, d = ard_kl_and_derivative(torch.tensor([0.0]), True)
+        >>> round(kl.item(), 4), -0.5 * d.item()
+        (0.3466, -0.25)
+    """
+    r = log_alpha.sigmoid_()
+    value = r.log().sum() * -0.5
+    if not need_grad:
+        return value, None
+    return value, r.neg_().add_(1.0)
+
+
+_ARD_KERNEL = log_alpha_kernel(ard_kl_and_derivative)
+
+
+def ard_kl(
+    theta: Tensor,
+    log_sigma2: Tensor,
+    *,
+    pruned: Tensor | None = None,
+    max_log_sigma2: float = LOG_SIGMA2_MAX,
+) -> Tensor:
+    r""":func:`kl_ard` of the clamped :math:`\log\alpha` summed over the weights not ``pruned``.
+
+    .. math::
+        \mathrm{KL} = \sum_{ij}\tfrac12\log\bigl(1 + e^{-\ell_{ij}}\bigr),\qquad
+        \ell = \mathrm{clamp}\bigl(\log\sigma^2 - \log(\theta^2 + \epsilon), -10, 10\bigr)
+
+    with its gradient in closed form, fused (:func:`~bayesdrop.functional.fused_kl_sum`); value
+    and first derivatives equal autograd through the per-weight formula.
+
+    Example:
+        >>> import torch
+        >>> round(float(ard_kl(torch.ones(2, 2), torch.zeros(2, 2))), 4)  # 4 log(2) / 2
+        1.3863
+    """
+    return fused_kl_sum(
+        theta, log_sigma2, _ARD_KERNEL, pruned=pruned, max_log_sigma2=max_log_sigma2
+    )
+
+
+def ard_gamma_kl(
+    theta: Tensor,
+    log_sigma2: Tensor,
+    a: float,
+    b: float,
+    *,
+    pruned: Tensor | None = None,
+    max_log_sigma2: float = LOG_SIGMA2_MAX,
+) -> Tensor:
+    r""":func:`kl_ard_gamma` summed over the weights not ``pruned``, with a fused gradient.
+
+    With :math:`s` the clamped :math:`\log\sigma^2` and :math:`S = e^s + \theta^2 + 2b`:
+
+    .. math::
+        -R = \sum_{ij} -\tfrac12 s_{ij} + (a - \tfrac12)\log S_{ij} - C,\qquad
+        \frac{\partial}{\partial s} = -\tfrac12 + (a - \tfrac12)\frac{e^s}{S},\qquad
+        \frac{\partial}{\partial\theta} = (2a - 1)\frac{\theta}{S}.
+
+    Example:
+        >>> import torch
+        >>> round(float(ard_gamma_kl(torch.tensor([1.0]), torch.tensor([0.0]), 1.0, 0.5)), 4)
+        1.2425
+    """
+    a, b = check_gamma(a, b)
+    c = ard_gamma_constant(a, b)
+    half = a - 0.5
+
+    def kernel(theta: Tensor, ls: Tensor, g_theta: Tensor | None, g_ls: Tensor | None) -> Tensor:
+        sigma2 = ls.exp()
+        big_s = theta.square().add_(sigma2).add_(2.0 * b)
+        value = big_s.log().sum() * half - 0.5 * ls.sum() - theta.numel() * c
+        if g_theta is not None and g_ls is not None:
+            torch.div(sigma2, big_s, out=g_ls).mul_(half).sub_(0.5)
+            torch.div(theta, big_s, out=g_theta).mul_(2.0 * half)
+        return value
+
+    return fused_kl_sum(theta, log_sigma2, kernel, pruned=pruned, max_log_sigma2=max_log_sigma2)

@@ -16,29 +16,65 @@ has no closed form; two fitted approximations are provided.
 
 from __future__ import annotations
 
+import warnings
+from typing import Literal
+
 import torch.nn.functional as F
 from torch import Tensor
 
 from .._validation import check_choice
 
-__all__ = ["LOG_ALPHA_MIN", "LOG_ALPHA_MAX", "KL_APPROXIMATIONS", "kl_log_uniform"]
+__all__ = [
+    "KL_LOG_ALPHA_MIN",
+    "KL_LOG_ALPHA_MAX",
+    "KL_APPROXIMATIONS",
+    "KINGMA_COEFFICIENTS",
+    "MOLCHANOV_COEFFICIENTS",
+    "KLApproximation",
+    "kl_log_uniform",
+]
 
-#: :func:`kl_log_uniform` clamps ``log_alpha`` to ``[LOG_ALPHA_MIN, LOG_ALPHA_MAX]`` (the gradient
-#: is zero outside). Over this range both approximations are finite in float32: the Kingma cubic
-#: is at most ~1e26 and the Molchanov form at most ~10.6 nats per weight.
-LOG_ALPHA_MIN = -20.0
-LOG_ALPHA_MAX = 20.0
+#: :func:`kl_log_uniform` clamps ``log_alpha`` to ``[KL_LOG_ALPHA_MIN, KL_LOG_ALPHA_MAX]`` (the
+#: gradient is zero outside); :class:`~bayesdrop.nn.VariationalDropout` keeps its
+#: :math:`\log\alpha` in this range too. Over it both approximations are finite in float32: the
+#: Kingma cubic is at most ~1e26 and the Molchanov form at most ~10.6 nats per weight.
+KL_LOG_ALPHA_MIN = -20.0
+KL_LOG_ALPHA_MAX = 20.0
 
+#: The approximations of the KL from the log-uniform prior.
+KLApproximation = Literal["kingma", "molchanov"]
 #: Accepted values of ``approximation``.
-KL_APPROXIMATIONS = ("kingma", "molchanov")
+KL_APPROXIMATIONS: tuple[KLApproximation, ...] = ("kingma", "molchanov")
 
-# Kingma, Salimans & Welling 2015, eq. after (12): a cubic fit valid for 0 < alpha <= 1.
-_C1, _C2, _C3 = 1.16145124, -1.50204118, 0.58629921
-# Molchanov, Ashukha & Vetrov 2017, eq. (14): a sigmoid fit valid for every alpha.
-_K1, _K2, _K3 = 0.63576, 1.87320, 1.48695
+#: :math:`(c_1, c_2, c_3)` of Kingma, Salimans & Welling 2015 (the cubic after eq. (12)), fitted
+#: on :math:`0 < \alpha \le 1`.
+KINGMA_COEFFICIENTS = (1.16145124, -1.50204118, 0.58629921)
+#: :math:`(k_1, k_2, k_3)` of Molchanov, Ashukha & Vetrov 2017 (eq. (14)), valid for every
+#: :math:`\alpha`.
+MOLCHANOV_COEFFICIENTS = (0.63576, 1.87320, 1.48695)
+_C1, _C2, _C3 = KINGMA_COEFFICIENTS
+_K1, _K2, _K3 = MOLCHANOV_COEFFICIENTS
+
+_RENAMED = {"LOG_ALPHA_MIN": "KL_LOG_ALPHA_MIN", "LOG_ALPHA_MAX": "KL_LOG_ALPHA_MAX"}
 
 
-def kl_log_uniform(log_alpha: Tensor, approximation: str = "kingma") -> Tensor:
+def __getattr__(name: str) -> float:
+    """The old names ``LOG_ALPHA_MIN``/``LOG_ALPHA_MAX`` (deprecated: they did not say what
+    they bound, and the sparse families used the same names for another range)."""
+    if name in _RENAMED:
+        new = _RENAMED[name]
+        warnings.warn(
+            f"bayesdrop.functional.{name} is deprecated; use {new} (the clamp of kl_log_uniform "
+            "and VariationalDropout) or bayesdrop.functional.ADDITIVE_LOG_ALPHA_MIN/MAX (the "
+            "sparse and ARD families)",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        return float(globals()[new])
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def kl_log_uniform(log_alpha: Tensor, approximation: KLApproximation = "kingma") -> Tensor:
     r"""Elementwise KL(:math:`\mathcal N(\theta, \alpha\theta^2)` ‖ log-uniform), from :math:`\log\alpha`.
 
     ``"kingma"`` (Kingma et al. 2015, §3.3) is the paper's cubic fit **without** its additive
@@ -49,7 +85,9 @@ def kl_log_uniform(log_alpha: Tensor, approximation: str = "kingma") -> Tensor:
         \quad c_1 = 1.16145124,\ c_2 = -1.50204118,\ c_3 = 0.58629921.
 
     The fit is only meant for :math:`0 < \alpha \le 1` (the range variational dropout constrains
-    :math:`\alpha` to); beyond it the cubic turns over and the value is meaningless.
+    :math:`\alpha` to). Above 1 the cubic term dominates and the value decreases without bound
+    (-449 at :math:`\alpha = 10`, where the true KL is 0.049), so minimising it would drive every
+    :math:`\alpha` up; use ``"molchanov"`` there.
 
     ``"molchanov"`` (Molchanov et al. 2017, eq. 14) is accurate for every :math:`\alpha` and
     includes the constant that makes :math:`\mathrm{KL} \to 0` as :math:`\alpha \to \infty`:
@@ -60,7 +98,7 @@ def kl_log_uniform(log_alpha: Tensor, approximation: str = "kingma") -> Tensor:
 
     with :math:`\tfrac12\log(1+\alpha^{-1}) = \tfrac12\,\mathrm{softplus}(-\log\alpha)`.
 
-    ``log_alpha`` is clamped to ``[LOG_ALPHA_MIN, LOG_ALPHA_MAX] = [-20, 20]``.
+    ``log_alpha`` is clamped to ``[KL_LOG_ALPHA_MIN, KL_LOG_ALPHA_MAX] = [-20, 20]``.
 
     Args:
         log_alpha: :math:`\log\alpha`, any shape.
@@ -78,7 +116,7 @@ def kl_log_uniform(log_alpha: Tensor, approximation: str = "kingma") -> Tensor:
         -0.245709
     """
     check_choice("approximation", approximation, KL_APPROXIMATIONS)
-    log_alpha = log_alpha.clamp(LOG_ALPHA_MIN, LOG_ALPHA_MAX)
+    log_alpha = log_alpha.clamp(KL_LOG_ALPHA_MIN, KL_LOG_ALPHA_MAX)
     if approximation == "kingma":
         alpha = log_alpha.exp()
         return -(0.5 * log_alpha + alpha * (_C1 + alpha * (_C2 + alpha * _C3)))

@@ -10,12 +10,25 @@ evaluations instead of one weight matrix per example, and its gradient has lower
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
 
-__all__ = ["VAR_FLOOR", "lrt_linear", "lrt_conv", "sample_gaussian"]
+__all__ = [
+    "VAR_FLOOR",
+    "LRT_LAYERS",
+    "lrt_linear",
+    "lrt_conv",
+    "lrt_moments",
+    "lrt_sample",
+    "layer_options",
+    "sample_gaussian",
+]
+
+#: The layers whose pre-activations the local reparameterisation trick samples.
+LRT_LAYERS: tuple[type[nn.Module], ...] = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
 
 #: :func:`sample_gaussian` takes the square root of ``max(var, VAR_FLOOR)``: the added standard
 #: deviation is at most ``1e-8`` (far below float32 resolution of any O(1) activation), and the
@@ -76,6 +89,7 @@ def lrt_conv(
     padding: int | str | tuple[int, ...] = 0,
     dilation: int | tuple[int, ...] = 1,
     groups: int = 1,
+    padding_mode: str = "zeros",
 ) -> tuple[Tensor, Tensor]:
     r"""Mean and variance of the outputs of a convolution with independent weight noise.
 
@@ -96,6 +110,8 @@ def lrt_conv(
         weight_var: weight variances, same shape as ``weight`` or broadcastable to it.
         bias: optional bias, shape ``(out_channels,)``.
         stride, padding, dilation, groups: as in :func:`torch.nn.functional.conv2d`.
+        padding_mode: ``"zeros"`` or a mode of :func:`torch.nn.functional.pad` (``"reflect"``,
+            ``"replicate"``, ``"circular"``), applied as ``nn.Conv2d`` applies it.
 
     Returns:
         ``(mean, var)``, each of shape ``(batch, out_channels, *out_spatial)``.
@@ -110,10 +126,114 @@ def lrt_conv(
             f"weight must have {x.dim()} dims for a {x.dim() - 2}d convolution, "
             f"but got shape {tuple(weight.shape)}"
         )
+    if padding_mode != "zeros":
+        # As nn.ConvNd does: pad explicitly with the mode, then convolve without padding.
+        pad = _explicit_padding(padding, tuple(weight.shape[2:]), dilation)
+        x = F.pad(x, pad, mode=padding_mode)
+        padding = 0
     opts = {"stride": stride, "padding": padding, "dilation": dilation, "groups": groups}
     mean = conv(x, weight, bias, **opts)
     var = conv(x * x, weight_var.expand_as(weight), None, **opts)
     return mean, var
+
+
+def _explicit_padding(
+    padding: int | str | tuple[int, ...], kernel: tuple[int, ...], dilation: int | tuple[int, ...]
+) -> list[int]:
+    """``F.pad`` amounts (last dimension first) equivalent to a convolution's ``padding``."""
+    d = len(kernel)
+    dil = (dilation,) * d if isinstance(dilation, int) else tuple(dilation)
+    pairs: list[tuple[int, int]]
+    if padding == "valid":
+        pairs = [(0, 0)] * d
+    elif padding == "same":
+        total = [di * (k - 1) for di, k in zip(dil, kernel)]
+        pairs = [(t // 2, t - t // 2) for t in total]
+    else:
+        amounts: tuple[int, ...] = (padding,) * d if isinstance(padding, int) else tuple(padding)  # type: ignore[arg-type]
+        pairs = [(a, a) for a in amounts]
+    return [a for pair in reversed(pairs) for a in pair]
+
+
+def layer_options(layer: nn.Module) -> dict[str, Any]:
+    """The keyword arguments of :func:`lrt_moments` that describe ``layer`` besides its weights.
+
+    ``{}`` for ``nn.Linear``; ``stride``, ``padding``, ``dilation``, ``groups`` and
+    ``padding_mode`` for ``nn.Conv1d/2d/3d``.
+
+    Example:
+        >>> from torch import nn
+        >>> layer_options(nn.Conv1d(2, 3, 3, padding=1, padding_mode="reflect"))
+        {'stride': (1,), 'padding': (1,), 'dilation': (1,), 'groups': 1, 'padding_mode': 'reflect'}
+    """
+    if isinstance(layer, nn.Linear):
+        return {}
+    if isinstance(layer, (nn.Conv1d, nn.Conv2d, nn.Conv3d)):
+        return {
+            "stride": layer.stride,
+            "padding": layer.padding,
+            "dilation": layer.dilation,
+            "groups": layer.groups,
+            "padding_mode": layer.padding_mode,
+        }
+    raise TypeError(
+        f"layer must be an nn.Linear or nn.Conv1d/Conv2d/Conv3d, but got {type(layer).__name__}"
+    )
+
+
+def lrt_moments(
+    x: Tensor,
+    weight: Tensor,
+    weight_var: Tensor,
+    bias: Tensor | None = None,
+    **options: Any,
+) -> tuple[Tensor, Tensor]:
+    """:func:`lrt_linear` for a 2-d ``weight``, otherwise :func:`lrt_conv` with ``options``.
+
+    ``options`` are those of :func:`layer_options` (empty for a linear layer).
+    """
+    if weight.dim() == 2:
+        if options:
+            raise TypeError(f"a linear layer takes no options, but got {sorted(options)}")
+        return lrt_linear(x, weight, weight_var, bias)
+    return lrt_conv(x, weight, weight_var, bias, **options)
+
+
+def lrt_sample(
+    x: Tensor,
+    weight: Tensor,
+    weight_var: Tensor,
+    bias: Tensor | None = None,
+    *,
+    generator: torch.Generator | None = None,
+    eps: Tensor | None = None,
+    **options: Any,
+) -> Tensor:
+    r"""One draw of the pre-activations of a layer with independent weight noise.
+
+    .. math::
+        b = \mathbb E[b] + \sqrt{\mathrm{Var}[b]}\,\varepsilon,\qquad
+        \varepsilon \sim \mathcal N(0, 1)\ \text{per example and output},
+
+    with the moments of :func:`lrt_moments` (:func:`sample_gaussian` draws it).
+
+    Args:
+        x: layer input.
+        weight: weight means; 2-d for a linear layer, 3/4/5-d for a convolution.
+        weight_var: weight variances, broadcastable against ``weight``.
+        bias: optional deterministic bias.
+        generator: optional generator for :math:`\varepsilon`.
+        eps: explicit standard normal noise shaped like the output.
+        **options: convolution options (:func:`layer_options`).
+
+    Example:
+        >>> import torch
+        >>> lrt_sample(torch.tensor([[3.0, 1.0]]), torch.tensor([[1.0, 2.0]]),
+        ...            torch.tensor([[1.0, 7.0]]), eps=torch.tensor([[1.0]])).tolist()  # 5 + sqrt(16)
+        [[9.0]]
+    """
+    mean, var = lrt_moments(x, weight, weight_var, bias, **options)
+    return sample_gaussian(mean, var, generator=generator, eps=eps)
 
 
 def sample_gaussian(

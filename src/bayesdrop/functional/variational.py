@@ -13,7 +13,17 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .kl import _C1, _C2, _C3, LOG_ALPHA_MAX, LOG_ALPHA_MIN, kl_log_uniform
+from .._validation import check_choice
+from .kl import (
+    KINGMA_COEFFICIENTS,
+    KL_APPROXIMATIONS,
+    KL_LOG_ALPHA_MAX,
+    KL_LOG_ALPHA_MIN,
+    KLApproximation,
+    kl_log_uniform,
+)
+
+_C1, _C2, _C3 = KINGMA_COEFFICIENTS
 
 __all__ = ["clamp_log_alpha", "variational_dropout_kl", "weight_variance"]
 
@@ -56,8 +66,8 @@ class _KingmaKLSum(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx: Any, log_alpha: Tensor, n: float) -> Tensor:
-        ctx.clamped = not _inside(log_alpha, LOG_ALPHA_MIN, LOG_ALPHA_MAX)
-        la = log_alpha.clamp(LOG_ALPHA_MIN, LOG_ALPHA_MAX) if ctx.clamped else log_alpha
+        ctx.clamped = not _inside(log_alpha, KL_LOG_ALPHA_MIN, KL_LOG_ALPHA_MAX)
+        la = log_alpha.clamp(KL_LOG_ALPHA_MIN, KL_LOG_ALPHA_MAX) if ctx.clamped else log_alpha
         alpha = la.exp()
         poly = torch.add(_C2, alpha, alpha=_C3).mul_(alpha).add_(_C1)  # c1 + c2 a + c3 a^2
         total = 0.5 * la.sum() + torch.dot(poly.reshape(-1), alpha.reshape(-1))
@@ -71,7 +81,9 @@ class _KingmaKLSum(torch.autograd.Function):
         deriv = torch.add(2 * _C2, alpha, alpha=3 * _C3).mul_(alpha).add_(_C1).mul_(alpha)
         deriv = deriv.add_(0.5).mul_(-ctx.n * grad)
         if ctx.clamped:  # zero gradient where the clamp was active
-            deriv = deriv.where((log_alpha >= LOG_ALPHA_MIN) & (log_alpha <= LOG_ALPHA_MAX), 0.0)
+            deriv = deriv.where(
+                (log_alpha >= KL_LOG_ALPHA_MIN) & (log_alpha <= KL_LOG_ALPHA_MAX), 0.0
+            )
         return deriv, None
 
 
@@ -125,7 +137,7 @@ def weight_variance(log_alpha: Tensor, weight: Tensor) -> Tensor:
 
 
 def clamp_log_alpha(
-    log_alpha: Tensor, max_log_alpha: float = 0.0, min_log_alpha: float = LOG_ALPHA_MIN
+    log_alpha: Tensor, max_log_alpha: float = 0.0, min_log_alpha: float = KL_LOG_ALPHA_MIN
 ) -> Tensor:
     r"""Clamp :math:`\log\alpha` to ``[min_log_alpha, max_log_alpha]`` without trapping it outside.
 
@@ -139,7 +151,7 @@ def clamp_log_alpha(
     Args:
         log_alpha: unconstrained :math:`\log\alpha`.
         max_log_alpha: upper bound :math:`\log\alpha_{\max}` (default 0, i.e. :math:`\alpha \le 1`).
-        min_log_alpha: lower bound (default ``LOG_ALPHA_MIN = -20``).
+        min_log_alpha: lower bound (default ``KL_LOG_ALPHA_MIN = -20``).
 
     Example:
         >>> import torch
@@ -160,41 +172,54 @@ def clamp_log_alpha(
     return _InwardClamp.apply(log_alpha, low, high)
 
 
-def variational_dropout_kl(log_alpha: Tensor, weights_per_alpha: int | Tensor = 1) -> Tensor:
-    r"""KL of variational dropout: the Kingma cubic summed over every weight an :math:`\alpha` governs.
+def variational_dropout_kl(
+    log_alpha: Tensor,
+    weights_per_alpha: int | Tensor = 1,
+    approximation: KLApproximation = "kingma",
+) -> Tensor:
+    r"""KL of variational dropout: :math:`\mathrm{KL}(\alpha_k)` counted :math:`n_k` times per :math:`\alpha_k`.
 
     .. math::
-        \mathrm{KL} = \sum_k n_k\,\mathrm{KL}_{\text{kingma}}(\alpha_k)
-        = -\sum_k n_k\bigl(\tfrac12\log\alpha_k + c_1\alpha_k + c_2\alpha_k^2 + c_3\alpha_k^3\bigr)
+        \mathrm{KL} = \sum_k n_k\,\mathrm{KL}(\alpha_k),\qquad
+        \mathrm{KL}_{\text{kingma}}(\alpha)
+        = -\bigl(\tfrac12\log\alpha + c_1\alpha + c_2\alpha^2 + c_3\alpha^3\bigr)
 
-    (up to an additive constant per weight; see
-    :func:`~bayesdrop.functional.kl_log_uniform`), where :math:`n_k` (``weights_per_alpha``) is
-    the number of weights whose posterior has noise variance :math:`\alpha_k`:
+    (the cubic up to an additive constant per term, fitted on :math:`0 < \alpha \le 1`;
+    ``"molchanov"``: the sigmoid fit valid for every :math:`\alpha`; see
+    :func:`~bayesdrop.functional.kl_log_uniform`). :math:`n_k` (``weights_per_alpha``) is the
+    number of noise variables with variance :math:`\alpha_k`, each with its own KL term
+    (Kingma, Salimans & Welling 2015, §3):
 
-    * type B, independent weights :math:`q(w_{ji}) = \mathcal N(\theta_{ji}, \alpha\theta_{ji}^2)`:
-      the KL factorises over weights; :math:`n = 1` per weight, ``in_features`` (times the kernel
-      size) per output unit, the number of weights for a per-layer :math:`\alpha`.
-    * type A, :math:`w_{ji} = \xi_i\theta_{ji}` with one :math:`\xi_i \sim \mathcal N(1, \alpha_i)`
-      per input unit: every weight leaving unit :math:`i` has the same marginal
-      :math:`\mathcal N(\theta_{ji}, \alpha_i\theta_{ji}^2)` as in type B, but the weights are
-      perfectly correlated, so the joint KL from the factorised prior is infinite (q lives on a
-      lower-dimensional set). What is summed is the KL of those marginals, with :math:`n_i` = the
-      fan-out of unit :math:`i` (the joint KL minus the infinite total-correlation term): it equals
-      the type-B KL of the same :math:`\alpha`'s, so the two types are regularised on one scale.
-      The paper's §3.2 alternative, a prior on :math:`\xi` alone, is :math:`n_i = 1`.
+    * type B, independent weight noise :math:`q(w_{ji}) = \mathcal N(\theta_{ji},
+      \alpha\theta_{ji}^2)`: every weight is a noise variable; :math:`n = 1` per weight,
+      ``in_features`` (times the kernel size) per output unit, the number of weights for a
+      per-layer :math:`\alpha`.
+    * type A, correlated weight noise :math:`w_{ji} = s_i\theta_{ji}` with one scale variable
+      :math:`s_i \sim \mathcal N(1, \alpha_i)` per input unit (§3.2): the posterior and the
+      log-uniform prior are on the scales, so :math:`n = 1` per input unit (the number of units
+      for a per-layer :math:`\alpha`). Counting each unit once per outgoing weight instead
+      (:math:`n_i` = fan-out) is the KL of the weights' marginals, which puts A on the scale of
+      type B; it is not the paper's objective.
 
     Args:
         log_alpha: clamped :math:`\log\alpha`, any shape.
         weights_per_alpha: :math:`n_k`, an int or a tensor broadcastable against ``log_alpha``.
+        approximation: ``"kingma"`` (default; only for :math:`\alpha \le 1`) or
+            ``"molchanov"``.
 
     Returns:
         A 0-dim tensor.
 
     Example:
         >>> import torch
-        >>> round(float(variational_dropout_kl(torch.zeros(3), 4)), 4)  # 12 weights at alpha = 1
+        >>> round(float(variational_dropout_kl(torch.zeros(3), 4)), 4)  # 12 terms at alpha = 1
         -2.9485
+        >>> round(float(variational_dropout_kl(torch.zeros(3), 4, "molchanov")), 4)
+        5.1749
     """
+    check_choice("approximation", approximation, KL_APPROXIMATIONS)
+    if approximation == "molchanov":
+        return (weights_per_alpha * kl_log_uniform(log_alpha, "molchanov")).sum()
     if isinstance(weights_per_alpha, Tensor):
         return (weights_per_alpha * kl_log_uniform(log_alpha, "kingma")).sum()
     return _KingmaKLSum.apply(log_alpha, float(weights_per_alpha))

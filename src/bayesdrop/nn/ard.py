@@ -1,21 +1,27 @@
 r"""ARD dropout (Kharitonov, Molchanov & Vetrov 2018): variational ARD with a learned α per weight.
 
-Paper: variational-dropout-empirical-bayes-ard.txt, eq. (3) and section 4 / Appendix B.
+*Variational Dropout via Empirical Bayes*, eq. (3), section 4 and Appendix B. The math lives in
+:mod:`bayesdrop.functional.ard`.
 """
 
 from __future__ import annotations
+
+from typing import Literal
 
 import torch
 from torch import Tensor, nn
 
 from .._validation import check_choice
-from ..functional.ard import _check_gamma, ard_gamma_constant, kl_ard, kl_ard_gamma
-from ._additive import AdditiveGaussianDropout
+from ..functional.additive_gaussian import LOG_SIGMA2_MIN
+from ..functional.ard import ard_gamma_kl, ard_kl, check_gamma, kl_ard, kl_ard_gamma
+from .additive_gaussian import AdditiveGaussianDropout, PruneRule
 
-__all__ = ["ARDDropout", "ARD_PRIORS", "GAMMA_MAX_LOG_SIGMA2"]
+__all__ = ["ARDDropout", "ARD_PRIORS", "ARDPrior", "GAMMA_MAX_LOG_SIGMA2"]
 
+#: The priors of :class:`ARDDropout`.
+ARDPrior = Literal["ard", "gamma"]
 #: Accepted values of ``prior``.
-ARD_PRIORS = ("ard", "gamma")
+ARD_PRIORS: tuple[ARDPrior, ...] = ("ard", "gamma")
 #: Default clip of :math:`\log\sigma^2` with the Gamma hyperprior: the paper clips
 #: :math:`\log\sigma < -4` (Appendix A), since for :math:`a < 1` the regulariser keeps
 #: rewarding larger variances.
@@ -48,12 +54,22 @@ class ARDDropout(AdditiveGaussianDropout):
     :math:`a` (towards 1/2) prunes less; the paper uses :math:`a \in [0.505, 0.52]`,
     :math:`b = 10^{-8}`, and clips :math:`\log\sigma^2 \le -8`, which is the default here.
 
+    Pruning: the paper trims the weights with :math:`|\theta| < 10^{-2}` after training
+    (section 5: "we then trim the weights ... setting those with :math:`|\mu_i| < 10^{-2}` to
+    zero"), which is ``prune_rule="magnitude"``; the default, ``prune_rule="log_alpha"``,
+    drops :math:`\log\alpha >` ``threshold`` as Sparse VD (Molchanov et al. 2017) does, so the
+    two families prune alike unless asked.
+
     Args:
         layer: ``nn.Linear`` or ``nn.Conv1d/2d/3d``; its weight becomes :math:`\theta`.
         prior: ``"ard"`` or ``"gamma"``.
         a: Gamma shape, :math:`a > 1/2` (``prior="gamma"`` only).
         b: Gamma rate, :math:`b > 0` (``prior="gamma"`` only).
-        threshold: :math:`\log\alpha` above which eval mode drops a weight, in [-10, 10].
+        threshold: :math:`\log\alpha` above which eval mode drops a weight, in [-10, 10]
+            (``prune_rule="log_alpha"``).
+        prune_rule: ``"log_alpha"`` (default) or ``"magnitude"`` (the ARD paper's rule).
+        magnitude_threshold: with ``prune_rule="magnitude"``, eval mode drops the weights with
+            :math:`|\theta|` below it (default :math:`10^{-2}`, the paper's).
         init_log_sigma2: initial :math:`\log\sigma^2` of every weight.
         max_log_sigma2: upper clip of :math:`\log\sigma^2`; ``None`` means
             ``GAMMA_MAX_LOG_SIGMA2`` (-8) with the Gamma prior and no clip (20) with ``"ard"``.
@@ -79,21 +95,25 @@ class ARDDropout(AdditiveGaussianDropout):
         self,
         layer: nn.Module,
         *,
-        prior: str = "ard",
+        prior: ARDPrior = "ard",
         a: float = 0.51,
         b: float = 1e-8,
         threshold: float = 3.0,
+        prune_rule: PruneRule = "log_alpha",
+        magnitude_threshold: float = 1e-2,
         init_log_sigma2: float = -10.0,
         max_log_sigma2: float | None = None,
         generator: torch.Generator | None = None,
     ) -> None:
-        prior = check_choice("prior", prior, ARD_PRIORS)
-        a, b = _check_gamma(a, b)
+        prior = check_choice("prior", prior, ARD_PRIORS)  # type: ignore[assignment]
+        a, b = check_gamma(a, b)
         if max_log_sigma2 is None and prior == "gamma":
             max_log_sigma2 = GAMMA_MAX_LOG_SIGMA2
         super().__init__(
             layer,
             threshold=threshold,
+            prune_rule=prune_rule,
+            magnitude_threshold=magnitude_threshold,
             init_log_sigma2=init_log_sigma2,
             max_log_sigma2=max_log_sigma2,
             generator=generator,
@@ -105,43 +125,16 @@ class ARDDropout(AdditiveGaussianDropout):
     def kl_per_weight(self) -> Tensor:
         if self.prior == "ard":
             return kl_ard(self.log_alpha)
-        return kl_ard_gamma(self.theta, self._log_sigma2(), self.a, self.b)
+        ls = self.log_sigma2.clamp(LOG_SIGMA2_MIN, self.max_log_sigma2)
+        return kl_ard_gamma(self.theta, ls, self.a, self.b)
 
-    def _kl_of_log_alpha(self, log_alpha: Tensor, need_grad: bool) -> tuple[Tensor, Tensor | None]:
-        # KL = log(1 + e) / 2 with e = 1 / alpha; dKL/dl = -e / (2 (1 + e)). l is clamped to
-        # [-10, 10]: no overflow.
-        e = log_alpha.neg_().exp_()
-        t = e + 1.0
-        grad = e.div_(t).mul_(-0.5) if need_grad else None
-        return t.log_().mul_(0.5), grad
-
-    def _kl_sum_and_grads(
-        self, theta: Tensor, log_sigma2: Tensor, pruned: Tensor | None, need_grad: bool
-    ) -> tuple[Tensor, Tensor | None, Tensor | None]:
+    def kl(self) -> Tensor:
+        pruned, top = self._pruned(), self.max_log_sigma2
         if self.prior == "ard":
-            return super()._kl_sum_and_grads(theta, log_sigma2, pruned, need_grad)
-        # -R = -s/2 + (a - 1/2) log S - C, S = exp(s) + theta^2 + 2b, s = clamped log sigma^2;
-        # d/ds = -1/2 + (a - 1/2) exp(s) / S, d/dtheta = (2a - 1) theta / S.
-        half = self.a - 0.5
-        ls, ls_clamped = self._clamp_log_sigma2(log_sigma2)
-        sigma2 = ls.exp()
-        big_s = theta.square().add_(sigma2).add_(2.0 * self.b)
-        kl = big_s.log().mul_(half).sub_(ls, alpha=0.5)
-        n_kept = theta.numel()
-        if pruned is not None:
-            kl.masked_fill_(pruned, 0.0)
-            n_kept -= int(pruned.sum())
-        value = kl.sum() - n_kept * ard_gamma_constant(self.a, self.b)
-        if not need_grad:
-            return value, None, None
-        g_ls = sigma2.div_(big_s).mul_(half).sub_(0.5)
-        if ls_clamped is not None:
-            g_ls.masked_fill_(ls_clamped, 0.0)
-        g_theta = theta.div(big_s).mul_(2.0 * half)
-        if pruned is not None:
-            g_ls.masked_fill_(pruned, 0.0)
-            g_theta.masked_fill_(pruned, 0.0)
-        return value, g_theta, g_ls
+            return ard_kl(self.theta, self.log_sigma2, pruned=pruned, max_log_sigma2=top)
+        return ard_gamma_kl(
+            self.theta, self.log_sigma2, self.a, self.b, pruned=pruned, max_log_sigma2=top
+        )
 
     def extra_repr(self) -> str:
         head = f"prior={self.prior!r}"

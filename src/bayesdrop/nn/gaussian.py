@@ -2,63 +2,52 @@
 
 from __future__ import annotations
 
-from typing import Any
+import warnings
+from typing import Any, Literal
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .._validation import check_choice, check_probability
 from ..functional.gaussian import alpha_from_p, gaussian_dropout
-from ..functional.lrt import lrt_conv, lrt_linear, sample_gaussian
+from ..functional.lrt import LRT_LAYERS, layer_options, lrt_sample
 from ._base import DropoutModule
 from .wrapped_layers import check_layer, mask_shape
 
-__all__ = ["GaussianDropout", "KINDS"]
+__all__ = ["GaussianDropout", "NOISE_TYPES", "KINDS", "NoiseType"]
 
-#: Accepted ``kind`` values: ``"A"`` (noise on the inputs), ``"B"`` (noise on the pre-activations).
-KINDS = ("A", "B")
+#: Where the Gaussian noise enters: ``"A"`` on the inputs, ``"B"`` on the weights (sampled
+#: through the pre-activations).
+NoiseType = Literal["A", "B"]
+#: Accepted ``noise`` values: ``"A"`` (noise on the inputs), ``"B"`` (independent weight noise).
+NOISE_TYPES: tuple[NoiseType, ...] = ("A", "B")
+#: Former name of :data:`NOISE_TYPES`.
+KINDS = NOISE_TYPES
 
 
-def _check_lrt_layer(layer: nn.Module | None, kind_of_layer: str | None, owner: str) -> None:
+def resolve_noise(noise: str | None, kind: str | None, owner: str) -> str:
+    """The noise type from ``noise=`` or the deprecated ``kind=`` (warns), checked."""
+    if kind is not None:
+        if noise is not None:
+            raise TypeError(f"{owner}: give noise= only (kind= is its deprecated former name)")
+        warnings.warn(
+            f"{owner}(kind=...) is deprecated; use noise=... (kind named the wrapped layer's "
+            "type elsewhere)",
+            DeprecationWarning,
+            stacklevel=3,
+        )
+        noise = kind
+    return check_choice("noise", "A" if noise is None else noise, NOISE_TYPES)
+
+
+def require_lrt_layer(layer: nn.Module | None, owner: str) -> nn.Module:
     """Type B needs the weights of an ``nn.Linear`` or ``nn.Conv1d/2d/3d``."""
-    if kind_of_layer not in ("linear", "conv"):
+    if not isinstance(layer, LRT_LAYERS):
         got = "no layer" if layer is None else type(layer).__name__
         raise ValueError(
-            f"{owner}(kind='B') must wrap an nn.Linear or nn.Conv1d/2d/3d layer, but got {got}"
+            f"{owner}(noise='B') must wrap an nn.Linear or nn.Conv1d/2d/3d layer, but got {got}"
         )
-
-
-def _lrt_weight(layer: nn.Module | None) -> Tensor:
-    """The weight of a type-B layer (``nn.Linear`` or ``nn.Conv1d/2d/3d``)."""
-    assert isinstance(layer, (nn.Linear, nn.modules.conv._ConvNd))
-    return layer.weight
-
-
-def _lrt_forward(
-    layer: nn.Module | None, x: Tensor, weight_var: Tensor, generator: torch.Generator | None
-) -> Tensor:
-    """Sample the outputs of ``layer`` (Linear/ConvNd) with independent weight noise of variance
-    ``weight_var`` around the layer's weights, via the local reparameterisation trick."""
-    if isinstance(layer, nn.Linear):
-        mean, var = lrt_linear(x, layer.weight, weight_var, layer.bias)
-        return sample_gaussian(mean, var, generator=generator)
-    assert isinstance(layer, nn.modules.conv._ConvNd)
-    padding: str | int | tuple[int, ...] = layer.padding
-    if layer.padding_mode != "zeros":
-        x = F.pad(x, layer._reversed_padding_repeated_twice, mode=layer.padding_mode)
-        padding = 0
-    mean, var = lrt_conv(
-        x,
-        layer.weight,
-        weight_var,
-        layer.bias,
-        stride=layer.stride,
-        padding=padding,
-        dilation=layer.dilation,
-        groups=layer.groups,
-    )
-    return sample_gaussian(mean, var, generator=generator)
+    return layer
 
 
 class GaussianDropout(DropoutModule):
@@ -68,11 +57,11 @@ class GaussianDropout(DropoutModule):
     and variance (:math:`\alpha`) of inverted Bernoulli dropout with that rate, and the read-only
     property :attr:`p` returns :math:`\alpha/(1+\alpha) = p`.
 
-    * ``kind="A"`` multiplies the inputs, :math:`x \odot \xi`, :math:`\xi \sim \mathcal N(1, \alpha)`
+    * ``noise="A"`` multiplies the inputs, :math:`x \odot \xi`, :math:`\xi \sim \mathcal N(1, \alpha)`
       (Srivastava et al. 2014): per feature for the bare form and ``nn.Linear``, per channel for
       ``nn.Conv1d/2d/3d``, per sequence and feature for ``nn.LSTM/GRU/RNN`` (shared over time),
       followed by the wrapped layer.
-    * ``kind="B"`` (needs a wrapped ``nn.Linear`` or ``nn.Conv1d/2d/3d``) samples every
+    * ``noise="B"`` (needs a wrapped ``nn.Linear`` or ``nn.Conv1d/2d/3d``) samples every
       pre-activation from its Gaussian marginal (Wang & Manning 2013; Kingma et al. 2015, eq. 10):
 
       .. math::
@@ -87,7 +76,8 @@ class GaussianDropout(DropoutModule):
         layer: the layer whose inputs (A) or weights (B) carry the noise; ``None`` for the bare
             type A form (then noise is drawn for every element of the input).
         p: drop probability in ``[0, 1)``; ``alpha = p / (1 - p)``.
-        kind: ``"A"`` or ``"B"``.
+        noise: ``"A"`` (default) or ``"B"``.
+        kind: deprecated former name of ``noise`` (warns).
         num_features: optional input size of the bare form, checked against the last dimension.
         generator: optional generator for the noise.
 
@@ -97,7 +87,7 @@ class GaussianDropout(DropoutModule):
     Example:
         >>> import torch
         >>> from torch import nn
-        >>> m = GaussianDropout(nn.Linear(4, 2), p=0.2, kind="B")
+        >>> m = GaussianDropout(nn.Linear(4, 2), p=0.2, noise="B")
         >>> m.p
         tensor([0.2000])
         >>> m(torch.ones(3, 4)).shape
@@ -107,14 +97,17 @@ class GaussianDropout(DropoutModule):
         True
     """
 
+    _p: Tensor
+
     def __init__(
         self,
         layer: nn.Module | None = None,
         *,
         p: float = 0.5,
-        kind: str = "A",
+        noise: NoiseType | None = None,
         num_features: int | None = None,
         generator: torch.Generator | None = None,
+        kind: NoiseType | None = None,
     ) -> None:
         super().__init__(generator)
         if layer is not None and not isinstance(layer, nn.Module):
@@ -122,35 +115,52 @@ class GaussianDropout(DropoutModule):
                 f"layer must be an nn.Module or None, but got {type(layer).__name__} "
                 "(the drop probability is the keyword argument p=)"
             )
-        self.kind = check_choice("kind", kind, KINDS)
+        self.noise = resolve_noise(noise, kind, "GaussianDropout")
         self._p_value = check_probability("p", p, low_open=False)
         self.alpha = alpha_from_p(self._p_value)
         if layer is None and num_features is None:
             self.layer_kind, self.units = None, None
         else:
             self.layer_kind, self.units = check_layer(layer, num_features)
-        if self.kind == "B":
-            _check_lrt_layer(layer, self.layer_kind, "GaussianDropout")
+        if self.noise == "B":
+            require_lrt_layer(layer, "GaussianDropout")
         self.layer = layer
+        # A buffer (not saved in state_dict) so that p follows the module's device and dtype.
+        self.register_buffer(
+            "_p", torch.tensor([self.alpha / (1.0 + self.alpha)]), persistent=False
+        )
+
+    @property
+    def kind(self) -> str:
+        """Deprecated former name of :attr:`noise`."""
+        warnings.warn("GaussianDropout.kind is deprecated; use .noise", DeprecationWarning, 2)
+        return self.noise
 
     @property
     def p(self) -> Tensor:
-        return torch.tensor([self.alpha / (1.0 + self.alpha)])
+        return self._p.clone()
 
     def extra_repr(self) -> str:
         form = f"num_features={self.units}, " if self.layer is None and self.units else ""
-        return f"{form}p={self._p_value}, kind={self.kind!r}"
+        return f"{form}p={self._p_value}, noise={self.noise!r}"
 
     def forward(self, x: Tensor, *args: Any, **kwargs: Any) -> Any:
         """Noise on the inputs (A) or pre-activations (B) when sampling, then the wrapped layer.
 
         A wrapped RNN takes its initial state and PackedSequence inputs as it does alone.
         """
-        if self.kind == "B" and self.sampling and self.alpha != 0.0:
-            assert self.units is not None
+        if self.noise == "B" and self.sampling and self.alpha != 0.0:
+            assert self.units is not None and self.layer is not None
             mask_shape(x, self.layer, self.units)  # shape check only
-            weight = _lrt_weight(self.layer)
-            return _lrt_forward(self.layer, x, self.alpha * weight * weight, self.generator)
+            weight: Tensor = self.layer.weight  # type: ignore[assignment]
+            return lrt_sample(
+                x,
+                weight,
+                self.alpha * weight * weight,
+                self.layer.bias,  # type: ignore[arg-type]
+                generator=self.generator,
+                **layer_options(self.layer),
+            )
         return self._forward_wrapped(x, args, kwargs)
 
     def _drop(self, x: Tensor) -> Tensor:

@@ -1,7 +1,7 @@
 r"""Sparse variational dropout (Molchanov, Ashukha & Vetrov 2017): a learned α per weight.
 
-Cited as [6] in the empirical-Bayes ARD paper (variational-dropout-empirical-bayes-ard.txt), whose
-eq. (4) restates its KL approximation.
+The KL approximation is restated as eq. (4) of Kharitonov, Molchanov & Vetrov (2018). The math
+lives in :mod:`bayesdrop.functional.sparse_variational`.
 """
 
 from __future__ import annotations
@@ -9,8 +9,9 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from ..functional.kl import _K1, _K2, _K3, kl_log_uniform
-from ._additive import AdditiveGaussianDropout
+from ..functional.kl import kl_log_uniform
+from ..functional.sparse_variational import sparse_variational_kl
+from .additive_gaussian import AdditiveGaussianDropout, PruneRule
 
 __all__ = ["SparseVariationalDropout"]
 
@@ -34,7 +35,9 @@ class SparseVariationalDropout(AdditiveGaussianDropout):
     :math:`y \sim \mathcal N(x\theta^\top + b,\ x^2 \sigma^{2\top})` (convolutions likewise); the
     bias shifts the mean only, never the standard deviation. Eval mode is deterministic: the mean
     weights, with every weight whose :math:`\log\alpha` exceeds ``threshold`` set to zero
-    (:func:`bayesdrop.sparsity.prune` makes that permanent). :math:`\log\alpha` is computed as
+    (the paper's rule; ``prune_rule="magnitude"`` drops :math:`|\theta| <`
+    ``magnitude_threshold`` instead, see :class:`~bayesdrop.nn.additive_gaussian.AdditiveGaussianDropout`;
+    :func:`bayesdrop.sparsity.prune` makes it permanent). :math:`\log\alpha` is computed as
     :math:`\log\sigma^2 - \log(\theta^2 + 10^{-16})` and clamped to :math:`[-10, 10]`, so
     :math:`\theta = 0` gives neither NaN values nor NaN gradients.
 
@@ -44,6 +47,10 @@ class SparseVariationalDropout(AdditiveGaussianDropout):
         layer: ``nn.Linear`` or ``nn.Conv1d/2d/3d``; its weight becomes :math:`\theta`.
         threshold: :math:`\log\alpha` above which eval mode drops a weight, in [-10, 10]
             (default 3, i.e. :math:`p > 0.95`, as in the paper).
+        prune_rule: ``"log_alpha"`` (default, by ``threshold``) or ``"magnitude"`` (by
+            ``magnitude_threshold``).
+        magnitude_threshold: with ``prune_rule="magnitude"``, eval mode drops the weights with
+            :math:`|\theta|` below it (default :math:`10^{-2}`).
         init_log_sigma2: initial :math:`\log\sigma^2` of every weight, in [-40, 20].
         max_log_sigma2: optional upper clip of :math:`\log\sigma^2`, in [-40, 20].
         generator: optional generator for the Gaussian noise.
@@ -70,6 +77,8 @@ class SparseVariationalDropout(AdditiveGaussianDropout):
         layer: nn.Module,
         *,
         threshold: float = 3.0,
+        prune_rule: PruneRule = "log_alpha",
+        magnitude_threshold: float = 1e-2,
         init_log_sigma2: float = -10.0,
         max_log_sigma2: float | None = None,
         generator: torch.Generator | None = None,
@@ -77,6 +86,8 @@ class SparseVariationalDropout(AdditiveGaussianDropout):
         super().__init__(
             layer,
             threshold=threshold,
+            prune_rule=prune_rule,
+            magnitude_threshold=magnitude_threshold,
             init_log_sigma2=init_log_sigma2,
             max_log_sigma2=max_log_sigma2,
             generator=generator,
@@ -85,15 +96,7 @@ class SparseVariationalDropout(AdditiveGaussianDropout):
     def kl_per_weight(self) -> Tensor:
         return kl_log_uniform(self.log_alpha, approximation="molchanov")
 
-    def _kl_of_log_alpha(self, log_alpha: Tensor, need_grad: bool) -> tuple[Tensor, Tensor | None]:
-        # KL = k1 s + log(1 + e) / 2 with s = sigmoid(-(k2 + k3 l)), e = exp(-l);
-        # dKL/dl = -k1 k3 s (1 - s) - e / (2 (1 + e)). l is clamped to [-10, 10]: no overflow.
-        s = torch.mul(log_alpha, -_K3).sub_(_K2).sigmoid_()
-        e = log_alpha.neg_().exp_()
-        t = e + 1.0
-        q = e.div_(t) if need_grad else None  # sigmoid(-l)
-        kl = t.log_().mul_(0.5).add_(s, alpha=_K1)
-        if q is None:
-            return kl, None
-        # -q/2 + k1 k3 (s^2 - s), accumulated in q's memory
-        return kl, q.mul_(-0.5).addcmul_(s, s, value=_K1 * _K3).add_(s, alpha=-_K1 * _K3)
+    def kl(self) -> Tensor:
+        return sparse_variational_kl(
+            self.theta, self.log_sigma2, pruned=self._pruned(), max_log_sigma2=self.max_log_sigma2
+        )
