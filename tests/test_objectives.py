@@ -13,7 +13,7 @@ from torch import nn
 
 import bayesdrop
 from bayesdrop import LearnableBernoulliDropout, kl_divergence, objective
-from tests.conftest import all_masks, assert_within_se, bernoulli_log_prob
+from tests.conftest import all_masks, antithetic_regions, assert_within_se, bernoulli_log_prob
 
 N_DATA = 50
 
@@ -209,3 +209,154 @@ def test_rate_param_groups_split_every_family_and_train():
         rate_param_groups(model, rate_lr=-1.0)
     with pytest.raises(TypeError, match="model"):
         rate_param_groups(None)  # type: ignore[arg-type]
+
+
+# ------------------------------------------------------------------------------------------------
+# Batch-coupled layers: the whole-batch form against exact enumeration (uniforms integrated)
+# ------------------------------------------------------------------------------------------------
+
+X2 = torch.tensor([[0.9, -0.4, 1.3], [-0.6, 1.1, 0.2]], dtype=torch.float64)
+Y2 = torch.tensor([0.5, -0.8], dtype=torch.float64)
+LOGIT_P3 = torch.tensor([-0.7, 0.4, 1.1], dtype=torch.float64)
+
+
+def coupled_net(estimator: str, batchnorm: bool = True) -> nn.Sequential:
+    """LBD(Linear(3, 4)) -> [BatchNorm1d] -> tanh -> Linear(4, 1), float64."""
+    torch.manual_seed(5)
+    mid = [nn.BatchNorm1d(4)] if batchnorm else []
+    net = nn.Sequential(
+        LearnableBernoulliDropout(nn.Linear(3, 4), estimator=estimator),
+        *mid,
+        nn.Tanh(),
+        nn.Linear(4, 1),
+    ).double()
+    with torch.no_grad():
+        net[0].logit_p.copy_(LOGIT_P3)
+        if batchnorm:
+            net[1].weight.copy_(torch.tensor([1.5, 0.7, -1.2, 2.0]))
+            net[1].bias.copy_(torch.tensor([0.1, -0.3, 0.2, 0.4]))
+    return net
+
+
+def exact_coupled_gradient(net: nn.Sequential, batchnorm: bool) -> torch.Tensor:
+    """Gradient of E_z[mean_i (out_i - y_i)^2] over all 2^6 joint masks of the batch of 2, with
+    batch statistics computed by hand from each joint mask (independent of objective)."""
+    lbd = net[0]
+    keep = -lbd.logit_p
+    z = all_masks(6).reshape(64, 2, 3)
+    prob = bernoulli_log_prob(z.reshape(64, 6), keep.repeat(2)).exp()
+    h = lbd.layer(X2 * z * (1 + torch.exp(lbd.logit_p)))  # (64, 2, 4)
+    if batchnorm:
+        bn = net[1]
+        mean, var = h.mean(1, keepdim=True), h.var(1, unbiased=False, keepdim=True)
+        h = (h - mean) / torch.sqrt(var + bn.eps) * bn.weight + bn.bias
+    out = net[-1](torch.tanh(h)).squeeze(-1)
+    loss = (prob * ((out - Y2) ** 2).mean(1)).sum()
+    return torch.cat([g.reshape(-1) for g in torch.autograd.grad(loss, list(net.parameters()))])
+
+
+def expected_estimate(net: nn.Sequential, **kw) -> torch.Tensor:
+    """E_u of objective's gradient, by summing over the regions of all 6 uniforms (exact)."""
+    u_all, prob = antithetic_regions((-net[0].logit_p).repeat(2))
+    total = torch.zeros(sum(p.numel() for p in net.parameters()), dtype=torch.float64)
+    for u, w in zip(u_all, prob):
+        net[0]._uniforms = lambda shape, bd, dtype, x, u=u: u.reshape(shape).to(dtype)
+        net.zero_grad()
+        objective(net, X2, Y2, sq_err, 10, kl_weight=0.0, **kw).backward()
+        total += w * grads(net)
+    del net[0]._uniforms
+    return total
+
+
+@pytest.mark.parametrize("estimator", ["arm", "disarm"])
+def test_batchnorm_whole_batch_form_is_exact(estimator):
+    net = coupled_net(estimator)
+    exact = exact_coupled_gradient(net, batchnorm=True)
+    got = expected_estimate(net)  # auto-detected: the whole-batch form
+    assert torch.allclose(got, exact, rtol=1e-9, atol=1e-12), (got[:3], exact[:3])
+    # the per-example form is biased here (what objective computed before): the test has power
+    per_example = expected_estimate(net, coupled=False)
+    assert (per_example[:3] - exact[:3]).abs().max() > 1e-3, (per_example[:3], exact[:3])
+
+
+@pytest.mark.parametrize("estimator", ["arm", "disarm"])
+def test_without_coupling_the_per_example_form_is_used_and_exact(estimator):
+    net = coupled_net(estimator, batchnorm=False)
+    exact = exact_coupled_gradient(net, batchnorm=False)
+    assert torch.allclose(expected_estimate(net), exact, rtol=1e-9, atol=1e-12)
+    # the whole-batch form is unbiased for every model, only noisier
+    assert torch.allclose(expected_estimate(net, coupled=True), exact, rtol=1e-9, atol=1e-12)
+    # one draw: the automatic choice is the per-example form, which differs from the other
+    u = torch.tensor([[0.05, 0.62, 0.93], [0.71, 0.2, 0.47]], dtype=torch.float64)
+    net[0]._uniforms = lambda shape, bd, dtype, x: u.reshape(shape).to(dtype)
+    one = {}
+    for c in (None, False, True):
+        net.zero_grad()
+        objective(net, X2, Y2, sq_err, 10, coupled=c).backward()
+        one[c] = net[0].logit_p.grad.clone()
+    assert torch.equal(one[None], one[False]) and not torch.allclose(one[None], one[True])
+
+
+def test_registered_coupled_type_uses_the_whole_batch_form():
+    class BatchCentre(nn.Module):
+        def forward(self, x):
+            return x - x.mean(0)
+
+    bayesdrop.objectives.register_batch_coupled(BatchCentre)
+    net = coupled_net("disarm", batchnorm=False)
+    net.insert(1, BatchCentre())
+    assert [n for n, _ in bayesdrop.objectives.batch_coupled_modules(net)] == ["1"]
+    u = torch.tensor([[0.05, 0.62, 0.93], [0.71, 0.2, 0.47]], dtype=torch.float64)
+    net[0]._uniforms = lambda shape, bd, dtype, x: u.reshape(shape).to(dtype)
+    g = {}
+    for c in (None, True):
+        net.zero_grad()
+        objective(net, X2, Y2, sq_err, 10, coupled=c).backward()
+        g[c] = net[0].logit_p.grad.clone()
+    assert torch.equal(g[None], g[True])
+    with pytest.raises(TypeError, match="module_types"):
+        bayesdrop.objectives.register_batch_coupled(int)
+
+
+@pytest.mark.parametrize(
+    "bn",
+    [nn.BatchNorm1d(4), nn.SyncBatchNorm(4), nn.LazyBatchNorm1d()],
+    ids=["BatchNorm1d", "SyncBatchNorm", "LazyBatchNorm1d"],
+)
+def test_every_batchnorm_variant_is_detected_and_concat_refused(bn):
+    net = nn.Sequential(LearnableBernoulliDropout(nn.Linear(3, 4)), bn, nn.Linear(4, 1))
+    found = bayesdrop.objectives.batch_coupled_modules(net)
+    assert [n for n, _ in found] == ["1"]
+    x, y = torch.randn(6, 3), torch.randn(6)
+    with pytest.raises(ValueError, match="pair='concat' cannot be used with batch-coupled"):
+        objective(net, x, y, sq_err, 10, pair="concat")
+    net.eval()
+    assert bayesdrop.objectives.batch_coupled_modules(net) == []
+    assert bayesdrop.objectives.batch_coupled_modules(
+        nn.BatchNorm1d(3, track_running_stats=False).eval()
+    )
+
+
+def test_gradient_free_pass_leaves_batchnorm_statistics_alone():
+    torch.manual_seed(0)
+    net = nn.Sequential(
+        nn.Linear(3, 4),
+        LearnableBernoulliDropout(nn.Linear(4, 5)),
+        nn.BatchNorm1d(5, momentum=0.3),
+        nn.Linear(5, 1),
+    )
+    bn = net[2]
+    reference = nn.BatchNorm1d(5, momentum=0.3)
+    reference.load_state_dict(bn.state_dict())
+    seen = []
+    bn.register_forward_pre_hook(lambda m, a: seen.append((torch.is_grad_enabled(), a[0].clone())))
+    x, y = torch.randn(8, 3), torch.randn(8)
+    for split in (None, False):  # the Sequential split and the whole-model path
+        seen.clear()
+        reference.load_state_dict(bn.state_dict())
+        objective(net, x, y, sq_err, 10, split=split).backward()
+        assert [g for g, _ in seen] == [False, True]  # gradient-free pass, then the trained one
+        reference(seen[1][1])  # one plain forward of the trained evaluation's input
+        for name in ("running_mean", "running_var", "num_batches_tracked"):
+            assert torch.equal(getattr(bn, name), getattr(reference, name)), name
+    assert int(bn.num_batches_tracked) == 2  # one per objective step
