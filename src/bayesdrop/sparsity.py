@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import torch
 from torch import nn
 
 from .nn.additive_gaussian import AdditiveGaussianDropout
@@ -17,6 +18,29 @@ from .nn.additive_gaussian import AdditiveGaussianDropout
 __all__ = ["prune", "compression_report", "CompressionReport", "LayerCompression"]
 
 _DENSE = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
+
+
+def _check_model(name: str, model: object) -> nn.Module:
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"{name} must be a torch.nn.Module, but got {type(model).__name__}")
+    return model
+
+
+def _check_finite_weights(model: nn.Module, include_dense: bool) -> None:
+    """Refuse NaN/inf weights: such a weight is neither zero nor kept, so no count is right."""
+    for name, m in model.named_modules():
+        tensors: list[tuple[str, torch.Tensor]] = []
+        if isinstance(m, AdditiveGaussianDropout):
+            tensors = [("weight", m.theta), ("log_sigma2", m.log_sigma2)]
+        elif include_dense and isinstance(m, _DENSE):
+            tensors = [("weight", m.weight)]
+        for what, t in tensors:
+            if not bool(torch.isfinite(t).all()):
+                bad = int((~torch.isfinite(t)).sum())
+                raise ValueError(
+                    f"{name or '<model>'} ({type(m).__name__}) has {bad} NaN or infinite {what} "
+                    "entries; a diverged model cannot be pruned or counted as compressed"
+                )
 
 
 def prune(model: nn.Module) -> dict[str, int]:
@@ -30,6 +54,11 @@ def prune(model: nn.Module) -> dict[str, int]:
 
     Args:
         model: any module.
+
+    Raises:
+        TypeError: if ``model`` is not an ``nn.Module``.
+        ValueError: if a sparse module has a NaN or infinite weight or ``log_sigma2`` (checked
+            for every module before anything is pruned).
 
     Returns:
         For each sparse module, by its name in ``model.named_modules()``, the number of its
@@ -45,6 +74,8 @@ def prune(model: nn.Module) -> dict[str, int]:
         >>> prune(model)
         {'0': 2}
     """
+    _check_model("model", model)
+    _check_finite_weights(model, include_dense=False)
     return {
         name: m.prune()
         for name, m in model.named_modules()
@@ -137,6 +168,10 @@ def compression_report(model: nn.Module, *, include_dense: bool = True) -> Compr
         model: any module.
         include_dense: also count layers not wrapped by a sparse dropout module.
 
+    Raises:
+        TypeError: if ``model`` is not an ``nn.Module`` or ``include_dense`` not a bool.
+        ValueError: if a counted layer has a NaN or infinite weight (or ``log_sigma2``).
+
     Example:
         >>> import torch
         >>> from torch import nn
@@ -148,6 +183,10 @@ def compression_report(model: nn.Module, *, include_dense: bool = True) -> Compr
         >>> (rep.weights, rep.nonzero, rep.ratio)
         (30, 15, 2.0)
     """
+    _check_model("model", model)
+    if not isinstance(include_dense, bool):
+        raise TypeError(f"include_dense must be a bool, but got {type(include_dense).__name__}")
+    _check_finite_weights(model, include_dense)
     sparse = {n: m for n, m in model.named_modules() if isinstance(m, AdditiveGaussianDropout)}
     wrapped = {id(m.layer) for m in sparse.values()}
     layers = []

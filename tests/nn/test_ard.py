@@ -107,3 +107,28 @@ def test_extra_repr_and_defaults() -> None:
 def test_bad_arguments(kwargs: dict, exc: type, match: str) -> None:
     with pytest.raises(exc, match=match):
         ARDDropout(nn.Linear(2, 2), **kwargs)
+
+
+@pytest.mark.parametrize("cls", [ARDDropout, SparseVariationalDropout])
+def test_both_pruning_rules_against_a_hand_count(cls: type) -> None:
+    """log alpha > threshold (Molchanov et al. 2017) and |theta| < 1e-2 (the ARD paper's trim)."""
+    m = cls(nn.Linear(4, 2), prune_rule="magnitude")
+    theta = torch.tensor([[0.5, -0.005, 0.02, 1e-3], [-0.0099, 0.01, -2.0, 0.3]])
+    log_alpha = torch.tensor([[4.0, -1.0, 0.0, 2.5], [1.0, 3.5, 5.0, -2.0]])
+    with torch.no_grad():
+        m.layer.weight.copy_(theta)
+        m.log_sigma2.copy_(log_alpha + theta.square().log())
+    # |theta| < 0.01: -0.005, 1e-3, -0.0099 -> 3 dropped (0.01 itself is kept)
+    magnitude_keep = torch.tensor([[True, False, True, False], [False, True, True, True]])
+    assert torch.equal(m.keep_mask(), magnitude_keep)
+    assert "prune_rule='magnitude', magnitude_threshold=0.01" in repr(m)
+    # log alpha > 3: 4.0, 3.5, 5.0 -> 3 dropped, different weights
+    m.prune_rule = "log_alpha"
+    alpha_keep = torch.tensor([[False, True, True, True], [True, False, False, True]])
+    assert torch.equal(m.keep_mask(), alpha_keep)
+    m.prune_rule = "magnitude"
+    assert m.prune() == 3
+    assert torch.equal(m.layer.weight != 0, magnitude_keep)
+    assert torch.equal(
+        m.eval()(torch.eye(4)), torch.eye(4) @ (theta * magnitude_keep).T + m.layer.bias
+    )
