@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 from torch import nn
@@ -12,10 +14,11 @@ from bayesdrop.conversion import (
     FAMILIES,
     ChannelDropout,
     ConversionReport,
+    DropoutMultiheadAttention,
     SingleRateDropout,
     resolve_family,
 )
-from bayesdrop.nn import DropoutModule, LearnableBernoulliDropout, MCDropout
+from bayesdrop.nn import ConcreteDropout, DropoutModule, LearnableBernoulliDropout, MCDropout
 
 
 def mlp() -> nn.Sequential:
@@ -372,3 +375,60 @@ def test_trace_does_not_touch_the_original_or_the_rng():
             torch.testing.assert_close(v, state[k], rtol=0, atol=0)
     assert report.replacements[0].wrapped == "3"
     assert bn.training  # modes restored / untouched
+
+
+@pytest.mark.parametrize("batch_first", [True, False])
+@pytest.mark.parametrize("kdim", [None, 5])
+def test_dropout_attention_equals_torch_with_dropout_off(batch_first, kdim):
+    """DropoutMultiheadAttention in eval mode is nn.MultiheadAttention, for every mask kind."""
+    torch.manual_seed(0)
+    mha = nn.MultiheadAttention(8, 2, dropout=0.1, batch_first=batch_first, kdim=kdim, vdim=kdim)
+    mha.eval()
+    ours = DropoutMultiheadAttention.from_module(
+        copy.deepcopy(mha), SingleRateDropout(ConcreteDropout(num_features=1))
+    ).eval()
+    tgt, src, n = 4, 6, 3
+    q = torch.randn(n, tgt, 8) if batch_first else torch.randn(tgt, n, 8)
+    k = torch.randn(n, src, kdim or 8) if batch_first else torch.randn(src, n, kdim or 8)
+    pad = torch.zeros(n, src, dtype=torch.bool)
+    pad[0, -2:] = True
+    causal = torch.triu(torch.ones(tgt, src, dtype=torch.bool), 1)
+    cases = [
+        {},
+        {"key_padding_mask": pad},
+        {"key_padding_mask": torch.where(pad, -1e4, 0.0)},
+        {"attn_mask": torch.randn(tgt, src)},
+        {"attn_mask": causal, "key_padding_mask": pad, "is_causal": True},
+        {"attn_mask": torch.randn(n * 2, tgt, src)},
+        {"need_weights": False},
+        {"average_attn_weights": False},
+    ]
+    with torch.no_grad():
+        for kwargs in cases:
+            want, got = mha(q, k, k, **kwargs), ours(q, k, k, **kwargs)
+            torch.testing.assert_close(got[0], want[0], rtol=1e-5, atol=1e-6)
+            if want[1] is None:
+                assert got[1] is None
+            else:
+                torch.testing.assert_close(got[1], want[1], rtol=1e-5, atol=1e-6)
+        q1, k1 = torch.randn(tgt, 8), torch.randn(src, kdim or 8)  # unbatched
+        want, got = mha(q1, k1, k1), ours(q1, k1, k1)
+        torch.testing.assert_close(got[0], want[0], rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(got[1], want[1], rtol=1e-5, atol=1e-6)
+
+
+def test_dropout_attention_drops_probabilities():
+    """Training mode: the returned per-head weights are softmax probabilities times the mask."""
+    torch.manual_seed(0)
+    mha = nn.MultiheadAttention(4, 1, dropout=0.5, batch_first=True)
+    new, report = convert(nn.Sequential(mha), "mc", example_inputs=None)
+    attn = new[0]
+    assert isinstance(attn, DropoutMultiheadAttention) and report.replacements[0].units == 1
+    x = torch.randn(2, 5, 4)
+    with torch.no_grad():
+        _, clean = attn.eval()(x, x, x, average_attn_weights=False)
+        _, noisy = attn.train()(x, x, x, average_attn_weights=False)
+    ratio = noisy[clean > 0] / clean[clean > 0]
+    assert set(ratio.round(decimals=5).unique().tolist()) == {0.0, 2.0}  # 1 / (1 - 0.5)
+    with pytest.raises(ValueError, match="add_bias_kv"):
+        convert(nn.Sequential(nn.MultiheadAttention(4, 1, dropout=0.1, add_bias_kv=True)), "mc")

@@ -13,8 +13,8 @@ import torch.nn.functional as F
 from torch import nn
 
 import bayesdrop
-from bayesdrop.conversion import ChannelDropout
-from bayesdrop.nn import DropoutModule
+from bayesdrop.conversion import ChannelDropout, DropoutMultiheadAttention, SingleRateDropout
+from bayesdrop.nn import DropoutModule, LearnableBernoulliDropout
 
 LEARNED = ["lbd", "concrete", "variational"]
 FAMILIES = [*LEARNED, "gaussian", "mc"]
@@ -122,7 +122,9 @@ def test_convert_train_predict(model_name, family):
     for k, v in model.state_dict().items():
         torch.testing.assert_close(v, before[k], rtol=0, atol=0)
     n_dropouts = sum(isinstance(m, nn.modules.dropout._DropoutNd) for m in model.modules())
-    assert len(report) == n_dropouts
+    n_attention = sum(isinstance(m, nn.MultiheadAttention) for m in model.modules())
+    assert len(report) == n_dropouts + n_attention
+    assert not any(isinstance(m, nn.MultiheadAttention) and m.dropout for m in new.modules())
 
     # eval mode: the converted model is the original (inverted-dropout scaling)
     model.eval()
@@ -165,10 +167,23 @@ def test_transformer_report_and_fast_path():
         # the residual-branch dropouts feed an addition: bare
         assert forms[f"{pre}.dropout1"] == ("bare", None)
         assert forms[f"{pre}.dropout2"] == ("bare", None)
-        # attention-probability dropout is functional inside nn.MultiheadAttention: fixed, said so
-        assert "not learned" in report.fixed[f"{pre}.self_attn"]
+        # attention-probability dropout: nn.MultiheadAttention's functional dropout becomes a module
+        assert forms[f"{pre}.self_attn"] == ("one rate", None)
+        attn = new.encoder.layers[i].self_attn
+        assert isinstance(attn, DropoutMultiheadAttention) and attn.dropout == 0.0
+        assert isinstance(attn.attn_drop, SingleRateDropout)
+        assert isinstance(attn.attn_drop.dropout, LearnableBernoulliDropout)
         assert new.encoder.layers[i].activation_relu_or_gelu == 0
+    assert report.fixed == {}
+    # kept functional on request: then the report says it stays fixed, per layer
+    _, report = bayesdrop.convert(model, "lbd", example_inputs=x, attention=False)
+    assert set(report.fixed) == {"encoder.layers.0.self_attn", "encoder.layers.1.self_attn"}
+    assert "not learned" in report.fixed["encoder.layers.0.self_attn"]
     assert "stays fixed: encoder.layers.0.self_attn" in str(report)
+    _, report = bayesdrop.convert(
+        model, "lbd", example_inputs=x, exclude=["encoder.layers.1.self_attn"]
+    )
+    assert set(report.fixed) == {"encoder.layers.1.self_attn"}
     # the original keeps torch's fast path (the copy alone is changed)
     assert model.encoder.layers[0].activation_relu_or_gelu == 1
 
@@ -202,4 +217,4 @@ def test_mc_prediction_samples_converted_transformer_layers():
     new.embed.weight.requires_grad_(False)
     res = bayesdrop.mc_predict(new, x, num_samples=4, generator=torch.Generator().manual_seed(0))
     assert float(res.samples.std(0).max()) > 0
-    assert sum(isinstance(m, DropoutModule) for m in new.modules()) == 7
+    assert sum(isinstance(m, DropoutModule) for m in new.modules()) == 9  # 7 + 2 attention

@@ -37,10 +37,15 @@ that does not call their submodules; :func:`convert` switches it off on the conv
 (``activation_relu_or_gelu = 0`` and ``use_nested_tensor = False``, the flags that torch's own
 eligibility check reads) so that MC prediction samples the converted modules and sparse families'
 pruned weights are used. ``nn.MultiheadAttention`` applies its attention-probability dropout
-functionally (``F.dropout`` on the probabilities, ``dropout=`` in its constructor): no module can
-replace it, that rate stays fixed and is *off* under :func:`bayesdrop.mc_predict` (MHA is in eval
-mode there); the report lists each such layer. The same holds for the dropout between the layers
-of a stacked ``nn.LSTM/GRU/RNN`` (its ``dropout=`` argument).
+functionally (``F.dropout`` on the probabilities, ``dropout=`` in its constructor), which no module
+replacement can reach: :func:`convert` turns each such layer of the copy into a
+:class:`DropoutMultiheadAttention` (the same computation and parameters, with the dropout as a
+module, ``attn_drop``), so that rate is learned too, with one rate per layer (``attention=False``
+keeps it functional). Dropout that stays functional is fixed, is not learned, and is *off* under
+:func:`bayesdrop.mc_predict` (the layer is in eval mode there); the report lists each such layer
+in :attr:`ConversionReport.fixed`: attention dropout kept with ``attention=False`` or
+``exclude``, and the dropout between the layers of a stacked ``nn.LSTM/GRU/RNN`` (its
+``dropout=`` argument).
 
 The dropout's ``p`` becomes the family's ``init_p`` (learned rates) or ``p`` (fixed rates) when the
 family has one; channel dropout (``nn.Dropout1d/2d/3d``) sets ``channelwise=True`` for families
@@ -52,6 +57,7 @@ from __future__ import annotations
 
 import copy
 import inspect
+import math
 import sys
 import types
 import warnings
@@ -60,6 +66,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.overrides import TorchFunctionMode
 from torch.utils._pytree import tree_leaves
@@ -75,6 +82,7 @@ __all__ = [
     "resolve_family",
     "ChannelDropout",
     "SingleRateDropout",
+    "DropoutMultiheadAttention",
 ]
 
 #: Short names of the families, resolved lazily as attributes of :mod:`bayesdrop.nn`.
@@ -236,6 +244,102 @@ class SingleRateDropout(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return self.dropout(x.unsqueeze(-1)).squeeze(-1)
+
+
+class DropoutMultiheadAttention(nn.MultiheadAttention):
+    r"""``nn.MultiheadAttention`` whose attention-probability dropout is a module, ``attn_drop``.
+
+    .. math::
+        \mathrm{head}_h = \mathrm{drop}\bigl(\mathrm{softmax}(Q_h K_h^\top/\sqrt{d} + M)\bigr)\,V_h,
+
+    with the same projections, masks (``attn_mask``, ``key_padding_mask``; boolean ``True`` =
+    not attended, or float added to the scores), ``batch_first``, ``kdim``/``vdim`` and returned
+    weights as ``nn.MultiheadAttention``'s reference path, but ``drop`` is the module
+    ``attn_drop`` (for instance a :class:`SingleRateDropout` of a learned family) instead of the
+    functional ``F.dropout(p=dropout)``, so it can learn its rate and samples under
+    :func:`bayesdrop.mc_predict`. :func:`convert` turns every ``nn.MultiheadAttention`` with
+    ``dropout > 0`` into this class (same parameters and ``state_dict`` keys, plus those of
+    ``attn_drop``); ``add_bias_kv`` and ``add_zero_attn`` are not supported. The fused fast
+    path of ``nn.MultiheadAttention`` is not used.
+    """
+
+    attn_drop: nn.Module
+
+    @classmethod
+    def from_module(
+        cls, mha: nn.MultiheadAttention, attn_drop: nn.Module
+    ) -> DropoutMultiheadAttention:
+        """Turn ``mha`` itself (not a copy) into this class, with ``attn_drop`` as its dropout."""
+        if mha.bias_k is not None or mha.add_zero_attn:
+            raise ValueError(
+                "nn.MultiheadAttention with add_bias_kv=True or add_zero_attn=True is not "
+                "supported; its attention dropout stays functional (pass attention=False)"
+            )
+        mha.__class__ = cls
+        mha.dropout = 0.0
+        mha.attn_drop = attn_drop
+        assert isinstance(mha, cls)
+        return mha
+
+    def forward(  # type: ignore[override]
+        self,
+        query: Tensor,
+        key: Tensor,
+        value: Tensor,
+        key_padding_mask: Tensor | None = None,
+        need_weights: bool = True,
+        attn_mask: Tensor | None = None,
+        average_attn_weights: bool = True,
+        is_causal: bool = False,
+    ) -> tuple[Tensor, Tensor | None]:
+        if is_causal and attn_mask is None:
+            raise RuntimeError("is_causal=True needs attn_mask (as for nn.MultiheadAttention)")
+        batched = query.dim() == 3
+        if not batched:
+            query, key, value = query.unsqueeze(1), key.unsqueeze(1), value.unsqueeze(1)
+            if key_padding_mask is not None:
+                key_padding_mask = key_padding_mask.unsqueeze(0)
+        elif self.batch_first:
+            query, key, value = (t.transpose(0, 1) for t in (query, key, value))
+        tgt, n, e = query.shape
+        src = key.shape[0]
+        h = self.num_heads
+        d = e // h
+        b = self.in_proj_bias
+        bq, bk, bv = b.chunk(3) if b is not None else (None, None, None)
+        if self._qkv_same_embed_dim:
+            wq, wk, wv = self.in_proj_weight.chunk(3)
+        else:
+            wq, wk, wv = self.q_proj_weight, self.k_proj_weight, self.v_proj_weight
+        q = F.linear(query, wq, bq).reshape(tgt, n, h, d).permute(1, 2, 0, 3)
+        k = F.linear(key, wk, bk).reshape(src, n, h, d).permute(1, 2, 0, 3)
+        v = F.linear(value, wv, bv).reshape(src, n, h, d).permute(1, 2, 0, 3)
+        scores = (q @ k.transpose(-2, -1)) / math.sqrt(d)  # (n, h, tgt, src)
+        for mask, shape in (
+            (
+                attn_mask,
+                (-1, h, tgt, src) if attn_mask is not None and attn_mask.dim() == 3 else (tgt, src),
+            ),
+            (key_padding_mask, (n, 1, 1, src)),
+        ):
+            if mask is None:
+                continue
+            mask = mask.reshape(shape)
+            if mask.dtype == torch.bool:
+                scores = scores.masked_fill(mask, float("-inf"))
+            else:
+                scores = scores + mask.to(scores.dtype)
+        probs = self.attn_drop(torch.softmax(scores, dim=-1))
+        out = (probs @ v).permute(2, 0, 1, 3).reshape(tgt, n, e)
+        out = self.out_proj(out)
+        if self.batch_first and batched:
+            out = out.transpose(0, 1)
+        if not batched:
+            out = out.squeeze(1)
+            probs = probs.squeeze(0)
+        if not need_weights:
+            return out, None
+        return out, probs.mean(-3) if average_attn_weights else probs
 
 
 # --------------------------------------------------------------------------------- tracing
@@ -440,6 +544,7 @@ def convert(
     example_inputs: Any = None,
     exclude: Iterable[str] = (),
     single_rate: Iterable[str] = (),
+    attention: bool = True,
     **options: Any,
 ) -> tuple[nn.Module, ConversionReport]:
     """Return a copy of ``model`` whose ``nn.Dropout*`` layers are replaced by ``family``.
@@ -459,6 +564,10 @@ def convert(
         exclude: dotted names of dropout layers to leave as they are.
         single_rate: dotted names of ``nn.Dropout`` layers that get one rate shared by every
             element (for inputs whose last dimension is not a feature, e.g. a sequence position).
+        attention: also convert the attention-probability dropout of every
+            ``nn.MultiheadAttention`` with ``dropout > 0`` (it becomes a
+            :class:`DropoutMultiheadAttention` whose ``attn_drop`` is the family, one rate per
+            layer); ``False`` keeps it functional and fixed. ``exclude`` may name such a layer.
         **options: passed to every family constructor (they override the carried-over ``p``).
 
     Returns:
@@ -509,7 +618,12 @@ def convert(
             else:
                 index[id(child)] = _Site(child, [full])
                 sites.append(index[id(child)])
-    known = {n for s in sites for n in s.names} | set(alpha)
+    attentions = [
+        (name, m)
+        for name, m in new.named_modules()
+        if isinstance(m, nn.MultiheadAttention) and m.dropout > 0
+    ]
+    known = {n for s in sites for n in s.names} | set(alpha) | {n for n, _ in attentions}
     excluded = _check_names("exclude", exclude, known)
     single = _check_names("single_rate", single_rate, known)
     for full in alpha:
@@ -592,6 +706,22 @@ def convert(
             raise type(err)(f"converting '{site.name}' to {cls.__name__}: {err}") from err
         report.replacements.append(rep)
         converted.append(rep.module)
+    if attention and not isinstance(attention, bool):
+        raise TypeError(f"attention must be a bool, but got {type(attention).__name__}")
+    for name, mha in attentions:
+        if not attention or name in excluded:
+            continue
+        if not has_bare:
+            report.notes.append(
+                f"'{name}': {cls.__name__} has no bare form, so the attention dropout of this "
+                "nn.MultiheadAttention stays functional and fixed"
+            )
+            continue
+        try:
+            report.replacements.append(_attention(cls, params, new, name, mha, options))
+        except (TypeError, ValueError) as err:
+            raise type(err)(f"converting '{name}' to {cls.__name__}: {err}") from err
+        converted.append(f"{name}.attn_drop")
     _fixed_and_fast_paths(model, new, converted, report)
     if any(r.wrapped is None for r in report.replacements) and cls.__name__ in _BARE_CONSEQUENCE:
         report.notes.append(_BARE_CONSEQUENCE[cls.__name__])
@@ -733,6 +863,38 @@ def _bare(
     )
 
 
+def _attention(
+    cls: type,
+    params: dict[str, inspect.Parameter],
+    root: nn.Module,
+    name: str,
+    mha: nn.MultiheadAttention,
+    options: dict[str, Any],
+) -> Replacement:
+    """Make ``mha`` (in the copy) a DropoutMultiheadAttention whose dropout is the family."""
+    p = float(mha.dropout)
+    original = f"{type(mha).__name__}(dropout={p}) attention probabilities"
+    kwargs: dict[str, Any] = {}
+    if "init_p" in params:
+        kwargs["init_p"] = p
+    elif "p" in params:
+        kwargs["p"] = p
+    kwargs.update(options)
+    module: nn.Module
+    if "num_features" in params:
+        kwargs["num_features"] = 1
+        module = SingleRateDropout(cls(**kwargs))
+    else:
+        module = cls(**kwargs)
+    ref = _ref_tensor(mha)
+    if ref is not None:
+        module.to(device=ref.device, dtype=ref.dtype)
+    DropoutMultiheadAttention.from_module(mha, module)
+    return Replacement(
+        name, original, p, f"{name}.attn_drop", None, "one rate", 1, _prior(cls, None)
+    )
+
+
 def _fixed_and_fast_paths(
     model: nn.Module, new: nn.Module, converted: list[str], report: ConversionReport
 ) -> None:
@@ -742,6 +904,8 @@ def _fixed_and_fast_paths(
         return any(c == prefix or c.startswith(prefix + ".") or not prefix for c in converted)
 
     for name, m in model.named_modules():
+        if isinstance(m, nn.MultiheadAttention) and f"{name}.attn_drop" in converted:
+            continue
         if isinstance(m, nn.MultiheadAttention) and m.dropout > 0:
             report.fixed[name] = (
                 f"nn.MultiheadAttention drops attention probabilities functionally "
