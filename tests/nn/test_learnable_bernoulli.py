@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import io
 
 import pytest
@@ -145,3 +146,245 @@ def test_bad_arguments():
 def test_repr_names_the_settings():
     r = repr(LearnableBernoulliDropout(num_features=3, estimator="arm"))
     assert "num_features=3" in r and "'arm'" in r
+
+
+# ------------------------------------------------------------------------------------------------
+# Batch dimension: sequence-first inputs get the masks of the batch-first input they permute
+# ------------------------------------------------------------------------------------------------
+
+
+def _grads(model: nn.Module) -> list[torch.Tensor]:
+    return [p.grad.clone() for p in model.parameters()]
+
+
+def _seeded(model: nn.Module, seed: int) -> nn.Module:
+    for m in model.modules():
+        if isinstance(m, LearnableBernoulliDropout):
+            m.generator = torch.Generator().manual_seed(seed)
+    return model
+
+
+class Tokens(nn.Module):
+    """Per-position LBD(Linear) then a bare LBD, on (*, F) inputs of either layout."""
+
+    def __init__(self):
+        super().__init__()
+        self.a = LearnableBernoulliDropout(nn.Linear(3, 4), init_p=0.4)
+        self.b = LearnableBernoulliDropout(num_features=4, init_p=0.3)
+        self.out = nn.Linear(4, 1)
+
+    def forward(self, x):
+        return self.out(self.b(torch.tanh(self.a(x))))
+
+
+class Recurrent(nn.Module):
+    """LBD(GRU) over the sequence, then LBD(Linear) on the last step's (batch, hidden) output."""
+
+    def __init__(self, batch_first: bool):
+        super().__init__()
+        self.batch_first = batch_first
+        self.rnn = LearnableBernoulliDropout(nn.GRU(3, 5, batch_first=batch_first), init_p=0.3)
+        self.head = LearnableBernoulliDropout(nn.Linear(5, 1), init_p=0.4)
+
+    def forward(self, x):
+        out, _ = self.rnn(x)
+        last = out[:, -1] if self.batch_first else out[-1]
+        return self.head(last)
+
+
+@pytest.mark.parametrize("pair", ["nograd", "concat"])
+@pytest.mark.parametrize("estimator", ["arm", "disarm"])
+def test_sequence_first_linear_and_bare_match_batch_first(pair, estimator):
+    torch.manual_seed(1)
+    bf = Tokens().double()
+    for m in (bf.a, bf.b):
+        m.estimator = estimator
+    sf = copy.deepcopy(bf)
+    x = torch.randn(4, 6, 3, dtype=torch.float64)  # (B, T, F)
+    y = torch.randn(4, dtype=torch.float64)
+
+    def nll_bf(o, t):
+        return (o.squeeze(-1).mean(1) - t) ** 2
+
+    def nll_sf(o, t):
+        return (o.squeeze(-1).mean(0) - t) ** 2
+
+    objective(_seeded(bf, 7), x, y, nll_bf, 50, pair=pair).backward()
+    objective(_seeded(sf, 7), x.transpose(0, 1), y, nll_sf, 50, pair=pair, batch_dim=1).backward()
+    g_bf, g_sf = _grads(bf), _grads(sf)
+    assert bf.a.logit_p.grad.abs().min() > 0  # the pair's masks differ: a real rate gradient
+    for a, b in zip(g_bf, g_sf):
+        assert torch.allclose(a, b, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("pair", ["nograd", "concat"])
+def test_sequence_first_rnn_matches_batch_first(pair):
+    torch.manual_seed(2)
+    bf = Recurrent(batch_first=True).double()
+    sf = Recurrent(batch_first=False).double()
+    sf.load_state_dict(bf.state_dict())
+    x = torch.randn(5, 7, 3, dtype=torch.float64)  # (B, T, F)
+    y = torch.randn(5, dtype=torch.float64)
+    objective(_seeded(bf, 3), x, y, lambda o, t: (o.squeeze(-1) - t) ** 2, 50, pair=pair).backward()
+    objective(
+        _seeded(sf, 3),
+        x.transpose(0, 1),
+        y,
+        lambda o, t: (o.squeeze(-1) - t) ** 2,
+        50,
+        pair=pair,
+        batch_dim=1,
+    ).backward()
+    assert bf.rnn.logit_p.grad.abs().min() > 0
+    for a, b in zip(_grads(bf), _grads(sf)):
+        assert torch.allclose(a, b, rtol=1e-10, atol=1e-12)
+
+
+def test_a_batch_the_module_cannot_see_is_refused_then_coupled_form_works():
+    class Flatten(nn.Module):  # (B, T, F) -> (B*T, F): the module no longer sees the batch
+        def __init__(self):
+            super().__init__()
+            self.lbd = LearnableBernoulliDropout(nn.Linear(3, 1))
+
+        def forward(self, x):
+            return self.lbd(x.reshape(-1, 3)).reshape(x.shape[0], -1)
+
+    m = Flatten()
+    x, y = torch.randn(4, 5, 3), torch.randn(4)
+
+    def nll(o, t):
+        return (o.mean(1) - t) ** 2
+
+    with pytest.raises(ValueError, match="coupled=True"):
+        objective(m, x, y, nll, 10)
+    objective(m, x, y, nll, 10, coupled=True).backward()
+    assert torch.isfinite(m.lbd.logit_p.grad).all()
+    with pytest.raises(ValueError, match="batch_dim"):
+        LearnableBernoulliDropout(nn.Conv1d(2, 2, 1), batch_dim=1)
+    with pytest.raises(ValueError, match="batch_dim"):
+        LearnableBernoulliDropout(nn.Linear(2, 2), batch_dim=-1)
+
+
+# ------------------------------------------------------------------------------------------------
+# Uniforms in float32 whatever the activation dtype
+# ------------------------------------------------------------------------------------------------
+
+
+def _record_uniforms(model: nn.Module) -> list[torch.dtype]:
+    dtypes: list[torch.dtype] = []
+    for m in model.modules():
+        if isinstance(m, LearnableBernoulliDropout):
+            draw = m._uniforms
+
+            def spy(shape, bd, dtype, x, draw=draw):
+                u = draw(shape, bd, dtype, x)
+                dtypes.append(u.dtype)
+                return u
+
+            m._uniforms = spy
+    return dtypes
+
+
+def _record_masks(model: nn.Module) -> list[torch.Tensor]:
+    masks: list[torch.Tensor] = []
+    for m in model.modules():
+        if isinstance(m, LearnableBernoulliDropout):
+            m.layer.register_forward_pre_hook(lambda mod, a: masks.append(a[0] != 0))
+    return masks
+
+
+def _small_net() -> nn.Sequential:
+    torch.manual_seed(4)
+    net = nn.Sequential(
+        LearnableBernoulliDropout(nn.Linear(6, 8)),
+        nn.Tanh(),
+        LearnableBernoulliDropout(nn.Linear(8, 1), estimator="arm"),
+    )
+    with torch.no_grad():  # logits exactly representable in bfloat16 and float16
+        net[0].logit_p.copy_(torch.tensor([-1.5, -0.5, 0.25, 1.0, 0.75, -2.0]))
+        net[2].logit_p.copy_(torch.linspace(-1.75, 1.75, 8))
+    return net
+
+
+@pytest.mark.parametrize("mode", ["bfloat16", "float16", "autocast"])
+def test_low_precision_activations_use_float32_uniforms_and_the_same_masks(mode):
+    x = torch.randn(64, 6) + 2.0  # away from zero: a zero input means a dropped unit
+    y = torch.randn(64)
+
+    def run(net, inputs):
+        masks, dtypes = _record_masks(net), _record_uniforms(net)
+        for m in (net[0], net[2]):
+            m.generator = torch.Generator().manual_seed(9)
+        if mode == "autocast":
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                loss = objective(net, inputs, y, lambda o, t: (o.squeeze(-1).float() - t) ** 2, 99)
+        else:
+            loss = objective(net, inputs, y, lambda o, t: (o.squeeze(-1).float() - t) ** 2, 99)
+        loss.backward()
+        return masks, dtypes, net[0].logit_p.grad.float()
+
+    ref_masks, ref_dtypes, ref_grad = run(_small_net(), x)
+    low = _small_net()
+    if mode != "autocast":
+        low = low.to(getattr(torch, mode))
+        xin = x.to(getattr(torch, mode))
+    else:
+        xin = x
+    masks, dtypes, grad = run(low, xin)
+    assert ref_dtypes == dtypes == [torch.float32] * 4  # 2 modules x 2 passes of the pair
+    assert len(masks) == len(ref_masks) == 4
+    for a, b in zip(masks, ref_masks):
+        assert torch.equal(a, b)
+    # same masks and float32 coefficients: the rate gradient differs only by the low-precision
+    # forward pass (bfloat16 keeps 8 bits)
+    assert torch.allclose(grad, ref_grad, rtol=0.1, atol=0.02 * ref_grad.abs().max())
+
+
+def test_bfloat16_masks_keep_with_the_exact_probability():
+    m = LearnableBernoulliDropout(num_features=50, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        m.logit_p.fill_(1.8)  # keep probability sigmoid(-1.8) = 0.1419
+    keep = torch.sigmoid(torch.tensor(-1.8, dtype=torch.float64)).item()
+    x = torch.ones(200_000, 50, dtype=torch.bfloat16)
+    kept = (m(x) != 0).double().mean().item()
+    se = (keep * (1 - keep) / x.numel()) ** 0.5
+    assert abs(kept - keep) < 4.5 * se, (kept, keep, se)
+    # bfloat16 uniforms would be off by many standard errors: the check has power
+    u = torch.rand(x.shape, dtype=torch.bfloat16, generator=torch.Generator().manual_seed(0))
+    biased = (u < torch.sigmoid(torch.tensor(-1.8, dtype=torch.bfloat16))).double().mean().item()
+    assert abs(biased - keep) > 8 * se, (biased, keep, se)
+
+
+# ------------------------------------------------------------------------------------------------
+# Training outside objective: rates get only the pathwise part (warned once)
+# ------------------------------------------------------------------------------------------------
+
+
+def test_backward_outside_objective_warns_once(monkeypatch):
+    monkeypatch.setattr(LearnableBernoulliDropout, "_warned_pathwise_only", False)
+    m = LearnableBernoulliDropout(nn.Linear(3, 1))
+    x = torch.randn(4, 3)
+    m(x).sum()  # a forward alone (no backward reaches the rates) does not warn
+    with pytest.warns(UserWarning, match="outside bayesdrop.objective"):
+        m(x).sum().backward()
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        m(x).sum().backward()  # once only
+
+
+def test_no_warning_inside_objective_nor_in_eval(monkeypatch):
+    import warnings
+
+    monkeypatch.setattr(LearnableBernoulliDropout, "_warned_pathwise_only", False)
+    m = nn.Sequential(nn.Linear(3, 3), LearnableBernoulliDropout(nn.Linear(3, 1)))
+    x, y = torch.randn(4, 3), torch.randn(4)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        for pair in ("nograd", "concat"):
+            objective(m, x, y, lambda o, t: (o.squeeze(-1) - t) ** 2, 10, pair=pair).backward()
+        m.eval()
+        m[1].mc_sampling = True
+        m(x).sum().backward()  # MC sampling in eval mode is not training
+    assert LearnableBernoulliDropout._warned_pathwise_only is False
