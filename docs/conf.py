@@ -22,4 +22,3 @@ nitpicky = False
 exclude_patterns = ["_build"]
 html_theme = "alabaster"
 # MathJax is loaded by the browser when the pages are read; building needs no network.
-suppress_warnings = ["autodoc.import_object"] if False else []

@@ -1,4 +1,4 @@
-"""Real data sets read offline (see ../shared/DATA.md) and synthetic ones generated in code."""
+"""Real data sets read offline (installed by ``scripts/get-data.sh``, never downloaded at run time) and synthetic ones generated in code."""
 
 from __future__ import annotations
 

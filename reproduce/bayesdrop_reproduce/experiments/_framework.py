@@ -37,7 +37,8 @@ __all__ = [
     "to_jsonable",
     "run_experiment",
     "progress",
-    "timer",
+    "cpu_timer",
+    "clock",
     "torch_threads",
     "single_thread",
     "JSON_KEYS",
@@ -379,14 +380,38 @@ def progress(
 
 
 @contextmanager
-def timer() -> Iterator[dict[str, float]]:
-    """``with timer() as t: ...`` then ``t["s"]`` holds the elapsed seconds."""
+def cpu_timer(cfg: RunConfig) -> Iterator[dict[str, float]]:
+    """``with cpu_timer(cfg) as t: ...`` then ``t["s"]`` holds the seconds the block took, in a
+    clock that does not swing with the machine's load.
+
+    On the CPU the block runs with one torch thread and ``t["s"]`` is the process CPU time
+    (:func:`time.process_time`): other jobs on the machine take turns with it but do not add to
+    it, and there is no second thread whose waiting would. On CUDA it is the wall time between two
+    synchronisations (the GPU's work is not CPU time). :func:`clock` names the clock used.
+    """
     t: dict[str, float] = {}
+    if cfg.device == "cpu":
+        with single_thread(cfg):
+            start = time.process_time()
+            try:
+                yield t
+            finally:
+                t["s"] = time.process_time() - start
+        return
+    torch.cuda.synchronize()
     start = time.perf_counter()
     try:
         yield t
     finally:
+        torch.cuda.synchronize()
         t["s"] = time.perf_counter() - start
+
+
+def clock(cfg: RunConfig) -> str:
+    """The clock :func:`cpu_timer` uses for ``cfg``, in words (for settings and reports)."""
+    if cfg.device == "cpu":
+        return "process CPU time, one torch thread"
+    return f"wall time between CUDA synchronisations ({cfg.device})"
 
 
 @contextmanager

@@ -48,7 +48,7 @@ from bayesdrop.nn.concrete import ConcreteDropout
 from bayesdrop.uncertainty import MCRegression, mc_predict
 
 from ..datasets.cartpole import cartpole_transitions
-from ._framework import Result, RunConfig, progress, single_thread, timer
+from ._framework import Result, RunConfig, cpu_timer, progress
 
 __all__ = ["NAME", "TITLE", "NOISE_STD", "DynamicsModel", "fit_dynamics", "epistemic", "run"]
 
@@ -220,7 +220,7 @@ def run(cfg: RunConfig) -> Result:
 
     variants = {"fixed_noise": NOISE_STD, "learned_tau": None}
     per_variant: dict[str, list[dict]] = {}
-    with timer() as t_all, single_thread(cfg):
+    with cpu_timer(cfg) as t_all:
         for v, (variant, noise_std) in enumerate(variants.items()):
             gen = cfg.generator(3 + 10 * v)
             rows = []

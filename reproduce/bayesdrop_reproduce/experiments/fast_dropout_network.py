@@ -34,7 +34,7 @@ from bayesdrop.functional.fast_dropout import expected_softmax_cross_entropy
 from bayesdrop.nn.fast_dropout import FastDropoutMLP
 
 from ._common import image_split
-from ._framework import Result, RunConfig, progress, timer
+from ._framework import Result, RunConfig, clock, cpu_timer, progress
 
 __all__ = ["NAME", "TITLE", "METHODS", "VAR_FACTOR", "build", "run"]
 
@@ -147,7 +147,7 @@ def run(cfg: RunConfig) -> Result:
         opt = torch.optim.Adam(model.parameters(), lr=lr)
         gen = cfg.generator(300 + k)
         curve = []
-        with timer() as t:
+        with cpu_timer(cfg) as t:
             for _ in range(epochs):
                 model.train()
                 perm = torch.randperm(n, generator=gen).to(x_train.device)
@@ -167,7 +167,8 @@ def run(cfg: RunConfig) -> Result:
             "test_errors_per_epoch": curve,
             "train_seconds": t["s"],
         }
-    # training time includes the per-epoch test evaluation of every method alike
+    # training time (cpu_timer: process CPU time with one torch thread on the CPU) includes the
+    # per-epoch test evaluation of every method alike
     base = results["dropout"]["train_seconds"]
     for m in METHODS:
         results[m]["time_vs_real_dropout"] = results[m]["train_seconds"] / base
@@ -180,7 +181,7 @@ def run(cfg: RunConfig) -> Result:
         table.append(
             {
                 "method": m,
-                "quantity": f"test errors (of {n_test_used}) / error % / training s",
+                "quantity": f"test errors (of {n_test_used}) / error % / training s ({clock(cfg)})",
                 "paper": "—" if paper is None else f"{paper} of 10,000 (MNIST)",
                 "ours": f"{r['test_errors']} / {r['test_error_pct']:.2f}% / "
                 f"{r['train_seconds']:.1f} s ({r['time_vs_real_dropout']:.2f}× real dropout)",
@@ -213,7 +214,8 @@ def run(cfg: RunConfig) -> Result:
         "fast+var": f"alpha = p/(1-p) times {VAR_FACTOR}: input p "
         f"{_inflate(INPUT_P, VAR_FACTOR):.3f}, hidden p {_inflate(HIDDEN_P, VAR_FACTOR):.3f}",
         "fast_dropout_loss": "expected softmax cross-entropy, unscented transform",
-        "timing": "training loop plus a test evaluation per epoch, the same for every method",
+        "timing": f"{clock(cfg)}: training loop plus a test evaluation per epoch, the same for "
+        "every method",
     }
     return Result(
         name=NAME,

@@ -14,7 +14,9 @@ trained through :func:`bayesdrop.objective` with
 
 After warm-up steps, every variant runs a few Adam steps in turn, for several rounds (so a change
 of machine load hits every variant alike); the median seconds per step times the steps per epoch
-is the time per epoch. The number of standard normal draws per step, a deterministic part of the
+is the time per epoch. On the CPU the seconds are process CPU time with one torch thread, so that
+the ratio does not swing with the machine's load (wall time on a loaded machine showed 7.9× where
+a quiet one shows 43–60×); on CUDA, wall time between synchronisations. The number of standard normal draws per step, a deterministic part of the
 cost, is reported beside it.
 """
 
@@ -30,7 +32,7 @@ from torch import Tensor, nn
 from bayesdrop import objective
 
 from ._common import cross_entropy, image_split
-from ._framework import Result, RunConfig, progress, timer
+from ._framework import Result, RunConfig, clock, cpu_timer, progress, single_thread
 from ._weight_noise import WeightNoiseLinear, noise_draws
 from .estimator_variance import INIT_P, mlp
 
@@ -92,11 +94,6 @@ def _stepper(
     return step
 
 
-def _sync(device: str) -> None:
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
-
-
 def run(cfg: RunConfig) -> Result:
     """Time training steps of every variant, interleaved in rounds; report the median per step."""
     torch.manual_seed(cfg.seed)
@@ -110,22 +107,22 @@ def run(cfg: RunConfig) -> Result:
     sizes = [data.in_features, hidden, hidden, hidden, 10]
     steps_per_epoch = math.ceil(len(data.y_train) / batch_size)
     steppers = {}
-    for k, variant in enumerate(VARIANTS):
-        torch.manual_seed(cfg.seed + k)
-        model = build(variant, data.in_features, hidden).to(cfg.device)
-        gen = cfg.generator(100 + k)
-        steppers[variant] = _stepper(model, data.x_train, data.y_train, batch_size, lr, gen)
-        for _ in range(warmup):
-            steppers[variant]()
     times: dict[str, list[float]] = {v: [] for v in VARIANTS}
-    for _ in progress(range(rounds), cfg, f"{NAME} timing rounds"):
-        for variant in VARIANTS:  # interleaved: a load change hits every variant alike
-            _sync(cfg.device)
-            with timer() as t:
-                for _ in range(steps[variant]):
-                    steppers[variant]()
-                _sync(cfg.device)
-            times[variant].append(t["s"] / steps[variant])
+    with single_thread(cfg):  # warm-up and timing with the thread count cpu_timer times with
+        threads = torch.get_num_threads()
+        for k, variant in enumerate(VARIANTS):
+            torch.manual_seed(cfg.seed + k)
+            model = build(variant, data.in_features, hidden).to(cfg.device)
+            gen = cfg.generator(100 + k)
+            steppers[variant] = _stepper(model, data.x_train, data.y_train, batch_size, lr, gen)
+            for _ in range(warmup):
+                steppers[variant]()
+        for _ in progress(range(rounds), cfg, f"{NAME} timing rounds"):
+            for variant in VARIANTS:  # interleaved: a load change hits every variant alike
+                with cpu_timer(cfg) as t:
+                    for _ in range(steps[variant]):
+                        steppers[variant]()
+                times[variant].append(t["s"] / steps[variant])
     per_step = {v: statistics.median(ts) for v, ts in times.items()}
     seconds = {v: per_step[v] * steps_per_epoch for v in VARIANTS}
     ratio = seconds["per-example"] / seconds["VariationalDropout (LRT)"]
@@ -137,7 +134,7 @@ def run(cfg: RunConfig) -> Result:
     paper_ratio = PAPER_SECONDS["per-example"] / PAPER_SECONDS["VariationalDropout (LRT)"]
     table = [
         {
-            "quantity": f"seconds per epoch: {v}",
+            "quantity": f"seconds per epoch ({clock(cfg)}): {v}",
             "paper": f"{PAPER_SECONDS[v]:g} (GPU, MNIST 60k)" if v in PAPER_SECONDS else "–",
             "ours": f"{seconds[v]:.3g}",
             "normal draws per step": f"{draws[v]:.3g}",
@@ -165,7 +162,8 @@ def run(cfg: RunConfig) -> Result:
     verdict = (
         f"{word}: sampling a weight matrix per example is {ratio:.0f}× slower per epoch than "
         f"the library's local reparameterisation (VariationalDropout type B) here "
-        f"({cfg.device}, torch threads={torch.get_num_threads()}, layers {sizes}, batch {batch_size}; "
+        f"({cfg.device}, {clock(cfg)}, torch threads={threads}, layers {sizes}, "
+        f"batch {batch_size}; "
         f"per-round ratios {min(round_ratios):.0f}–{max(round_ratios):.0f}×), against "
         f"{paper_ratio:.0f}× in the paper (GPU, 1635 s vs 7.4 s per epoch, wider layers). It "
         f"draws {draw_ratio:.0f}× more normal numbers and materialises a batch × out × in "
@@ -181,9 +179,9 @@ def run(cfg: RunConfig) -> Result:
         "warmup_steps": warmup,
         "steps_per_epoch": steps_per_epoch,
         "device": cfg.device,
-        "threads": torch.get_num_threads(),
-        "timing": "median seconds per Adam step of bayesdrop.objective over interleaved rounds, "
-        "times steps per epoch",
+        "threads": threads,
+        "timing": f"median seconds ({clock(cfg)}) per Adam step of bayesdrop.objective over "
+        "interleaved rounds, times steps per epoch",
     }
     metrics = {
         "seconds_per_epoch": seconds,

