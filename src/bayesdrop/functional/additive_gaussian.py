@@ -134,14 +134,15 @@ def additive_variance(
 
 
 def log_alpha_kernel(
-    kl_of_log_alpha: Callable[[Tensor, bool], tuple[Tensor, Tensor | None]],
+    kl_of_log_alpha: Callable[[Tensor, Tensor | None], tuple[Tensor, Tensor | None]],
 ) -> ChunkKernel:
     r"""A :data:`ChunkKernel` for a KL that depends on the weights through :math:`\log\alpha` only.
 
-    ``kl_of_log_alpha(log_alpha, need_grad)`` returns the KL *summed* over an already clamped
-    :math:`\log\alpha` (0-dim) and, if asked, :math:`-2k'(\ell)` per weight (the derivative
-    times -2, which saves a pass); it may overwrite its input. With
-    :math:`\ell = \log\sigma^2 - \log(\theta^2+\epsilon)` clamped,
+    ``kl_of_log_alpha(log_alpha, inside)`` gets an already clamped :math:`\ell = \log\alpha`
+    (which it may overwrite) and, when the gradient is wanted, ``inside``: 1.0 where the clamp
+    is inactive and 0.0 where it acts. It returns the KL *summed* (0-dim) and, with ``inside``,
+    :math:`-2k'(\ell)\cdot` ``inside`` per weight (the factor -2 and the mask save passes). With
+    :math:`\ell = \log\sigma^2 - \log(\theta^2+\epsilon)`,
     :math:`\partial\ell/\partial\log\sigma^2 = 1` and
     :math:`\partial\ell/\partial\theta = -2\theta/(\theta^2+\epsilon)` where the clamp is
     inactive, 0 where it acts (as autograd's ``clamp`` gives).
@@ -151,16 +152,15 @@ def log_alpha_kernel(
         theta: Tensor, log_sigma2: Tensor, g_theta: Tensor | None, g_ls: Tensor | None
     ) -> Tensor:
         denom = theta.square().add_(THETA_SQ_EPS)
-        la = torch.sub(log_sigma2, denom.log())
+        la = torch.log(denom)
+        torch.sub(log_sigma2, la, out=la)
         if g_theta is None or g_ls is None:
-            return kl_of_log_alpha(
-                la.clamp_(ADDITIVE_LOG_ALPHA_MIN, ADDITIVE_LOG_ALPHA_MAX), False
-            )[0]
+            la.clamp_(ADDITIVE_LOG_ALPHA_MIN, ADDITIVE_LOG_ALPHA_MAX)
+            return kl_of_log_alpha(la, None)[0]
         la_c = la.clamp(ADDITIVE_LOG_ALPHA_MIN, ADDITIVE_LOG_ALPHA_MAX)
-        inside = la.eq_(la_c)  # 1.0 where the clamp is inactive, else 0.0
-        value, h = kl_of_log_alpha(la_c, True)
+        inside = la.eq_(la_c)
+        value, h = kl_of_log_alpha(la_c, inside)
         assert h is not None
-        h.mul_(inside)  # -2 k'(l), zero where the clamp acts
         torch.mul(h, -0.5, out=g_ls)
         torch.mul(h, theta, out=g_theta).div_(denom)
         return value

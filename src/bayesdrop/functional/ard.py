@@ -131,26 +131,29 @@ def check_gamma(a: float, b: float) -> tuple[float, float]:
     return a, b
 
 
-def ard_kl_and_derivative(log_alpha: Tensor, need_grad: bool) -> tuple[Tensor, Tensor | None]:
+def ard_kl_and_derivative(
+    log_alpha: Tensor, inside: Tensor | None = None
+) -> tuple[Tensor, Tensor | None]:
     r"""ARD KL summed over a clamped :math:`\ell = \log\alpha`, and :math:`-2` times its derivative.
 
     .. math::
         \mathrm{KL} = \sum\tfrac12\log(1 + e^{-\ell}) = -\sum\tfrac12\log\sigma(\ell),\qquad
         -2\,\frac{d\,\mathrm{KL}}{d\ell} = 1 - \sigma(\ell).
 
-    Overwrites ``log_alpha``; no autograd (the fused KL uses it).
+    The derivative is returned only when ``inside`` is given, multiplied by it. Overwrites
+    ``log_alpha``; no autograd (the fused KL uses it).
 
     Example:
         >>> import torch
-        >>> kl, d = ard_kl_and_derivative(torch.tensor([0.0]), True)
+        >>> kl, d = ard_kl_and_derivative(torch.tensor([0.0]), torch.ones(1))
         >>> round(kl.item(), 4), -0.5 * d.item()
         (0.3466, -0.25)
     """
     r = log_alpha.sigmoid_()
     value = r.log().sum() * -0.5
-    if not need_grad:
+    if inside is None:
         return value, None
-    return value, r.neg_().add_(1.0)
+    return value, torch.addcmul(inside, r, inside, value=-1.0, out=r)  # (1 - r) inside
 
 
 _ARD_KERNEL = log_alpha_kernel(ard_kl_and_derivative)

@@ -25,7 +25,9 @@ __all__ = ["molchanov_kl_and_derivative", "sparse_variational_kl"]
 _K1, _K2, _K3 = MOLCHANOV_COEFFICIENTS
 
 
-def molchanov_kl_and_derivative(log_alpha: Tensor, need_grad: bool) -> tuple[Tensor, Tensor | None]:
+def molchanov_kl_and_derivative(
+    log_alpha: Tensor, inside: Tensor | None = None
+) -> tuple[Tensor, Tensor | None]:
     r"""Molchanov KL summed over a clamped :math:`\ell = \log\alpha`, and :math:`-2` times its derivative.
 
     With :math:`s = \sigma(-(k_2 + k_3\ell))` and :math:`r = \sigma(\ell)`:
@@ -34,23 +36,24 @@ def molchanov_kl_and_derivative(log_alpha: Tensor, need_grad: bool) -> tuple[Ten
         \mathrm{KL} = \sum k_1 s - \tfrac12\log r,\qquad
         -2\,\frac{d\,\mathrm{KL}}{d\ell} = 1 - r - 2k_1k_3\,s(s - 1)
 
-    (:math:`\tfrac12\log(1 + 1/\alpha) = -\tfrac12\log\sigma(\ell)`). Overwrites ``log_alpha``.
-    No autograd: the fused KL uses it (tested against autograd through
-    :func:`~bayesdrop.functional.kl_log_uniform`).
+    (:math:`\tfrac12\log(1 + 1/\alpha) = -\tfrac12\log\sigma(\ell)`). The derivative is
+    returned only when ``inside`` is given, multiplied by it (the fused KL passes where the
+    clamp of :math:`\ell` is inactive). Overwrites ``log_alpha``; no autograd (tested against
+    autograd through :func:`~bayesdrop.functional.kl_log_uniform`).
 
     Example:
         >>> import torch
-        >>> kl, d = molchanov_kl_and_derivative(torch.tensor([0.0]), True)
+        >>> kl, d = molchanov_kl_and_derivative(torch.tensor([0.0]), torch.ones(1))
         >>> round(kl.item(), 4), round(-0.5 * d.item(), 4)
         (0.4312, -0.3591)
     """
     s = torch.mul(log_alpha, -_K3).sub_(_K2).sigmoid_()
     r = log_alpha.sigmoid_()
     value = s.sum() * _K1 - 0.5 * r.log().sum()
-    if not need_grad:
+    if inside is None:
         return value, None
-    h = torch.addcmul(r, s, s - 1.0, value=2.0 * _K1 * _K3).neg_().add_(1.0)
-    return value, h
+    x = torch.addcmul(r, s, s - 1.0, value=2.0 * _K1 * _K3, out=r)  # r + 2 k1 k3 s (s - 1)
+    return value, torch.addcmul(inside, x, inside, value=-1.0, out=x)  # (1 - x) inside
 
 
 _KERNEL = log_alpha_kernel(molchanov_kl_and_derivative)
