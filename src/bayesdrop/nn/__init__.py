@@ -3,12 +3,7 @@
 from ._base import DropoutModule
 from .ard import ARDDropout
 from .concrete import ConcreteDropout
-from .fast_dropout import (
-    FastDropoutLinear,
-    FastDropoutLogisticRegression,
-    FastDropoutMLP,
-    MCDropoutLogisticRegression,
-)
+from .fast_dropout import FastDropoutLinear, FastDropoutMLP
 from .gaussian import GaussianDropout
 from .learnable_bernoulli import LearnableBernoulliDropout
 from .mc_dropout import MCDropout
@@ -24,8 +19,15 @@ __all__ = [
     "MCDropout",
     "GaussianDropout",
     "FastDropoutLinear",
-    "FastDropoutLogisticRegression",
     "FastDropoutMLP",
-    "MCDropoutLogisticRegression",
     "VariationalDropout",
 ]
+
+
+def __getattr__(name: str) -> object:
+    # deprecated names, moved to bayesdrop.linear_model (the warning is raised there)
+    if name in ("FastDropoutLogisticRegression", "MCDropoutLogisticRegression"):
+        from . import fast_dropout
+
+        return getattr(fast_dropout, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
