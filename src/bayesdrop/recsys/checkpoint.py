@@ -29,7 +29,7 @@ import io
 import json
 import os
 import pickle
-import zipfile
+import re
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -217,6 +217,15 @@ def write_text_atomic(path: str | os.PathLike[str], text: str) -> None:
 
 
 # ------------------------------------------------------------------------------------ reading
+def _first_sentence(exc: BaseException) -> str:
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(exc)).strip()
+    if not text:
+        return type(exc).__name__
+    first = text.splitlines()[0]
+    cut = first.find(". ")
+    return f"{type(exc).__name__}: {(first[: cut + 1] if cut > 0 else first)[:200]}"
+
+
 def load_checkpoint_file(path: str | os.PathLike[str], map_location: str = "cpu") -> dict[str, Any]:
     """Read a checkpoint with ``weights_only=True``; every failure is a :class:`CheckpointError`
     naming the file (missing, a folder, unreadable, truncated or corrupt, written by something
@@ -236,20 +245,20 @@ def load_checkpoint_file(path: str | os.PathLike[str], map_location: str = "cpu"
     try:
         obj = torch.load(io.BytesIO(raw), map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as exc:
-        first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ""
         raise CheckpointError(
-            f"checkpoint {p} holds objects that are not plain tensors/containers and was "
-            f"refused by torch.load(weights_only=True) (not written by bayesdrop recsys?): {first}"
+            f"checkpoint {p} was refused by torch.load(weights_only=True): it is not a "
+            "bayesdrop recsys checkpoint (it holds objects other than tensors, numbers, "
+            f"strings and containers, or is no torch file at all): {_first_sentence(exc)}"
         ) from None
-    except (RuntimeError, EOFError, ValueError, zipfile.BadZipFile, OSError) as exc:
-        first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+    except Exception as exc:  # torch.load fails in many ways on damaged bytes
         raise CheckpointError(
-            f"checkpoint {p} is truncated or corrupt ({len(raw)} bytes) and cannot be read: {first}"
+            f"checkpoint {p} cannot be read: truncated, corrupt, or not a torch checkpoint "
+            f"({len(raw)} bytes; {_first_sentence(exc)})"
         ) from None
     if not isinstance(obj, dict) or obj.get("format") != FORMAT:
         what = type(obj).__name__ if not isinstance(obj, dict) else "a dictionary without it"
         raise CheckpointError(
-            f"{p} is not a bayesdrop recsys checkpoint (no format marker {FORMAT!r}; found {what})"
+            f"checkpoint {p} is not a bayesdrop recsys checkpoint (no format marker {FORMAT!r}; found {what})"
         )
     version = obj.get("version")
     if version != VERSION:

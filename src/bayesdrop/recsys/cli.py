@@ -178,17 +178,28 @@ def _anneal_steps(text: str) -> int | str:
         ) from None
 
 
-class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
-    """Shows ``(default: ...)`` after every option whose help does not state its default."""
+class _HelpFormatter(argparse.HelpFormatter):
+    """Wraps each paragraph of a description on its own and shows ``(default: ...)`` after
+    every option whose help does not state its default."""
+
+    def _fill_text(self, text: str, width: int, indent: str) -> str:
+        fill = super()._fill_text
+        return "\n\n".join(fill(p, width, indent) for p in text.split("\n\n") if p.strip())
 
     def _get_help_string(self, action: argparse.Action) -> str | None:
         text = action.help or ""
         if (
             "default" in text
             or not action.option_strings
-            or action.default in (None, False, argparse.SUPPRESS)
+            or action.required
+            or action.default is argparse.SUPPRESS
+            or isinstance(action, argparse._HelpAction)
         ):
             return text
+        if action.default is False:
+            return text + " (default: off)"
+        if action.default is None:
+            return text + " (default: none)"
         return text + " (default: %(default)s)"
 
 
