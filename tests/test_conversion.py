@@ -16,6 +16,7 @@ from bayesdrop.conversion import (
     ConversionReport,
     DropoutMultiheadAttention,
     SingleRateDropout,
+    StackedRNN,
     resolve_family,
 )
 from bayesdrop.nn import ConcreteDropout, DropoutModule, LearnableBernoulliDropout, MCDropout
@@ -281,9 +282,15 @@ def test_not_by_class_name_text():
 
 def test_notes():
     lstm = nn.Sequential(nn.Dropout(0.1), nn.LSTM(3, 4, num_layers=2, dropout=0.2))
-    _, report = convert(lstm, "lbd")
+    _, report = convert(lstm, "lbd", rnn=False)
     assert "dropout=0.2" in report.fixed["1"] and "not learned" in report.fixed["1"]
     assert any("one mask per sequence" in n for n in report.notes)
+    new, report = convert(lstm, "lbd")  # the dropout between the layers is converted too
+    assert report.fixed == {} and len(report) == 2
+    assert isinstance(new[1], StackedRNN) and isinstance(new[1].rnns[1], LearnableBernoulliDropout)
+    assert report.replacements[1].original == "LSTM(dropout=0.2) between layers 0 and 1"
+    _, report = convert(lstm, "lbd", exclude=["1"])
+    assert "1" in report.fixed and len(report) == 1
     _, report = convert(nn.Sequential(nn.Linear(2, 2)), "lbd")
     assert len(report) == 0 and "no nn.Dropout" in report.notes[0]
     _, report = convert(nn.Sequential(nn.Dropout(0.1), nn.Conv1d(2, 2, 1)), "lbd")
@@ -432,3 +439,31 @@ def test_dropout_attention_drops_probabilities():
     assert set(ratio.round(decimals=5).unique().tolist()) == {0.0, 2.0}  # 1 / (1 - 0.5)
     with pytest.raises(ValueError, match="add_bias_kv"):
         convert(nn.Sequential(nn.MultiheadAttention(4, 1, dropout=0.1, add_bias_kv=True)), "mc")
+
+
+@pytest.mark.parametrize(
+    ("rnn_type", "options"),
+    [
+        (nn.LSTM, {}),
+        (nn.LSTM, {"proj_size": 3}),
+        (nn.GRU, {"bidirectional": True}),
+        (nn.RNN, {"nonlinearity": "relu"}),
+    ],
+)
+@pytest.mark.parametrize("batch_first", [True, False])
+def test_stacked_rnn_equals_the_multilayer_rnn(rnn_type, options, batch_first):
+    """Dropout off: the stack of one-layer copies is the original, with states and packing."""
+    torch.manual_seed(0)
+    rnn = rnn_type(4, 6, num_layers=3, dropout=0.3, batch_first=batch_first, **options).eval()
+    stack = StackedRNN(rnn).eval()
+    x = torch.randn(2, 5, 4) if batch_first else torch.randn(5, 2, 4)
+    d = 2 if rnn.bidirectional else 1
+    h0 = torch.randn(3 * d, 2, options.get("proj_size", 6))
+    state = (h0, torch.randn(3 * d, 2, 6)) if rnn_type is nn.LSTM else h0
+    with torch.no_grad():
+        for args in ((x,), (x, state)):
+            want, got = rnn(*args), stack(*args)
+            torch.testing.assert_close(got[0], want[0])
+            torch.testing.assert_close(got[1], want[1])
+        packed = nn.utils.rnn.pack_padded_sequence(x, torch.tensor([5, 3]), batch_first=batch_first)
+        torch.testing.assert_close(stack(packed)[0].data, rnn(packed)[0].data)

@@ -13,7 +13,12 @@ import torch.nn.functional as F
 from torch import nn
 
 import bayesdrop
-from bayesdrop.conversion import ChannelDropout, DropoutMultiheadAttention, SingleRateDropout
+from bayesdrop.conversion import (
+    ChannelDropout,
+    DropoutMultiheadAttention,
+    SingleRateDropout,
+    StackedRNN,
+)
 from bayesdrop.nn import DropoutModule, LearnableBernoulliDropout
 
 LEARNED = ["lbd", "concrete", "variational"]
@@ -123,7 +128,9 @@ def test_convert_train_predict(model_name, family):
         torch.testing.assert_close(v, before[k], rtol=0, atol=0)
     n_dropouts = sum(isinstance(m, nn.modules.dropout._DropoutNd) for m in model.modules())
     n_attention = sum(isinstance(m, nn.MultiheadAttention) for m in model.modules())
-    assert len(report) == n_dropouts + n_attention
+    n_between = sum(m.num_layers - 1 for m in model.modules() if isinstance(m, nn.RNNBase))
+    assert len(report) == n_dropouts + n_attention + n_between
+    assert not any(isinstance(m, nn.RNNBase) and m.dropout for m in new.modules())
     assert not any(isinstance(m, nn.MultiheadAttention) and m.dropout for m in new.modules())
 
     # eval mode: the converted model is the original (inverted-dropout scaling)
@@ -204,9 +211,11 @@ def test_lstm_report():
     model, x, _ = data("lstm")
     new, report = bayesdrop.convert(model, "variational", example_inputs=x)
     forms = {r.name: (r.form, r.wrapped) for r in report.replacements}
-    assert forms["embed_drop"] == ("wrapped", "lstm")  # input dropout of the LSTM
+    assert forms["embed_drop"] == ("wrapped", "lstm.rnns.0")  # input dropout of the LSTM
     assert forms["out_drop"] == ("wrapped", "fc")  # out[:, -1] is sliced before the dropout
-    assert "between its stacked layers" in report.fixed["lstm"]
+    # the dropout between the LSTM's two layers: the input dropout of its second layer
+    assert forms["lstm"] == ("wrapped", "lstm.rnns.1")
+    assert isinstance(new.lstm, StackedRNN) and report.fixed == {}
 
 
 def test_mc_prediction_samples_converted_transformer_layers():

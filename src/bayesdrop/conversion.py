@@ -56,6 +56,7 @@ refused unless listed in ``exclude``.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import inspect
 import math
 import sys
@@ -83,6 +84,7 @@ __all__ = [
     "ChannelDropout",
     "SingleRateDropout",
     "DropoutMultiheadAttention",
+    "StackedRNN",
 ]
 
 #: Short names of the families, resolved lazily as attributes of :mod:`bayesdrop.nn`.
@@ -342,6 +344,92 @@ class DropoutMultiheadAttention(nn.MultiheadAttention):
         return out, probs.mean(-3) if average_attn_weights else probs
 
 
+class StackedRNN(nn.Module):
+    """A multi-layer ``nn.LSTM/GRU/RNN`` as a stack of one-layer copies, with dropout modules between.
+
+    ``rnns[i]`` is layer ``i`` (a one-layer RNN with the original's weights of that layer, or a
+    wrapper family around it) and ``drops[i]`` the module applied to its input (``nn.Identity``
+    for the first layer and for wrapped layers, whose wrapper drops the input itself). It takes
+    and returns what the original does: ``(x, h0)`` or ``(x, (h0, c0))`` with states stacked over
+    layers and directions, tensors or :class:`~torch.nn.utils.rnn.PackedSequence`. With every
+    dropout off it computes the original RNN's function. :func:`convert` builds it to turn the
+    dropout *between* the layers (the RNN's ``dropout=`` argument, applied functionally) into a
+    learned family.
+
+    Args:
+        rnn: the multi-layer RNN whose weights are copied.
+    """
+
+    def __init__(self, rnn: nn.RNNBase) -> None:
+        super().__init__()
+        if not isinstance(rnn, nn.RNNBase):
+            raise TypeError(f"rnn must be an nn.LSTM/GRU/RNN, but got {type(rnn).__name__}")
+        self.mode = rnn.mode
+        self.input_size, self.hidden_size = rnn.input_size, rnn.hidden_size
+        self.num_layers, self.batch_first = rnn.num_layers, rnn.batch_first
+        self.bidirectional, self.proj_size = rnn.bidirectional, rnn.proj_size
+        self.dropout = rnn.dropout
+        self.directions = 2 if rnn.bidirectional else 1
+        out = (rnn.proj_size or rnn.hidden_size) * self.directions
+        rnns: list[nn.Module] = []
+        make: Any = type(rnn)  # nn.LSTM/GRU/RNN, same options
+        for i in range(rnn.num_layers):
+            kwargs: dict[str, Any] = {
+                "bias": rnn.bias,
+                "batch_first": rnn.batch_first,
+                "bidirectional": rnn.bidirectional,
+            }
+            if isinstance(rnn, nn.LSTM):
+                kwargs["proj_size"] = rnn.proj_size
+            if isinstance(rnn, nn.RNN):
+                kwargs["nonlinearity"] = rnn.nonlinearity
+            ref = rnn.weight_ih_l0
+            one = make(
+                rnn.input_size if i == 0 else out,
+                rnn.hidden_size,
+                device=ref.device,
+                dtype=ref.dtype,
+                **kwargs,
+            )
+            with torch.no_grad():
+                for name, param in one.named_parameters():
+                    param.copy_(getattr(rnn, name.replace("_l0", f"_l{i}")))
+            rnns.append(one)
+        self.rnns = nn.ModuleList(rnns)
+        self.drops = nn.ModuleList(nn.Identity() for _ in rnns)
+
+    def forward(self, x: Any, hx: Any = None) -> tuple[Any, Any]:
+        lstm = self.mode == "LSTM"
+        d = self.directions
+        hs: list[Tensor] = []
+        cs: list[Tensor] = []
+        for i, (drop, rnn) in enumerate(zip(self.drops, self.rnns)):
+            if not isinstance(drop, nn.Identity):
+                if isinstance(x, nn.utils.rnn.PackedSequence):
+                    x = nn.utils.rnn.PackedSequence(
+                        drop(x.data), x.batch_sizes, x.sorted_indices, x.unsorted_indices
+                    )
+                else:
+                    x = drop(x)
+            if hx is None:
+                x, h = rnn(x)
+            elif lstm:
+                x, h = rnn(x, (hx[0][i * d : (i + 1) * d], hx[1][i * d : (i + 1) * d]))
+            else:
+                x, h = rnn(x, hx[i * d : (i + 1) * d])
+            if lstm:
+                hs.append(h[0])
+                cs.append(h[1])
+            else:
+                hs.append(h)
+        if lstm:
+            return x, (torch.cat(hs), torch.cat(cs))
+        return x, torch.cat(hs)
+
+    def extra_repr(self) -> str:
+        return f"{self.mode}, num_layers={self.num_layers}, batch_first={self.batch_first}"
+
+
 # --------------------------------------------------------------------------------- tracing
 @dataclass
 class _Site:
@@ -545,6 +633,7 @@ def convert(
     exclude: Iterable[str] = (),
     single_rate: Iterable[str] = (),
     attention: bool = True,
+    rnn: bool = True,
     **options: Any,
 ) -> tuple[nn.Module, ConversionReport]:
     """Return a copy of ``model`` whose ``nn.Dropout*`` layers are replaced by ``family``.
@@ -568,6 +657,11 @@ def convert(
             ``nn.MultiheadAttention`` with ``dropout > 0`` (it becomes a
             :class:`DropoutMultiheadAttention` whose ``attn_drop`` is the family, one rate per
             layer); ``False`` keeps it functional and fixed. ``exclude`` may name such a layer.
+        rnn: also convert the dropout between the layers of every stacked ``nn.LSTM/GRU/RNN``
+            with ``dropout > 0``: it becomes a :class:`StackedRNN` (one-layer copies with the
+            same weights; ``state_dict`` keys ``rnns.<i>...``) whose layers ``1..L-1`` take the
+            family as input dropout (wrapped: one mask per sequence, shared over time). ``False``
+            keeps it functional and fixed. ``exclude`` may name such an RNN.
         **options: passed to every family constructor (they override the carried-over ``p``).
 
     Returns:
@@ -623,7 +717,13 @@ def convert(
         for name, m in new.named_modules()
         if isinstance(m, nn.MultiheadAttention) and m.dropout > 0
     ]
-    known = {n for s in sites for n in s.names} | set(alpha) | {n for n, _ in attentions}
+    stacked = [
+        (name, m)
+        for name, m in new.named_modules()
+        if isinstance(m, nn.RNNBase) and m.num_layers > 1 and m.dropout > 0
+    ]
+    known = {n for s in sites for n in s.names} | set(alpha)
+    known |= {n for n, _ in attentions} | {n for n, _ in stacked}
     excluded = _check_names("exclude", exclude, known)
     single = _check_names("single_rate", single_rate, known)
     for full in alpha:
@@ -641,7 +741,13 @@ def convert(
     else:
         feeds, units = _adjacent(new, sites)
 
+    if not isinstance(rnn, bool) or not isinstance(attention, bool):
+        raise TypeError("attention and rnn must be bools")
     report = ConversionReport(cls.__name__)
+    split = [(n, m) for n, m in stacked if rnn and n not in excluded]
+    for name, m in split:
+        parent, _, key = name.rpartition(".")
+        new.get_submodule(parent)._modules[key] = StackedRNN(m)  # type: ignore[arg-type]
     modules = dict(new.named_modules(remove_duplicate=False))
     converted: list[str] = []
     for i, site in enumerate(sites):
@@ -669,6 +775,8 @@ def convert(
                 target, n, why = feeds.get(site.name), units.get(site.name), ""
                 if site.name in single:
                     target, n = None, 1
+            if target is not None and isinstance(modules[target], StackedRNN):
+                target = f"{target}.rnns.0"  # the input dropout of its first layer
             if target is not None and not _wrappable(site, modules[target]):
                 target, why = None, f"it feeds {type(modules[target]).__name__}"
             if wraps and target is not None:
@@ -706,8 +814,23 @@ def convert(
             raise type(err)(f"converting '{site.name}' to {cls.__name__}: {err}") from err
         report.replacements.append(rep)
         converted.append(rep.module)
-    if attention and not isinstance(attention, bool):
-        raise TypeError(f"attention must be a bool, but got {type(attention).__name__}")
+    for name, _ in split:
+        try:
+            report.replacements += _between_layers(cls, params, wraps, has_bare, new, name, options)
+            report.notes.append(
+                f"'{name}' is now a StackedRNN of one-layer copies (state_dict keys "
+                f"'{name}.rnns.<i>...'); the dropout between its layers drew a mask per element "
+                "and time step"
+                + (
+                    "; the wrapped layers draw one per sequence, shared over time (variational "
+                    "RNN dropout, Gal & Ghahramani 2016)"
+                    if wraps
+                    else ", as the bare modules do"
+                )
+            )
+        except (TypeError, ValueError) as err:
+            raise type(err)(f"converting '{name}' to {cls.__name__}: {err}") from err
+        converted.append(name)
     for name, mha in attentions:
         if not attention or name in excluded:
             continue
@@ -722,7 +845,7 @@ def convert(
         except (TypeError, ValueError) as err:
             raise type(err)(f"converting '{name}' to {cls.__name__}: {err}") from err
         converted.append(f"{name}.attn_drop")
-    _fixed_and_fast_paths(model, new, converted, report)
+    _fixed_and_fast_paths(model, new, converted, {n for n, _ in split}, report)
     if any(r.wrapped is None for r in report.replacements) and cls.__name__ in _BARE_CONSEQUENCE:
         report.notes.append(_BARE_CONSEQUENCE[cls.__name__])
     if not sites:
@@ -863,6 +986,55 @@ def _bare(
     )
 
 
+def _between_layers(
+    cls: type,
+    params: dict[str, inspect.Parameter],
+    wraps: bool,
+    has_bare: bool,
+    root: nn.Module,
+    name: str,
+    options: dict[str, Any],
+) -> list[Replacement]:
+    """The family as input dropout of layers 1..L-1 of the StackedRNN at ``name``."""
+    stack = root.get_submodule(name)
+    assert isinstance(stack, StackedRNN)
+    p = float(stack.dropout)
+    out: list[Replacement] = []
+    for i in range(1, stack.num_layers):
+        kwargs: dict[str, Any] = {}
+        if "init_p" in params:
+            kwargs["init_p"] = p
+        elif "p" in params:
+            kwargs["p"] = p
+        kwargs.update(options)
+        layer = stack.rnns[i]
+        original = f"{stack.mode}(dropout={p}) between layers {i - 1} and {i}"
+        sub = f"{name}.rnns.{i}"
+        module: nn.Module
+        if wraps:
+            module = cls(layer, **kwargs)
+            stack.rnns[i] = module
+            rep = Replacement(name, original, p, sub, sub, "wrapped", None, _prior(cls, sub))
+        elif has_bare:
+            features = int(layer.input_size)  # type: ignore[arg-type]
+            if "num_features" in params:
+                kwargs["num_features"] = features
+            module = cls(**kwargs)
+            stack.drops[i] = module
+            sub = f"{name}.drops.{i}"
+            rep = Replacement(name, original, p, sub, None, "bare", features, _prior(cls, None))
+        else:
+            raise ValueError(f"{cls.__name__} has no bare form; exclude=['{name}'] keeps it")
+        ref = _ref_tensor(layer)
+        if ref is not None:
+            module.to(device=ref.device, dtype=ref.dtype)
+        units = getattr(module, "units", None)
+        if isinstance(units, int):
+            rep = dataclasses.replace(rep, units=units)
+        out.append(rep)
+    return out
+
+
 def _attention(
     cls: type,
     params: dict[str, inspect.Parameter],
@@ -896,7 +1068,11 @@ def _attention(
 
 
 def _fixed_and_fast_paths(
-    model: nn.Module, new: nn.Module, converted: list[str], report: ConversionReport
+    model: nn.Module,
+    new: nn.Module,
+    converted: list[str],
+    split: set[str],
+    report: ConversionReport,
 ) -> None:
     """Report the dropout no module applies; switch off fused paths that would skip modules."""
 
@@ -912,7 +1088,7 @@ def _fixed_and_fast_paths(
                 f"(dropout={m.dropout}): the rate stays fixed, is not learned, and is off under "
                 "mc_predict (the layer is in eval mode there)"
             )
-        elif isinstance(m, nn.RNNBase) and m.dropout > 0 and m.num_layers > 1:
+        elif isinstance(m, nn.RNNBase) and m.dropout > 0 and m.num_layers > 1 and name not in split:
             report.fixed[name] = (
                 f"{type(m).__name__}(dropout={m.dropout}) drops between its stacked layers "
                 "functionally: the rate stays fixed, is not learned, and is off under mc_predict"
