@@ -9,6 +9,7 @@ author = "bayesdrop developers"
 release = bayesdrop.__version__
 extensions = [
     "sphinx.ext.autodoc",
+    "sphinx.ext.doctest",  # ".. doctest::" blocks in the guide (run by pytest as well)
     "sphinx.ext.napoleon",
     "sphinx.ext.mathjax",
     "sphinx.ext.viewcode",
