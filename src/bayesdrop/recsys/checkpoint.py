@@ -242,8 +242,10 @@ def load_checkpoint_file(path: str | os.PathLike[str], map_location: str = "cpu"
         raise CheckpointError(f"cannot read checkpoint {p}: {exc.strerror or exc}") from None
     if not raw:
         raise CheckpointError(f"checkpoint {p} is empty (0 bytes)")
+    where = torch.device(map_location)
+    location = "cpu" if where.type == "cpu" else where  # torch.load does not take "cpu:0"
     try:
-        obj = torch.load(io.BytesIO(raw), map_location=map_location, weights_only=True)
+        obj = torch.load(io.BytesIO(raw), map_location=location, weights_only=True)
     except pickle.UnpicklingError as exc:
         raise CheckpointError(
             f"checkpoint {p} was refused by torch.load(weights_only=True): it is not a "

@@ -137,6 +137,15 @@ def _lookup(users: Sequence[Any], index: dict[Any, int], example: Any) -> np.nda
     return np.asarray(rows, dtype=np.int64)
 
 
+def _n_items(model: Any) -> int | None:
+    if isinstance(model, EASE):
+        return None if model.weights is None else int(model.weights.shape[0])
+    if isinstance(model, Popularity):
+        return None if model.counts is None else int(model.counts.size)
+    n = getattr(model, "n_items", None)
+    return int(n) if isinstance(n, int) else None
+
+
 @torch.no_grad()
 def recommend(
     source: str | os.PathLike[str] | TrainedRun | nn.Module | EASE | Popularity,
@@ -201,6 +210,12 @@ def recommend(
         raise TypeError(
             "source must be a checkpoint path, a TrainedRun or a trained model, but got "
             f"{type(source).__name__}"
+        )
+    n_model = _n_items(model)
+    if n_model is not None and n_model != split.n_items:
+        raise ValueError(
+            f"the model scores {n_model} items but the split has {split.n_items}: they were not "
+            "trained together"
         )
     index, hist = user_histories(split)
     example = next(iter(index)) if index else None

@@ -507,6 +507,10 @@ def train(split: CFSplit, cfg: TrainConfig) -> dict[str, Any]:
         TrainingDivergedError: the loss or the parameters became non-finite (the checkpoint
             keeps the last finite epoch).
     """
+    if not isinstance(split, CFSplit):
+        raise TypeError(f"split must be a CFSplit, but got {type(split).__name__}")
+    if not isinstance(cfg, TrainConfig):
+        raise TypeError(f"cfg must be a TrainConfig, but got {type(cfg).__name__}")
     created = _init_distributed(cfg.device)
     try:
         return _train(split, cfg)
@@ -516,10 +520,6 @@ def train(split: CFSplit, cfg: TrainConfig) -> dict[str, Any]:
 
 
 def _train(split: CFSplit, cfg: TrainConfig) -> dict[str, Any]:
-    if not isinstance(split, CFSplit):
-        raise TypeError(f"split must be a CFSplit, but got {type(split).__name__}")
-    if not isinstance(cfg, TrainConfig):
-        raise TypeError(f"cfg must be a TrainConfig, but got {type(cfg).__name__}")
     check_device(cfg.device)
     if cfg.rate_lr is not None and not cfg.model.startswith("sivae"):
         raise ValueError(
