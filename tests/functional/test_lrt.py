@@ -151,3 +151,56 @@ def test_bad_shapes() -> None:
         lrt_conv(torch.randn(3, 4), torch.randn(2, 4, 3), torch.rand(2, 4, 3))
     with pytest.raises(ValueError, match="weight must have 4 dims"):
         lrt_conv(torch.randn(1, 4, 5, 5), torch.randn(2, 4, 3), torch.rand(2, 4, 3))
+
+
+# ------------------------------------------------------------------ lrt_moments / lrt_sample
+@pytest.mark.parametrize(
+    "padding, mode",
+    [(1, "reflect"), ("same", "circular"), ((1, 2), "replicate"), ("valid", "zeros"), (2, "zeros")],
+)
+def test_lrt_moments_conv_padding_modes_match_the_layer(padding, mode) -> None:
+    """The mean is the layer's own output; the variance is the same convolution (same padding
+    mode) of x^2 with the weight variances, both in float64."""
+    from torch import nn as tnn
+
+    from bayesdrop.functional import layer_options, lrt_moments
+
+    torch.manual_seed(0)
+    conv = tnn.Conv2d(2, 3, (3, 5), padding=padding, padding_mode=mode).double()
+    x = torch.randn(2, 2, 9, 11, dtype=torch.float64)
+    w_var = torch.rand(conv.weight.shape, dtype=torch.float64)
+    mean, var = lrt_moments(x, conv.weight, w_var, conv.bias, **layer_options(conv))
+    torch.testing.assert_close(mean, conv(x))
+    sq = tnn.Conv2d(2, 3, (3, 5), padding=padding, padding_mode=mode, bias=False).double()
+    with torch.no_grad():
+        sq.weight.copy_(w_var)
+    torch.testing.assert_close(var, sq(x * x))
+
+
+def test_lrt_sample_value_and_gradients_equal_the_formula() -> None:
+    from bayesdrop.functional import lrt_sample
+
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(4, 3, dtype=torch.float64, generator=g, requires_grad=True)
+    w = torch.randn(2, 3, dtype=torch.float64, generator=g, requires_grad=True)
+    v = torch.rand(2, 3, dtype=torch.float64, generator=g).requires_grad_(True)
+    b = torch.randn(2, dtype=torch.float64, generator=g, requires_grad=True)
+    eps = torch.randn(4, 2, dtype=torch.float64, generator=g)
+    got = lrt_sample(x, w, v, b, eps=eps)
+    ref = x @ w.T + b + ((x * x) @ v.T).sqrt() * eps
+    torch.testing.assert_close(got, ref)
+    gg = torch.autograd.grad(got.square().sum(), (x, w, v, b))
+    rr = torch.autograd.grad(ref.square().sum(), (x, w, v, b))
+    for a, r in zip(gg, rr):
+        torch.testing.assert_close(a, r)
+
+
+def test_layer_options_refuses_other_layers() -> None:
+    from torch import nn as tnn
+
+    from bayesdrop.functional import layer_options, lrt_moments
+
+    with pytest.raises(TypeError, match="layer must be an nn.Linear or nn.Conv1d/Conv2d/Conv3d"):
+        layer_options(tnn.LSTM(2, 2))
+    with pytest.raises(TypeError, match="a linear layer takes no options"):
+        lrt_moments(torch.ones(1, 2), torch.ones(3, 2), torch.ones(3, 2), stride=2)
