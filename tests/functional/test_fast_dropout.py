@@ -20,7 +20,13 @@ from bayesdrop.functional import (
     relu_moments,
     sigmoid_moments,
 )
-from bayesdrop.functional.fast_dropout import _sigma_points
+from bayesdrop.functional.fast_dropout import (
+    DesignMatrix,
+    _sigma_points,
+    as_feature_tensor,
+    expected_sigmoid,
+    linear_logit_moments,
+)
 from tests.conftest import all_masks
 
 F64 = torch.float64
@@ -423,3 +429,141 @@ def test_finite_inputs_give_finite_outputs_at_extreme_legal_values() -> None:
     x = torch.tensor([[1e3, -1e3, 0.0]])
     m, v = fast_dropout_linear(x, None, torch.ones(2, 3), None, 0.999)
     assert bool(torch.isfinite(m).all() and torch.isfinite(v).all())
+
+
+# --------------------------------------------------------------------------- mean of a sigmoid
+SIGMOID_GRID = [
+    (mu, s)
+    for s in (0.0, 0.1, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 200.0)
+    for mu in np.linspace(-3 * s - 8, 3 * s + 8, 21)
+]
+
+
+def _sigmoid_reference() -> np.ndarray:
+    return np.array([expit(mu) if s == 0 else gauss_expect(expit, mu, s) for mu, s in SIGMOID_GRID])
+
+
+def test_expected_sigmoid_quadrature_is_exact_and_probit_within_its_bound() -> None:
+    """Scale-mixture quadrature within 1e-9 of adaptive quadrature over s <= 200 (Gauss-Hermite
+    in Y is 0.05 off at s = 64); the probit formula of eq. 9 within 0.018."""
+    mu = torch.tensor([m for m, _ in SIGMOID_GRID], dtype=F64)
+    var = torch.tensor([s * s for _, s in SIGMOID_GRID], dtype=F64)
+    ref = torch.tensor(_sigmoid_reference())
+    quad = expected_sigmoid(mu, var)
+    assert float((quad - ref).abs().max()) < 1e-9
+    probit = expected_sigmoid(mu, var, method="probit")
+    err = float((probit - ref).abs().max())
+    assert 0.01 < err < 0.018  # measured 0.0177
+    # symmetry E sigma(-Y) = 1 - E sigma(Y) and exactness at s = 0
+    torch.testing.assert_close(expected_sigmoid(-mu, var), 1 - quad, atol=1e-9, rtol=0)
+    zero = torch.zeros_like(mu)
+    torch.testing.assert_close(expected_sigmoid(mu, zero), torch.sigmoid(mu), atol=1e-9, rtol=0)
+
+
+def test_expected_sigmoid_small_probabilities_keep_relative_accuracy() -> None:
+    """Lower tail by exponential tilting: log E sigma(Y) within 1e-8 (relative to the
+    probability) of quadrature, down to probabilities of 1e-300, and finite far beyond."""
+    cases = [(-700.0, 0.0), (-60.0, 0.0), (-40.0, 0.5), (-40.0, 2.0), (-25.0, 4.0), (-9.0, 1.0)]
+    mu = torch.tensor([m for m, _ in cases], dtype=F64)
+    var = torch.tensor([s * s for _, s in cases], dtype=F64)
+    got = expected_sigmoid(mu, var, log=True)
+    for (m, sd), g in zip(cases, got.tolist()):
+        if sd == 0:
+            want = float(log_expit(m))
+        else:
+            c = m + sd * sd / 2  # scale out the size of the result before integrating
+            want = c + math.log(gauss_expect(lambda y, c=c: math.exp(log_expit(y) - c), m, sd))
+        assert abs(g - want) < 1e-8, (m, sd, g, want)
+    far = expected_sigmoid(torch.tensor([-1e4, 1e4]), torch.tensor([1e3, 1e3]), log=True)
+    assert bool(torch.isfinite(far).all())
+
+
+def test_expected_sigmoid_gradients_match_finite_differences() -> None:
+    mu = torch.tensor([-2.0, 0.3, 4.0], dtype=F64, requires_grad=True)
+    var = torch.tensor([0.5, 3.0, 20.0], dtype=F64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda m, v: expected_sigmoid(m, v), (mu, var))
+    assert torch.autograd.gradcheck(lambda m, v: expected_sigmoid(m, v, log=True), (mu, var))
+
+
+def test_expected_softmax_quadrature_two_classes_is_the_logit_difference() -> None:
+    """K = 2: softmax(Y)_1 = sigmoid(Y_1 - Y_0), the difference Gaussian with variance
+    v_0 + v_1 - 2 c_01; against adaptive quadrature. Unscented on (0, Y) is the 4-point rule."""
+    mean = torch.tensor([[0.0, 2.5], [1.0, -0.5]], dtype=F64)
+    cov = torch.tensor([[[0.0, 0.0], [0.0, 9.0]], [[2.0, 0.7], [0.7, 1.5]]], dtype=F64)
+    probs = expected_softmax(mean, cov, "quadrature")
+    for i in range(2):
+        dm = float(mean[i, 1] - mean[i, 0])
+        dv = float(cov[i, 0, 0] + cov[i, 1, 1] - 2 * cov[i, 0, 1])
+        assert abs(float(probs[i, 1]) - gauss_expect(expit, dm, math.sqrt(dv))) < 1e-9
+    torch.testing.assert_close(probs.sum(-1), torch.ones(2, dtype=F64))
+    var = torch.diagonal(cov, dim1=-2, dim2=-1)
+    diag = expected_softmax(mean[:1], var[:1], "quadrature")
+    torch.testing.assert_close(diag, probs[:1])  # zero covariance: the same
+    mu, s = 2.5, 3.0
+    rule = 0.5 * expit(mu) + 0.25 * (expit(mu + math.sqrt(2) * s) + expit(mu - math.sqrt(2) * s))
+    unscented = expected_softmax(mean[:1], var[:1])
+    assert abs(float(unscented[0, 1]) - rule) < 1e-12
+    assert abs(float(unscented[0, 1] - probs[0, 1])) > 0.01  # the coarse rule: 0.0148 off here
+    with pytest.raises(ValueError, match="needs K = 2"):
+        expected_softmax(torch.zeros(1, 3), torch.ones(1, 3), "quadrature")
+
+
+def test_expected_softmax_log_is_log_of_probabilities_and_finite_in_the_tails() -> None:
+    gen = torch.Generator().manual_seed(3)
+    mean = torch.randn(5, 4, generator=gen, dtype=F64) * 3
+    var = torch.rand(5, 4, generator=gen, dtype=F64) * 2
+    for method in ("unscented", "sample"):
+        g1, g2 = torch.Generator().manual_seed(0), torch.Generator().manual_seed(0)
+        p = expected_softmax(mean, var, method, generator=g1)
+        logp = expected_softmax(mean, var, method, generator=g2, log=True)
+        torch.testing.assert_close(logp.exp(), p)
+    far = expected_softmax(torch.tensor([[0.0, 900.0, -900.0]]), torch.ones(1, 3), log=True)
+    assert bool(torch.isfinite(far).all()) and float(far[0, 2]) < -1000
+
+
+# --------------------------------------------------------------------------- linear models
+@pytest.mark.parametrize("covariance", ["diagonal", "full"])
+def test_linear_logit_moments_match_enumeration_dense_and_sparse(covariance: str) -> None:
+    gen = torch.Generator().manual_seed(4)
+    d, k, p = 4, 3, 0.3
+    w = torch.randn(k, d, generator=gen, dtype=F64)
+    b = torch.randn(k, generator=gen, dtype=F64)
+    x = torch.randn(3, d, generator=gen, dtype=F64)
+    x[0, 1] = 0.0
+    z = all_masks(d)
+    prob = ((1 - p) ** z.sum(1)) * (p ** (d - z.sum(1)))
+    logits = (x[:, None, :] * z / (1 - p)) @ w.t() + b  # (3, 2^d, k)
+    m = (prob[:, None] * logits).sum(1)
+    dev = logits - m[:, None, :]
+    cov = torch.einsum("m,nmk,nml->nkl", prob, dev, dev)
+    want = cov if covariance == "full" else torch.diagonal(cov, dim1=-2, dim2=-1)
+    for design in (DesignMatrix(x, F64), DesignMatrix(scipy.sparse.csr_matrix(x.numpy()), F64)):
+        mean, var = linear_logit_moments(design, w, b, p, covariance)
+        torch.testing.assert_close(mean, m)
+        torch.testing.assert_close(var, want)
+    zero_p = linear_logit_moments(DesignMatrix(x, F64), w, b, 0.0, covariance).var
+    assert float(zero_p.abs().max()) == 0.0
+
+
+def test_design_matrix_products_rows_and_masks() -> None:
+    rng = np.random.default_rng(0)
+    dense = rng.normal(size=(6, 5)) * (rng.random((6, 5)) < 0.5)
+    w_t = torch.randn(5, 2, dtype=F64)
+    for x in (dense, scipy.sparse.csr_matrix(dense), torch.tensor(dense).to_sparse_coo()):
+        d = DesignMatrix(x, F64)
+        assert d.n == 6 and d.num_features == 5 and d.dtype == F64
+        torch.testing.assert_close(d.mm(w_t), torch.tensor(dense) @ w_t)
+        torch.testing.assert_close(d.mm_square(w_t), torch.tensor(dense**2) @ w_t)
+        idx = torch.tensor([4, 1])
+        torch.testing.assert_close(d.rows(idx).mm(w_t), torch.tensor(dense[[4, 1]]) @ w_t)
+        # p = 0 keeps every entry: the mask is the identity
+        torch.testing.assert_close(d.mm_masked(w_t, 0.0, None), d.mm(w_t))
+    with pytest.raises(ValueError, match="x must be finite"):
+        DesignMatrix(np.array([[1.0, np.inf]]))
+    with pytest.raises(ValueError, match="x must be 2-d"):
+        as_feature_tensor(np.ones(3))
+    with pytest.raises(TypeError, match="x must be a torch.Tensor"):
+        as_feature_tensor([[1.0]])
+    ro = np.ones((2, 2))
+    ro.setflags(write=False)
+    assert as_feature_tensor(ro).shape == (2, 2)  # read-only arrays are copied, not shared
