@@ -144,7 +144,7 @@ def test_mc_sampling_keeps_batchnorm_statistics():
     model = mlp().train()
     bn = model[4]
     before = bn.running_mean.clone()
-    mc_predict(model, torch.randn(6, 4, dtype=torch.float64), samples=3)
+    mc_predict(model, torch.randn(6, 4, dtype=torch.float64), num_samples=3)
     assert torch.equal(bn.running_mean, before)
     assert model.training  # restored
 
@@ -248,7 +248,7 @@ def test_out_of_memory_halves_the_tiling():
             return self.inner(x)
 
     x = torch.randn(3, 4, generator=gen(0), dtype=torch.float64)
-    res = mc_predict(Limited(model), x, 5, generator=gen(6))
+    res = mc_predict(Limited(model), x, 5, generator=gen(6), max_batch=15)
     assert_same_passes(res.samples, explicit_loop(model, x, 5, seed=6))
     assert calls[0] == 15 and max(calls[1:]) <= 6
 

@@ -1,4 +1,4 @@
-"""Evaluation metrics: classification, segmentation and ranking."""
+"""Evaluation metrics: classification, out-of-distribution detection, segmentation and ranking."""
 
 from .classification import (
     CalibrationBins,
@@ -17,6 +17,7 @@ from .classification import (
     pavpu_curve,
     predictive_entropy,
 )
+from .ood import fpr_at_tpr, ood_aupr, ood_auroc
 from .ranking import ndcg_at_k, recall_at_k, recall_at_k_recbole
 from .segmentation import (
     confusion_matrix,
@@ -48,6 +49,10 @@ __all__ = [
     "entropy_thresholds",
     "p_accurate_given_certain",
     "p_uncertain_given_inaccurate",
+    # out-of-distribution detection
+    "ood_auroc",
+    "ood_aupr",
+    "fpr_at_tpr",
     # segmentation
     "patch_statistics",
     "patch_pavpu",

@@ -20,22 +20,30 @@ For regression with homoscedastic noise precision :math:`\tau`,
 
 from __future__ import annotations
 
+import math
+import time
+import warnings
+import weakref
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .._validation import check_choice, check_int, check_positive
 from ..nn._base import DropoutModule
-from ._randomness import PerSampleRandomness, Untileable
+from ._per_sample_streams import PerSampleRandomness, Untileable
 
 __all__ = [
     "mc_predict",
     "mc_sampling",
     "sample_seeds",
+    "tile_choice",
+    "clear_tile_choices",
+    "NoSamplingWarning",
     "MCClassification",
     "MCRegression",
     "TASKS",
@@ -57,6 +65,10 @@ _PLAIN_DROPOUT = (
     nn.FeatureAlphaDropout,
 )
 _SEED_HIGH = 2**62
+
+
+class NoSamplingWarning(UserWarning):
+    """:func:`mc_predict` ran several passes and all gave the same output: nothing sampled."""
 
 
 @dataclass(frozen=True)
@@ -151,14 +163,37 @@ def mc_sampling(model: nn.Module) -> Iterator[nn.Module]:
 
 
 # --------------------------------------------------------------------------- helpers
-def sample_seeds(samples: int, generator: torch.Generator | None = None) -> list[int]:
-    """The per-pass seeds :func:`mc_predict` uses: ``torch.randint(0, 2**62, (samples,))``.
+def _resolve_num_samples(num_samples: int | None, samples: int | None, where: str) -> int:
+    """``num_samples``, accepting the deprecated keyword ``samples=`` for one release."""
+    if samples is not None:
+        if num_samples is not None:
+            raise TypeError(f"{where}() got num_samples and samples; pass num_samples only")
+        warnings.warn(
+            f"{where}(samples=...) is deprecated and will be removed in the next release; use "
+            "num_samples=... (the name of the result's attribute)",
+            DeprecationWarning,
+            stacklevel=3,
+        )
+        num_samples = samples
+    return check_int("num_samples", 10 if num_samples is None else num_samples)
+
+
+def sample_seeds(
+    num_samples: int | None = None,
+    generator: torch.Generator | None = None,
+    *,
+    samples: int | None = None,
+) -> list[int]:
+    """The per-pass seeds :func:`mc_predict` uses: ``torch.randint(0, 2**62, (num_samples,))``.
 
     Drawn on the CPU from ``generator`` (or from the global generator when ``None``).
+    ``samples=`` is the deprecated name of ``num_samples``.
     """
-    samples = check_int("samples", samples)
+    if num_samples is None and samples is None:
+        raise TypeError("sample_seeds() needs num_samples, the number of MC passes")
+    num_samples = _resolve_num_samples(num_samples, samples, "sample_seeds")
     dev = generator.device if generator is not None else "cpu"
-    seeds = torch.randint(0, _SEED_HIGH, (samples,), generator=generator, device=dev)
+    seeds = torch.randint(0, _SEED_HIGH, (num_samples,), generator=generator, device=dev)
     return [int(s) for s in seeds.tolist()]
 
 
@@ -189,35 +224,208 @@ def _entropy(probs: Tensor, dim: int) -> Tensor:
     return -torch.special.xlogy(p, p).sum(dim)
 
 
-def _to_probs(out: Tensor, output: str, class_dim: int) -> Tensor:
-    if output == "logits":
-        if out.dim() <= class_dim or out.shape[class_dim] < 2:
-            raise ValueError(
-                f"output='logits' needs at least 2 classes along class_dim={class_dim}, but the "
-                f"model returned shape {tuple(out.shape)}; use output='binary_logits' for one logit"
-            )
-        return torch.softmax(out, dim=class_dim)
-    if output == "binary_logits":
-        q = torch.sigmoid(out.squeeze(-1) if out.dim() > 1 and out.shape[-1] == 1 else out)
-        return torch.stack([1.0 - q, q], dim=class_dim)
-    if out.dim() <= class_dim:
-        raise ValueError(f"the model output {tuple(out.shape)} has no class_dim={class_dim}")
-    total = out.sum(class_dim)
-    tol = 1e-3 if out.dtype in (torch.float16, torch.bfloat16) else 1e-4
-    dev = float((total - 1).abs().max()) if total.numel() else 0.0
-    if bool((out < 0).any()) or dev > tol:
-        raise ValueError(
-            "output='probs' needs model outputs that are probabilities summing to one along "
-            f"class_dim={class_dim}, but the largest deviation from one is {dev:.3g}"
-        )
-    return out
+def _sampling_layers(model: nn.Module) -> list[str]:
+    """Names of the modules that sample under :func:`mc_sampling`."""
+    return [
+        name or type(m).__name__
+        for name, m in model.named_modules()
+        if isinstance(m, (DropoutModule, *_PLAIN_DROPOUT))
+    ]
+
+
+# --------------------------------------------------------------------------- tiling strategy
+#: A larger tile is kept only when its time per pass is at least this fraction below the best.
+_MARGIN = 0.05
+#: Outputs of passes are turned into probabilities and entropies in blocks of this many elements.
+_BLOCK = 1 << 16
+#: Consecutive candidate tiles that are not faster after which the search stops.
+_MISSES = 2
+#: Timed calls per candidate tile (the fastest counts, so one pre-empted call does not decide).
+_REPS = 2
+
+
+@dataclass
+class _TilePlan:
+    """How many passes one forward call holds, for one model and one kind of input.
+
+    The choice is measured on the passes :func:`mc_predict` runs anyway (their results are kept,
+    so measuring costs no extra forward pass): one untimed warm-up pass, then tiles of 1, 2, 4,
+    ... passes (the last candidate is all the passes of a call), each timed in ``_REPS`` calls.
+    A tile replaces the best so far only when *each* of its timings per pass is at least
+    ``_MARGIN`` below the best one's fastest; ``_MISSES`` tiles in a row that do not end the
+    search (a small model may gain nothing from 2 passes per call but much from 8). A
+    measurement may continue over several :func:`mc_predict` calls (a tile larger than the
+    passes left in a call is measured in a later call that has room for it).
+    """
+
+    chosen: int | None = None
+    warm: bool = False
+    trying: int = 1
+    best: int = 1
+    best_time: float = math.inf
+    misses: int = 0
+    tried_all: bool = False
+    times: list[float] = field(default_factory=list)
+
+    def next(self, remaining: int, total: int) -> tuple[int, bool]:
+        """Passes for the next forward call (``remaining`` of ``total`` left) and whether to
+        time it."""
+        if self.chosen is None and self.trying > total:
+            if self.best >= total or self.tried_all:
+                self.chosen = self.best
+            else:
+                self.trying, self.times, self.tried_all = total, [], True
+        if self.chosen is not None:
+            return min(self.chosen, remaining), False
+        if not self.warm:
+            return 1, False
+        if self.trying <= remaining:
+            return self.trying, True
+        return min(self.best, remaining), False
+
+    def record(self, passes: int, seconds: float | None) -> None:
+        """Note a finished call (``seconds`` is ``None`` when it was not timed)."""
+        self.warm = True
+        if seconds is None or self.chosen is not None or passes != self.trying:
+            return
+        self.times.append(seconds / passes)
+        if len(self.times) < _REPS:
+            return
+        fastest, slowest, self.times = min(self.times), max(self.times), []
+        if passes == 1:
+            self.best_time, self.trying = fastest, 2
+        elif slowest < self.best_time * (1.0 - _MARGIN):
+            self.best, self.best_time, self.misses = passes, fastest, 0
+            self.trying = 2 * passes
+        else:
+            self.misses += 1
+            if self.misses == _MISSES:
+                self.chosen = self.best
+            self.trying = 2 * passes
+
+    def settle(self, passes: int) -> None:
+        """Fix the tile at ``passes`` (after a failure of a larger one)."""
+        self.chosen = max(1, min(passes, self.chosen or passes))
+        self.best = self.chosen
+
+
+_PLANS: weakref.WeakKeyDictionary[nn.Module, dict[tuple[Any, ...], _TilePlan]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def _plan_key(inputs: Sequence[Tensor], batch_dim: int, exact: bool) -> tuple[Any, ...]:
+    shapes = tuple((tuple(t.shape), t.dtype, str(t.device)) for t in inputs)
+    return (shapes, batch_dim, bool(exact), torch.get_num_threads())
+
+
+def _plan_for(model: nn.Module, key: tuple[Any, ...]) -> _TilePlan:
+    plans = _PLANS.setdefault(model, {})
+    plan = plans.get(key)
+    if plan is None:
+        plan = plans[key] = _TilePlan()
+    return plan
+
+
+def tile_choice(
+    model: nn.Module,
+    x: Tensor | Sequence[Tensor],
+    *,
+    batch_dim: int = 0,
+    exact: bool = True,
+) -> int | None:
+    """Passes per forward call that :func:`mc_predict` has settled on for ``model`` and inputs
+    shaped like ``x`` (``None`` while it is still measuring or before the first call).
+
+    Multiply by the batch size to get the ``max_batch`` that fixes the same tiling.
+
+    Example:
+        >>> import torch
+        >>> from torch import nn
+        >>> model = nn.Sequential(nn.Linear(4, 8), nn.Dropout(0.5), nn.Linear(8, 3))
+        >>> tile_choice(model, torch.zeros(5, 4)) is None
+        True
+    """
+    inputs = _check_inputs(x)
+    plans = _PLANS.get(model)
+    plan = None if plans is None else plans.get(_plan_key(inputs, batch_dim, exact))
+    return None if plan is None else plan.chosen
+
+
+def clear_tile_choices(model: nn.Module | None = None) -> None:
+    """Forget the measured tiling of ``model`` (of every model when ``None``): the next
+    :func:`mc_predict` call measures again (e.g. after the machine's load has changed)."""
+    if model is None:
+        _PLANS.clear()
+    else:
+        _PLANS.pop(model, None)
+
+
+def _clock(device: torch.device) -> float:
+    """Process CPU time on a CPU with one torch thread (what a pass costs, whatever else runs
+    on the machine); otherwise wall time, after synchronising a GPU."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    elif device.type == "cpu" and torch.get_num_threads() == 1:
+        return time.process_time()
+    return time.perf_counter()
+
+
+def _default_generators(device: torch.device) -> list[torch.Generator]:
+    """The generators a single pass draws from: the CPU's, and ``device``'s when it is a GPU."""
+    gens = [torch.default_generator]
+    if device.type == "cuda":
+        index = device.index if device.index is not None else torch.cuda.current_device()
+        gens.append(torch.cuda.default_generators[index])
+    return gens
+
+
+@contextmanager
+def _default_generators_restored(device: torch.device) -> Iterator[None]:
+    """Restore the default generators after a block that reseeds them (single passes)."""
+    gens = _default_generators(device)
+    saved = [g.get_state() for g in gens]
+    try:
+        yield
+    finally:
+        for g, state in zip(gens, saved):
+            g.set_state(state)
+
+
+@contextmanager
+def _without_module_generators(model: nn.Module) -> Iterator[None]:
+    """Set the ``generator`` of every bayesdrop module to ``None`` for a block (restored after):
+    the passes draw from their own streams, never from a module's generator."""
+    saved = [(m, m.generator) for m in model.modules() if isinstance(m, DropoutModule)]
+    try:
+        for m, _ in saved:
+            m.generator = None
+        yield
+    finally:
+        for m, gen in saved:
+            m.generator = gen
+
+
+def _foreign_generators(model: nn.Module) -> bool:
+    """Whether a module other than a bayesdrop one keeps a ``torch.Generator`` attribute (its
+    draws are then redirected by the torch-function mode, also for single passes)."""
+    return any(
+        isinstance(v, torch.Generator)
+        for m in model.modules()
+        if not isinstance(m, DropoutModule)
+        for v in vars(m).values()
+    )
+
+
+class _TiledOutputMismatch(RuntimeError):
+    """A tiled call's output does not hold the tiled batch (retried one pass per call)."""
 
 
 # --------------------------------------------------------------------------- the entry point
 def mc_predict(
     model: nn.Module,
     x: Tensor | Sequence[Tensor],
-    samples: int = 10,
+    num_samples: int | None = None,
     *,
     task: str = "classification",
     output: str = "logits",
@@ -230,41 +438,74 @@ def mc_predict(
     keep_samples: bool = True,
     moments_method: str = "unscented",
     exact: bool = True,
+    samples: int | None = None,
 ) -> MCClassification | MCRegression:
-    r"""Predict with ``samples`` stochastic passes of ``model`` (MC dropout for any dropout model).
+    r"""Predict with ``num_samples`` stochastic passes of ``model`` (MC dropout for any dropout model).
 
     The passes run under :func:`mc_sampling` (dropout layers sample, every other module is in
     eval mode) and :func:`torch.no_grad`; every module's mode is restored afterwards.
 
-    **Vectorisation.** The ``S`` passes are tiled into the batch (sample-major: rows
-    ``s*B .. (s+1)*B - 1`` of a pass hold sample ``s``), as many per forward call as
-    ``max_batch`` rows allow (all of them by default). When a tiled call runs out of memory the
-    number of samples per call is halved and the call retried.
+    **Tiling.** Several passes can run in one forward call, tiled into the batch (sample-major:
+    rows ``s*B .. (s+1)*B - 1`` of a call hold pass ``s``). Whether that pays depends on the
+    device and the model: on a GPU, or for a small model, one call of ``c*B`` rows costs much
+    less than ``c`` calls of ``B``; on a CPU a large model is no faster per example in a larger
+    batch and can be slower (a convolutional network whose tiled activations leave the cache).
+    With ``max_batch=None`` the tile is *measured*: the first calls for a model and an input
+    shape time their own passes at 1, 2, 4, ... passes per call, up to all of them (one untimed
+    warm-up pass first, two timed calls per tile; process CPU time on a CPU with one torch
+    thread, wall time otherwise), double the tile while both timings are at least 5% faster per
+    pass than the best so far, and keep the best; the choice is cached per model, input shapes, dtype, device,
+    ``batch_dim``, ``exact`` and torch thread count (:func:`tile_choice` reads it,
+    :func:`clear_tile_choices` forgets it). The measured passes are part of the result, so
+    measuring costs no extra pass, and the results do not depend on the tile (see below).
+    ``max_batch`` fixes the tile instead: at most that many rows per call (at least one pass,
+    ``B`` rows, is always run together). When a tiled call runs out of memory the tile is
+    halved and the call retried; when a model cannot run a tiled batch at all (it returns
+    another batch size, or fails on it) while one pass per call works, one pass per call is
+    used.
 
     **Randomness.** Pass ``s`` draws all its noise from generators seeded with
-    ``seeds[s] = sample_seeds(S, generator)[s]``: its outputs equal exactly those of
+    ``seeds[s] = sample_seeds(num_samples, generator)[s]``: its outputs equal exactly those of
 
     .. code-block:: python
 
-        seeds = bayesdrop.uncertainty.sample_seeds(S, generator)
+        seeds = bayesdrop.uncertainty.sample_seeds(num_samples, generator)
         with bayesdrop.uncertainty.mc_sampling(model), torch.no_grad():
-            for s in range(S):
+            for s in range(num_samples):
                 torch.manual_seed(seeds[s])
                 outputs.append(model(x))
 
-    whatever the tiling (``max_batch``), because every random draw of a tiled call is split
-    along the batch and each sample's slice comes from that sample's own stream (see
-    :mod:`bayesdrop.uncertainty._randomness` for the draws covered). The noise is identical
-    bit for bit; the outputs agree up to the floating-point rounding of kernels whose
-    reduction order depends on the batch size (matrix products may differ in the last bit). Modules' own ``generator``
-    attributes are overridden during the call. A model whose noise has no batch dimension (weight
-    noise drawn once per pass) is run one sample per call automatically.
+    whatever the tiling, because every random draw of a tiled call is split along the batch and
+    each pass's slice comes from that pass's own stream (see
+    :mod:`bayesdrop.uncertainty._per_sample_streams` for the draws covered). The noise is
+    identical bit for bit; the outputs agree up to the floating-point rounding of kernels whose
+    reduction order depends on the batch size (matrix products may differ in the last bit).
+    Modules' own ``generator`` attributes are overridden during the call. A model whose noise has
+    no batch dimension (weight noise drawn once per pass) is run one pass per call
+    automatically.
 
     ``exact=False`` trades the tiling invariance for speed on GPUs: each tiled call draws every
-    noise tensor whole (one kernel instead of one per sample) from the stream seeded with the
-    seed of its first sample. Results are then reproducible for a fixed ``generator`` and
-    ``max_batch`` but change with the tiling; noise without a batch dimension still falls back
-    to one sample per call, so the passes stay independent.
+    noise tensor whole (one kernel instead of one per pass) from the stream seeded with the
+    seed of its first pass. Results are then reproducible for a fixed ``generator`` and
+    ``max_batch`` but change with the tiling, so the tile is not measured: ``max_batch=None``
+    runs all passes in one call. Noise without a batch dimension still falls back to one pass
+    per call, so the passes stay independent.
+
+    **Models that mix the rows of a batch.** Tiling assumes that each row's output depends on
+    that row only, as it does for every layer under :func:`mc_sampling` (batch-norm uses its
+    running statistics there). A model whose forward mixes rows (attention across the batch
+    dimension, a custom normalisation over the batch, a pooled batch summary) would see the
+    other passes' rows in a tiled call, and its result would change with the tile: pass
+    ``max_batch=B`` (the batch size of ``x``) to run one pass per call, which is exactly the loop
+    above.
+
+    **Passes that did not sample.** If two or more passes are all identical (up to rounding) the
+    model did not sample: its mutual information and model variance are zero for that reason
+    only. A :class:`NoSamplingWarning` says so, naming the likely cause: no dropout layer that
+    samples under :func:`mc_sampling` (``nn.Dropout*`` or a bayesdrop module), or functional
+    dropout written as ``F.dropout(x, p, self.training)``, which is off because the model is in
+    eval mode during MC prediction. Turn it into an error with
+    ``warnings.simplefilter("error", NoSamplingWarning)``.
 
     **Moment models.** A model with an ``output_moments(x) -> (mean, var)`` method (the fast
     dropout modules) is answered from the Gaussian moments of its output without sampling:
@@ -278,33 +519,41 @@ def mc_predict(
         model: the network; its forward takes ``x`` (a tuple/list is unpacked) and returns a
             Tensor.
         x: a batch, or a tuple/list of tensors sharing the batch dimension ``batch_dim``.
-        samples: number of passes :math:`S \ge 1`.
+        num_samples: number of passes :math:`S \ge 1` (10 when not given).
         task: ``"classification"`` or ``"regression"``.
         output: for classification, what the model returns: ``"logits"`` (softmax is applied
-            along ``class_dim``; log-probabilities work too), ``"probs"`` or ``"binary_logits"``.
-        class_dim: class dimension of the output (1: ``(N, C)`` and ``(N, C, H, W)``).
+            along ``class_dim``; log-probabilities work too), ``"probs"`` (probabilities along
+            ``class_dim``) or ``"binary_logits"`` (one logit per example, shape ``(B,)`` or
+            ``(B, 1)``; the result has the two classes along dimension 1).
+        class_dim: class dimension of the model output (1: ``(B, C)`` and ``(B, C, H, W)``).
         noise_precision: regression only: homoscedastic noise precision :math:`\tau > 0`
             added to the variance as :math:`1/\tau`.
         generator: source of the per-pass seeds (CPU or the device's generator); ``None`` uses
             the global generator (so ``torch.manual_seed`` makes results reproducible).
-        max_batch: at most this many rows per forward call (at least one sample, ``B`` rows, is
-            always run together); ``None`` tiles all samples into one call.
+        max_batch: at most this many rows per forward call; ``None`` measures the fastest tile
+            (see above; with ``exact=False`` it runs all passes in one call).
         batch_dim: batch dimension of ``x`` (1 for sequence-first RNN inputs).
         output_batch_dim: batch dimension of the model output (default ``batch_dim``).
         keep_samples: keep the per-pass outputs (``samples``); ``False`` keeps running sums only.
         moments_method: ``method=`` passed to ``expected_softmax`` for moment models.
-        exact: per-sample random streams (tiling-invariant, the default) or one stream per
+        exact: per-pass random streams (tiling-invariant, the default) or one stream per
             tiled call (faster on GPUs, see above).
+        samples: deprecated name of ``num_samples`` (it warns; removed in the next release).
 
     Returns:
         :class:`MCClassification` or :class:`MCRegression`.
+
+    Raises:
+        ValueError, TypeError: for arguments out of range, an output without the batch or class
+            dimension, or non-finite outputs; messages name the argument and use the shapes of
+            one pass (the batch size of ``x``), never those of a tiled call.
 
     Example:
         >>> import torch
         >>> from torch import nn
         >>> model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Dropout(0.5), nn.Linear(8, 3))
         >>> g = torch.Generator().manual_seed(0)
-        >>> res = mc_predict(model, torch.randn(5, 4, generator=g), samples=20, generator=g)
+        >>> res = mc_predict(model, torch.randn(5, 4, generator=g), num_samples=20, generator=g)
         >>> res.probs.shape, res.samples.shape, res.mutual_information.shape
         (torch.Size([5, 3]), torch.Size([20, 5, 3]), torch.Size([5]))
         >>> bool((res.mutual_information >= 0).all())
@@ -312,11 +561,18 @@ def mc_predict(
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be an nn.Module, but got {type(model).__name__}")
-    samples = check_int("samples", samples)
+    num_samples = _resolve_num_samples(num_samples, samples, "mc_predict")
     check_choice("task", task, TASKS)
     check_choice("output", output, OUTPUTS)
-    if isinstance(class_dim, bool) or not isinstance(class_dim, int):
-        raise TypeError(f"class_dim must be an int, but got {type(class_dim).__name__}")
+    for name, dim in (("class_dim", class_dim), ("batch_dim", batch_dim)):
+        if isinstance(dim, bool) or not isinstance(dim, int):
+            raise TypeError(f"{name} must be an int, but got {type(dim).__name__}")
+    if output_batch_dim is not None and (
+        isinstance(output_batch_dim, bool) or not isinstance(output_batch_dim, int)
+    ):
+        raise TypeError(
+            f"output_batch_dim must be an int or None, but got {type(output_batch_dim).__name__}"
+        )
     if noise_precision is not None:
         if task != "regression":
             raise ValueError("noise_precision is only meaningful for task='regression'")
@@ -328,9 +584,14 @@ def mc_predict(
     if max_batch is not None:
         max_batch = check_int("max_batch", max_batch)
     inputs = _check_inputs(x)
-    for t in inputs:
-        if t.dim() <= batch_dim:
-            raise ValueError(f"x has no batch dimension {batch_dim}: shape {tuple(t.shape)}")
+    for i, t in enumerate(inputs):
+        where = "x" if len(inputs) == 1 else f"x[{i}]"
+        if t.dim() <= batch_dim or t.dim() < -batch_dim:
+            raise ValueError(
+                f"{where} has no batch dimension batch_dim={batch_dim}: shape {tuple(t.shape)}"
+            )
+        if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+            raise ValueError(f"{where} must be finite, but it contains NaN or inf")
     batch = int(inputs[0].shape[batch_dim])
     if batch < 1:
         raise ValueError("x must hold at least one example")
@@ -346,97 +607,298 @@ def mc_predict(
     if callable(moments):
         return _from_moments(model, inputs, task, class_dim, noise_var, moments_method)
 
-    seeds = sample_seeds(samples, generator)
-    acc = _Accumulator(task, output, class_dim, keep_samples)
-    per_call = samples if max_batch is None else max(1, max_batch // batch)
+    seeds = sample_seeds(num_samples, generator)
+    acc = _Accumulator(task, output, class_dim, keep_samples, batch, obd, num_samples)
+    # exact=False results depend on the tile, so its tile is never measured (all passes at once)
+    measure = max_batch is None and exact
+    plan = _plan_for(model, _plan_key(inputs, batch_dim, exact)) if measure else None
+    cap = num_samples if max_batch is None else max(1, max_batch // batch)
+    device = inputs[0].device
+    direct = not _foreign_generators(model)
     done = 0
-    with mc_sampling(model), torch.no_grad():
-        while done < samples:
-            c = min(per_call, samples - done)
+    with (
+        mc_sampling(model),
+        _without_module_generators(model),
+        _default_generators_restored(device),
+        torch.no_grad(),
+    ):
+        while done < num_samples:
+            remaining = num_samples - done
+            c, timed = plan.next(remaining, num_samples) if plan is not None else (remaining, False)
+            if c > cap:
+                c, timed = cap, False
+            chunk = seeds[done : done + c]
+            failed = False
             try:
-                out = _tiled_pass(model, inputs, seeds[done : done + c], batch, batch_dim, exact)
+                start = _clock(device) if timed else 0.0
+                outs = _passes(model, inputs, chunk, batch, batch_dim, obd, exact, direct)
+                elapsed = _clock(device) - start if timed else None
             except Untileable:
                 if c == 1:
                     raise
-                per_call = 1
-                continue
-            except (RuntimeError, torch.cuda.OutOfMemoryError) as err:
-                if not _is_oom(err) or c == 1:
+                cap = 1
+            except Exception as err:
+                if c == 1:
                     raise
-                per_call = max(1, c // 2)
-                if torch.cuda.is_available():
-                    torch.cuda.empty_cache()
+                if _is_oom(err):
+                    cap = max(1, c // 2)
+                    if torch.cuda.is_available():
+                        torch.cuda.empty_cache()
+                else:
+                    failed = True
+            else:
+                if plan is not None:
+                    plan.record(c, elapsed)
+                acc.add(outs, done)
+                done += c
                 continue
-            if not isinstance(out, Tensor):
-                raise TypeError(f"model must return a Tensor, but it returned {type(out).__name__}")
-            if out.dim() <= obd or out.shape[obd] != c * batch:
-                raise ValueError(
-                    f"the model output {tuple(out.shape)} has no batch dimension "
-                    f"output_batch_dim={obd} of size {c * batch}; set output_batch_dim"
-                )
-            acc.add(out.unflatten(obd, (c, batch)).movedim(obd, 0))
-            done += c
-    return acc.result(noise_var)
+            if failed:
+                # the tiled call failed: one pass reports a real error in the terms of x (its
+                # batch size and shapes, not the tiled ones); if one pass works, the model
+                # cannot run tiled batches and gets one pass per call
+                outs = _passes(model, inputs, chunk[:1], batch, batch_dim, obd, exact, direct)
+                cap = 1
+                acc.add(outs, done)
+                done += 1
+            if plan is not None:
+                plan.settle(cap)
+    return acc.result(noise_var, model)
 
 
-def _tiled_pass(
+def _passes(
     model: nn.Module,
     inputs: tuple[Tensor, ...],
     seeds: list[int],
     batch: int,
     batch_dim: int,
+    obd: int,
     exact: bool,
-) -> Any:
-    tiled = [_tile(t, len(seeds), batch_dim) for t in inputs]
-    with PerSampleRandomness(seeds, batch, batch_dim, split=exact):
-        return model(*tiled)
+    direct: bool,
+) -> Tensor:
+    """Run ``len(seeds)`` passes in one call; the outputs as ``(passes, *one_pass_shape)``."""
+    c = len(seeds)
+    if c == 1 and direct:
+        # one pass: seeding the default generators is the same stream as the per-sample one
+        # and spares every op of the forward the dispatch through the torch-function mode
+        # (the caller restores the default generators when the passes are done)
+        for g in _default_generators(inputs[0].device):
+            g.manual_seed(seeds[0])
+        out = model(*inputs)
+    else:
+        tiled = [_tile(t, c, batch_dim) for t in inputs]
+        with PerSampleRandomness(seeds, batch, batch_dim, split=exact):
+            out = model(*tiled)
+    if not isinstance(out, Tensor):
+        raise TypeError(f"model must return a Tensor, but it returned {type(out).__name__}")
+    if out.dim() <= obd or out.dim() < -obd or out.shape[obd] != c * batch:
+        if c > 1:
+            raise _TiledOutputMismatch
+        raise ValueError(
+            f"for x with {batch} examples along batch_dim={batch_dim} the model returned shape "
+            f"{tuple(out.shape)}, which does not hold them along output_batch_dim={obd}; set "
+            "output_batch_dim to the output's batch dimension"
+        )
+    return out.unflatten(obd, (c, batch)).movedim(obd, 0)
 
 
 class _Accumulator:
-    """Running statistics over passes (keeps the passes themselves when asked)."""
+    """Running statistics over passes (keeps the passes themselves when asked).
 
-    def __init__(self, task: str, output: str, class_dim: int, keep: bool) -> None:
+    Checks the output of one pass in the caller's terms (its shape, ``class_dim``) and notes
+    whether any two passes differ.
+    """
+
+    def __init__(
+        self,
+        task: str,
+        output: str,
+        class_dim: int,
+        keep: bool,
+        batch: int,
+        obd: int,
+        total: int,
+    ) -> None:
         self.task, self.output, self.class_dim, self.keep = task, output, class_dim, keep
-        self.parts: list[Tensor] = []
+        self.batch, self.obd, self.total = batch, obd, total
+        self.cd = 1  # class dimension of one pass's probabilities (set by the first check)
+        self.checked = False
+        # with keep: every pass's probabilities (outputs) and entropies (squares), preallocated
+        # so that they are written once, in place
+        self.kept: Tensor | None = None
+        self.kept2: Tensor | None = None
         self.n = 0
         self.sum: Tensor | None = None
         self.sum2: Tensor | None = None  # squared outputs (regression) or entropies
+        self.first: Tensor | None = None
+        self.varied = False
+        self.pending: list[Tensor] = []
+        self.pending_size = 0
 
-    @property
-    def _stacked_class_dim(self) -> int:
-        return self.class_dim + 1 if self.class_dim >= 0 else self.class_dim
+    def _check(self, shape: tuple[int, ...]) -> None:
+        nd = len(shape)
+        if self.task == "regression":
+            return
+        if self.output == "binary_logits":
+            if not (nd == 1 or (nd == 2 and shape[1] == 1)) or self.obd not in (0, -nd):
+                raise ValueError(
+                    "output='binary_logits' needs one logit per example, shape "
+                    f"({self.batch},) or ({self.batch}, 1) for x with {self.batch} examples, "
+                    f"but the model returned {shape}; use output='logits' for several classes"
+                )
+            self.cd = 1
+            return
+        cd = self.class_dim + nd if self.class_dim < 0 else self.class_dim
+        if not 0 <= cd < nd:
+            raise ValueError(
+                f"class_dim={self.class_dim} is not a dimension of the model output, whose shape "
+                f"is {shape} for x with {self.batch} examples"
+            )
+        if cd == (self.obd + nd if self.obd < 0 else self.obd):
+            raise ValueError(
+                f"class_dim={self.class_dim} is the batch dimension of the model output {shape}; "
+                "set class_dim to the dimension that holds the classes"
+            )
+        if shape[cd] < 2:
+            if self.output == "logits":
+                raise ValueError(
+                    f"output='logits' needs at least 2 classes along class_dim={self.class_dim}, "
+                    f"but the model returned shape {shape}; use output='binary_logits' for one "
+                    "logit per example"
+                )
+            raise ValueError(
+                f"output='probs' needs at least 2 classes along class_dim={self.class_dim}, but "
+                f"the model returned shape {shape}"
+            )
+        self.cd = cd
 
-    def add(self, outs: Tensor) -> None:
-        """``outs``: ``(c, *out_shape)`` outputs of ``c`` passes."""
+    def _probs(self, outs: Tensor, into: Tensor | None) -> tuple[Tensor, Tensor]:
+        """Per-pass probabilities ``(c, *shape)`` and their entropies (class dim removed)."""
+        cd = self.cd + 1
+        if self.output == "logits":
+            logp = torch.log_softmax(outs, dim=cd)
+            p = logp.exp() if into is None else torch.exp(logp, out=into)
+            h = -(p * logp).sum(cd)
+            if not math.isfinite(float(h.sum())):
+                # 0 log 0 = 0 for -inf logits (masked classes): clamping keeps 0 * finite
+                h = -(p * logp.clamp_min(torch.finfo(logp.dtype).min)).sum(cd)
+            return p, h
+        if self.output == "binary_logits":
+            z = outs.reshape(outs.shape[0], self.batch)
+            q = torch.sigmoid(z)
+            h = -(q * F.logsigmoid(z) + (1.0 - q) * F.logsigmoid(-z))
+            return torch.stack([1.0 - q, q], dim=2), h
+        total = outs.sum(cd)
+        tol = 1e-3 if outs.dtype in (torch.float16, torch.bfloat16) else 1e-4
+        dev = float((total - 1).abs().max()) if total.numel() else 0.0
+        if bool((outs < 0).any()) or dev > tol:
+            raise ValueError(
+                "output='probs' needs model outputs that are probabilities summing to one along "
+                f"class_dim={self.class_dim}, but the largest deviation from one is {dev:.3g}"
+            )
+        return outs, _entropy(outs, cd)
+
+    def add(self, outs: Tensor, first_pass: int) -> None:
+        """``outs``: ``(c, *out_shape)`` outputs of passes ``first_pass .. first_pass + c - 1``.
+
+        Outputs wait in a block of about ``_BLOCK`` elements and are turned into probabilities
+        and entropies a block at a time: a few large ops instead of a dozen small ones per pass
+        (what makes a pass-at-a-time ``mc_predict`` as fast as a loop of ``softmax(model(x))``).
+        """
+        if not self.checked:
+            self._check(tuple(outs.shape[1:]))
+            self.checked = True
+        if not outs.is_floating_point():
+            raise TypeError(
+                f"the model must return a floating tensor, but it returned {outs.dtype}"
+            )
+        if self.first is None:
+            self.first = outs[0]
+        if not self.varied:
+            ref = self.first
+            scale = float(ref.abs().max()) if ref.numel() else 0.0
+            rtol = 1e-10 if ref.dtype == torch.float64 else 1e-5
+            diff = float((outs - ref).abs().max()) if ref.numel() else 0.0
+            self.varied = diff > rtol * scale
+        self.pending.append(outs)
+        self.pending_size += outs.numel()
+        if self.pending_size >= _BLOCK:
+            self._flush()
+
+    def _flush(self) -> None:
+        if not self.pending:
+            return
+        outs = self.pending[0] if len(self.pending) == 1 else torch.cat(self.pending, 0)
+        self.pending, self.pending_size = [], 0
+        c, lo = outs.shape[0], self.n
+        into = None
+        if self.keep and self.task == "classification" and self.output == "logits":
+            if self.kept is None:
+                self.kept = outs.new_empty((self.total, *outs.shape[1:]))
+            into = self.kept[lo : lo + c]
         if self.task == "classification":
-            cd = self._stacked_class_dim
-            outs = _to_probs(outs, self.output, cd)
-            second = _entropy(outs, cd).sum(0)
+            outs, second = self._probs(outs, into)
+            # entropies are >= 0 and finite exactly when the probabilities are: their sum is a
+            # cheap test (an elementwise isfinite over the probabilities costs a pass of them)
+            if not math.isfinite(float(second.sum())):
+                raise ValueError(
+                    f"the model's outputs in passes {lo}..{lo + c - 1} give non-finite "
+                    "probabilities (NaN or +inf in the output)"
+                )
         else:
-            second = outs.pow(2).sum(0)
-        first = outs.sum(0)
+            if not bool(torch.isfinite(outs).all()):
+                raise ValueError(f"the model returned NaN or inf in passes {lo}..{lo + c - 1}")
+            second = outs.pow(2)
+        self.n += c
+        if self.keep:
+            if self.kept is None:
+                self.kept = outs.new_empty((self.total, *outs.shape[1:]))
+            if self.kept2 is None:
+                self.kept2 = second.new_empty((self.total, *second.shape[1:]))
+            if into is None:
+                self.kept[lo : lo + c] = outs
+            self.kept2[lo : lo + c] = second
+            return
+        first, second = outs.sum(0), second.sum(0)
         self.sum = first if self.sum is None else self.sum + first
         self.sum2 = second if self.sum2 is None else self.sum2 + second
-        self.n += outs.shape[0]
-        if self.keep:
-            self.parts.append(outs)
 
-    def result(self, noise_var: float) -> MCClassification | MCRegression:
-        assert self.sum is not None and self.sum2 is not None
-        stacked = torch.cat(self.parts, 0) if self.keep else None
+    def result(self, noise_var: float, model: nn.Module) -> MCClassification | MCRegression:
+        self._flush()
+        if self.n >= 2 and not self.varied:
+            layers = _sampling_layers(model)
+            why = (
+                f"its sampling layers ({', '.join(layers[:4])}{', ...' if len(layers) > 4 else ''})"
+                " drew noise that changed nothing (drop rates of zero?)"
+                if layers
+                else "it has no layer that samples under mc_sampling (nn.Dropout* or a bayesdrop "
+                "module); dropout written as F.dropout(x, p, self.training) is off because the "
+                "model is in eval mode during MC prediction: use an nn.Dropout module instead"
+            )
+            warnings.warn(
+                f"mc_predict: all {self.n} passes returned the same output, so the model did not "
+                f"sample and its mutual information / model variance are zero for that reason "
+                f"only: {why}",
+                NoSamplingWarning,
+                stacklevel=3,
+            )
+        stacked = None if self.kept is None else self.kept[: self.n]
         if self.task == "classification":
-            probs = stacked.mean(0) if stacked is not None else self.sum / self.n
-            pred_h = _entropy(probs, self.class_dim)
             if stacked is not None:
-                exp_h = _entropy(stacked, self._stacked_class_dim).mean(0)
+                probs = stacked.mean(0)
+                assert self.kept2 is not None
+                exp_h = self.kept2[: self.n].mean(0)
             else:
-                exp_h = self.sum2 / self.n
+                assert self.sum is not None and self.sum2 is not None
+                probs, exp_h = self.sum / self.n, self.sum2 / self.n
+            pred_h = _entropy(probs, self.cd)
             mi = (pred_h - exp_h).clamp_min(0.0)
-            return MCClassification(probs, stacked, pred_h, exp_h, mi, self.n, self.class_dim)
+            class_dim = 1 if self.output == "binary_logits" else self.class_dim
+            return MCClassification(probs, stacked, pred_h, exp_h, mi, self.n, class_dim)
         if stacked is not None:
             mean = stacked.mean(0)
             model_var = stacked.var(0, correction=0)
         else:
+            assert self.sum is not None and self.sum2 is not None
             mean = self.sum / self.n
             model_var = (self.sum2 / self.n - mean.pow(2)).clamp_min(0.0)
         return MCRegression(mean, model_var + noise_var, model_var, noise_var, stacked, self.n)

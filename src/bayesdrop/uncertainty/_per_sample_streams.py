@@ -1,5 +1,8 @@
 """Per-sample random streams for tiled MC prediction (private to :mod:`bayesdrop.uncertainty`).
 
+This module holds :class:`PerSampleRandomness`, the torch-function mode that gives each tiled MC
+sample its own random stream, and :class:`Untileable`, raised for draws it cannot split.
+
 Tiling ``c`` MC samples into one batch of ``c * B`` rows is fast, but a dropout layer then draws
 one tensor for all ``c`` samples at once, so the noise of sample ``s`` would depend on how many
 samples shared its pass. :class:`PerSampleRandomness` removes that dependence: while it is
@@ -77,6 +80,9 @@ _DEFAULT_RNG: set[Callable[..., Any]] = {
     torch.rrelu,
 }
 _UNSPLITTABLE: set[Callable[..., Any]] = {torch.randperm, torch.multinomial}
+_RANDOM: frozenset[Callable[..., Any]] = frozenset(
+    _FACTORIES | _LIKE | _ELEMENTWISE | _INPLACE | _DEFAULT_RNG | _UNSPLITTABLE | {torch.normal}
+)
 
 
 def _default_generator(device: torch.device) -> torch.Generator:
@@ -167,6 +173,8 @@ class PerSampleRandomness(TorchFunctionMode):
         args: Sequence[Any] = (),
         kwargs: dict[str, Any] | None = None,
     ) -> Any:
+        if func not in _RANDOM:  # the fast path: every op that draws nothing
+            return func(*args, **(kwargs or {}))
         kwargs = dict(kwargs or {})
         if func in _FACTORIES:
             return self._factory(func, args, kwargs)
