@@ -231,6 +231,8 @@ def test_exclude_and_single_rate_names_are_checked():
         convert(mlp(), "lbd", exclude="nope")
     with pytest.raises(ValueError, match=r"single_rate names \['0'\]"):
         convert(mlp(), "lbd", single_rate=["0"])
+    with pytest.raises(ValueError, match=r"example_inputs: the model failed.*RuntimeError"):
+        convert(mlp(), "lbd", example_inputs=torch.randn(2, 5))  # 5 features, not 4
     with pytest.raises(TypeError, match="exclude must be an iterable"):
         convert(mlp(), "lbd", exclude=3)  # type: ignore[arg-type]
     new, report = convert(mlp(), "lbd", exclude=["5"])

@@ -547,8 +547,10 @@ def _trace(
         with torch.no_grad(), tracer:
             twin(*args)
     except Exception as err:
-        raise type(err)(
-            f"the model failed on example_inputs (they are passed as model(*example_inputs)): {err}"
+        raise ValueError(
+            "example_inputs: the model failed on them (a tuple is passed as "
+            f"model(*example_inputs), anything else as model(example_inputs)): "
+            f"{type(err).__name__}: {err}"
         ) from err
     finally:
         for h in handles:
