@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 
 import numpy as np
@@ -65,6 +66,52 @@ def test_too_many_heldout_users_is_an_error(csv_file, capsys):
     args = ["train", "--data", str(csv_file), "--format", "csv", "--model", "ease"]
     assert _exit_code(args + ["--heldout-users", "150"]) == 2
     assert "n_heldout_users (--heldout-users) must be in [1, " in capsys.readouterr().err
+
+
+def _subparsers():
+    from bayesdrop.recsys.cli import build_parser
+
+    parser = build_parser()
+    action = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    return parser, action.choices
+
+
+def test_every_option_has_help_that_shows_its_default():
+    parser, subs = _subparsers()
+    for name, sub in subs.items():
+        for action in sub._actions:
+            if isinstance(action, argparse._HelpAction) or action.help == argparse.SUPPRESS:
+                continue
+            assert action.help, (name, action.option_strings)
+            text = sub.formatter_class(prog="x")._get_help_string(action) or ""
+            assert action.required or "default" in text, (name, action.option_strings, text)
+
+
+def test_help_has_no_markup_and_documents_resume_and_annealing(capsys):
+    parser, subs = _subparsers()
+    pages = [parser.format_help()] + [sub.format_help() for sub in subs.values()]
+    for page in pages:
+        for markup in ("``", ":class:", ":func:", ":mod:", ":math:", ".. ", "\\beta"):
+            assert markup not in page, (markup, page[:200])
+    train_help = " ".join(subs["train"].format_help().split())
+    assert "total training epochs, counted across resumes" in train_help
+    assert "--epochs is the total across resumes" in train_help
+    assert "(default: 200)" in train_help  # both papers' 200 epochs
+    assert "beta = min(anneal-cap, updates / anneal-steps)" in train_help
+    assert "(default: auto)" in train_help and "200000" in train_help
+    assert "bayesdrop.rate_param_groups" in train_help
+
+
+def test_compare_prints_standard_errors_beside_the_means(csv_file, capsys):
+    args = ["compare", "--data", str(csv_file), "--format", "csv", "--heldout-users", "20"]
+    assert main(args + ["--models", "popularity", "ease", "--no-progress"]) == 0
+    captured = capsys.readouterr()
+    rows = json.loads(captured.out)["results"]
+    for r in rows:
+        t = r["test"]
+        for m in ("recall@20", "recall@50", "ndcg@100"):
+            assert f"{t[m]:.4f} ± {t[f'{m}_se']:.4f}" in captured.err
+    assert f"mean ± standard error over the {rows[0]['test']['users']} test users" in captured.err
 
 
 def test_real_movielens_100k_from_the_recbole_wheel():
