@@ -469,3 +469,23 @@ def test_stacked_rnn_equals_the_multilayer_rnn(rnn_type, options, batch_first):
             torch.testing.assert_close(got[1], want[1])
         packed = nn.utils.rnn.pack_padded_sequence(x, torch.tensor([5, 3]), batch_first=batch_first)
         torch.testing.assert_close(stack(packed)[0].data, rnn(packed)[0].data)
+
+
+def test_trace_sees_in_place_writes():
+    """A dropout output written in place before the layer reads it is not the layer's alone."""
+
+    class Write(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.drop = nn.Dropout(0.2)
+            self.fc = nn.Linear(4, 2)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            d = self.drop(x)
+            d[:, 0] = 1.0
+            return self.fc(d)
+
+    _, report = convert(Write(), "lbd", example_inputs=torch.randn(3, 4))
+    assert report.replacements[0].form == "bare"
+    _, report = convert(Attr(), "lbd", example_inputs=torch.randn(3, 4))
+    assert report.replacements[0].form == "wrapped"

@@ -499,7 +499,8 @@ class _Tracer(TorchFunctionMode):
         kwargs = kwargs or {}
         out = func(*args, **kwargs)
         name = getattr(func, "__name__", str(func))
-        if self.watched and any(isinstance(o, Tensor) for o in tree_leaves(out)):
+        writes = name == "__setitem__" or (name.endswith("_") and not name.startswith("_"))
+        if self.watched and (writes or any(isinstance(o, Tensor) for o in tree_leaves(out))):
             for t in tree_leaves((args, kwargs)):
                 if not isinstance(t, Tensor):
                     continue
