@@ -41,11 +41,16 @@ functionally (``F.dropout`` on the probabilities, ``dropout=`` in its constructo
 replacement can reach: :func:`convert` turns each such layer of the copy into a
 :class:`DropoutMultiheadAttention` (the same computation and parameters, with the dropout as a
 module, ``attn_drop``), so that rate is learned too, with one rate per layer (``attention=False``
-keeps it functional). Dropout that stays functional is fixed, is not learned, and is *off* under
-:func:`bayesdrop.mc_predict` (the layer is in eval mode there); the report lists each such layer
-in :attr:`ConversionReport.fixed`: attention dropout kept with ``attention=False`` or
-``exclude``, and the dropout between the layers of a stacked ``nn.LSTM/GRU/RNN`` (its
-``dropout=`` argument).
+keeps it functional). Likewise the dropout between the layers of a stacked ``nn.LSTM/GRU/RNN``
+(its ``dropout=`` argument): the RNN becomes a :class:`StackedRNN` of one-layer copies whose
+layers 1 to L-1 take the family as input dropout (``rnn=False`` keeps it functional). Dropout
+that stays functional is fixed, is not learned, and is *off* under :func:`bayesdrop.mc_predict`
+(the layer is in eval mode there); the report lists each such layer in
+:attr:`ConversionReport.fixed`.
+
+A wrapped ``nn.LSTM/GRU/RNN`` draws one mask per sequence, shared over time steps (Gal &
+Ghahramani 2016, "A Theoretically Grounded Application of Dropout in Recurrent Neural
+Networks"), where ``nn.Dropout`` drew one per element and time step; the report notes it.
 
 The dropout's ``p`` becomes the family's ``init_p`` (learned rates) or ``p`` (fixed rates) when the
 family has one; channel dropout (``nn.Dropout1d/2d/3d``) sets ``channelwise=True`` for families
