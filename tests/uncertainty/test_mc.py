@@ -17,10 +17,14 @@ from bayesdrop.nn import LearnableBernoulliDropout, MCDropout
 from bayesdrop.uncertainty import (
     MCClassification,
     MCRegression,
+    NoSamplingWarning,
+    clear_tile_choices,
     mc_predict,
     mc_sampling,
     sample_seeds,
+    tile_choice,
 )
+from bayesdrop.uncertainty.mc import _MARGIN, _TilePlan
 
 
 # --------------------------------------------------------------------------- models
@@ -163,6 +167,126 @@ def test_equals_explicit_loop_and_tiling_invariant(max_batch):
     assert (res.samples[0] - res.samples[1]).abs().max() > 1e-3
 
 
+@pytest.mark.parametrize("model_fn", [mlp, segmenter], ids=["mlp", "segmenter"])
+def test_one_pass_several_passes_all_passes_and_measured_tiles_agree(model_fn):
+    """max_batch = one pass, several passes, all passes, and the measured tile: same passes."""
+    model = model_fn()
+    shape = (5, 4) if model_fn is mlp else (2, 2, 5, 6)
+    x = torch.randn(*shape, generator=gen(0), dtype=torch.float64)
+    b, S = shape[0], 9
+    ref = explicit_loop(model, x, S, seed=3)
+    results = [mc_predict(model, x, S, generator=gen(3), max_batch=m) for m in (b, 4 * b, S * b)]
+    clear_tile_choices(model)
+    for _ in range(8):  # the calls that measure the tile (each tries other tiles)
+        results.append(mc_predict(model, x, S, generator=gen(3)))
+    assert tile_choice(model, x) is not None
+    for res in results:
+        assert_same_passes(res.samples, ref)
+        assert_same_passes(res.expected_entropy, results[0].expected_entropy)
+        assert_same_passes(res.mutual_information, results[0].mutual_information)
+    clear_tile_choices(model)
+    assert tile_choice(model, x) is None
+
+
+def _plan_choice(cost_per_pass, total=20, calls=20):
+    """Run the tile search against a synthetic cost (seconds per pass at each tile)."""
+    plan = _TilePlan()
+    for _ in range(calls):
+        done = 0
+        while done < total:
+            c, timed = plan.next(total - done, total)
+            plan.record(c, cost_per_pass(c) * c if timed else None)
+            done += c
+        if plan.chosen is not None:
+            return plan.chosen
+    raise AssertionError("the tile search did not settle")
+
+
+def test_tile_search_keeps_the_tile_that_is_fastest_per_pass():
+    # a CPU and a large CNN: larger tiles are slower per pass -> one pass per call
+    assert _plan_choice(lambda c: 1.0 + 0.3 * (c > 1) * math.log2(c)) == 1
+    # a GPU or a tiny model: the cost of a call dominates -> all passes in one call
+    assert _plan_choice(lambda c: 0.1 + 1.0 / c) == 20
+    # a fixed cost per call plus a penalty beyond 8 passes -> 8
+    assert _plan_choice(lambda c: 1.0 / c + (0.5 if c > 8 else 0.0)) == 8
+    # no gain from 2 passes but a large one from 4 (two misses in a row end the search)
+    assert _plan_choice(lambda c: 1.0 if c <= 2 else 0.5 / math.log2(c)) >= 4
+    # a gain below the margin is not taken
+    assert _plan_choice(lambda c: 1.0 - 0.5 * _MARGIN * (c > 1)) == 1
+    # tiles never exceed the passes of a call
+    assert _plan_choice(lambda c: 1.0 / c, total=6) == 6
+
+
+def test_model_that_cannot_run_tiled_batches_gets_single_passes():
+    """A model with the batch size built in fails on a tiled batch: one pass per call."""
+
+    class FixedBatch(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.net = mlp()
+
+        def forward(self, x):
+            return self.net(x.view(5, 4))
+
+    model = FixedBatch()
+    x = torch.randn(5, 4, generator=gen(2), dtype=torch.float64)
+    res = mc_predict(model, x, 6, generator=gen(4), max_batch=30)
+    assert_same_passes(res.samples, explicit_loop(model, x, 6, seed=4))
+
+
+def test_models_that_mix_rows_are_exact_with_one_pass_per_call():
+    """Attention across the batch mixes the rows: tiling changes it, max_batch=B does not."""
+
+    class BatchAttention(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.net = mlp()
+
+        def forward(self, x):
+            h = self.net(x)
+            weights = torch.softmax(h @ h.T, dim=1)  # every row looks at every row of the call
+            return weights @ h
+
+    model = BatchAttention()
+    x = torch.randn(5, 4, generator=gen(1), dtype=torch.float64)
+    ref = explicit_loop(model, x, 6, seed=2)
+    assert_same_passes(mc_predict(model, x, 6, generator=gen(2), max_batch=5).samples, ref)
+    tiled = mc_predict(model, x, 6, generator=gen(2), max_batch=30).samples
+    assert (tiled - ref).abs().max() > 1e-3  # as the documentation says
+
+
+def test_binary_logits_of_shape_n():
+    torch.manual_seed(8)
+    model = nn.Sequential(nn.Linear(3, 3), nn.Dropout(0.5), nn.Linear(3, 1), nn.Flatten(0)).double()
+    x = torch.randn(4, 3, dtype=torch.float64)
+    res = mc_predict(model, x, 5, generator=gen(0), output="binary_logits")
+    assert res.probs.shape == (4, 2) and res.class_dim == 1
+    q = torch.sigmoid(explicit_loop(model, x, 5, seed=0, task="regression"))
+    assert_same_passes(res.samples[..., 1], q)
+    assert_same_passes(res.samples.sum(-1), torch.ones_like(q))
+    # entropy of each pass from the logit, against the two-class formula
+    h = -(q * q.log() + (1 - q) * (1 - q).log()).mean(0)
+    torch.testing.assert_close(res.expected_entropy, h, rtol=1e-12, atol=1e-12)
+
+
+def test_masked_classes_with_minus_inf_logits():
+    class Masked(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.net = mlp()
+
+        def forward(self, x):
+            out = self.net(x).clone()
+            out[:, 2] = float("-inf")
+            return out
+
+    x = torch.randn(5, 4, generator=gen(0), dtype=torch.float64)
+    res = mc_predict(Masked(), x, 4, generator=gen(1))
+    assert torch.isfinite(res.expected_entropy).all() and (res.probs[:, 2] == 0).all()
+    p = res.samples[..., :2]
+    torch.testing.assert_close(res.expected_entropy, -(p * p.log()).sum(-1).mean(0))
+
+
 def test_many_random_ops_are_split_per_sample():
     torch.manual_seed(4)
     model = NoisyOps().double()
@@ -292,7 +416,8 @@ def test_mutual_information_nonnegative_and_zero_when_deterministic():
     assert (res.mutual_information >= 0).all()
 
     deterministic = nn.Sequential(nn.Linear(3, 16), nn.ReLU(), nn.Linear(16, 4)).double()
-    res = mc_predict(deterministic, x.double(), 7, generator=gen(1))
+    with pytest.warns(NoSamplingWarning):
+        res = mc_predict(deterministic, x.double(), 7, generator=gen(1))
     assert (res.samples == res.samples[0]).all()
     assert float(res.mutual_information.abs().max()) <= 1e-12
     torch.testing.assert_close(res.predictive_entropy, res.expected_entropy, rtol=0, atol=1e-12)

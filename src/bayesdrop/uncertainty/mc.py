@@ -701,6 +701,12 @@ def _passes(
     return out.unflatten(obd, (c, batch)).movedim(obd, 0)
 
 
+def _first_bad(values: Tensor) -> int:
+    """Index along dim 0 of the first pass with a non-finite value."""
+    bad = ~torch.isfinite(values.reshape(values.shape[0], -1)).all(1)
+    return int(bad.nonzero()[0, 0])
+
+
 class _Accumulator:
     """Running statistics over passes (keeps the passes themselves when asked).
 
@@ -841,12 +847,12 @@ class _Accumulator:
             # cheap test (an elementwise isfinite over the probabilities costs a pass of them)
             if not math.isfinite(float(second.sum())):
                 raise ValueError(
-                    f"the model's outputs in passes {lo}..{lo + c - 1} give non-finite "
+                    f"the model's output in pass {lo + _first_bad(second)} gives non-finite "
                     "probabilities (NaN or +inf in the output)"
                 )
         else:
             if not bool(torch.isfinite(outs).all()):
-                raise ValueError(f"the model returned NaN or inf in passes {lo}..{lo + c - 1}")
+                raise ValueError(f"the model returned NaN or inf in pass {lo + _first_bad(outs)}")
             second = outs.pow(2)
         self.n += c
         if self.keep:
