@@ -12,6 +12,8 @@ from bayesdrop.cli import main as top_main
 from bayesdrop.recsys.cli import main
 from bayesdrop.recsys.data import load_recbole_ml100k, prepare_liang, synthetic_interactions
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 
 @pytest.fixture(scope="module")
 def csv_file(tmp_path_factory):
