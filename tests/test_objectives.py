@@ -17,6 +17,9 @@ from tests.conftest import all_masks, antithetic_regions, assert_within_se, bern
 
 N_DATA = 50
 
+# Small models: a second intra-op thread only adds synchronisation on a shared CPU.
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 
 def sq_err(out, y):
     return (out.squeeze(-1) - y) ** 2
@@ -360,3 +363,152 @@ def test_gradient_free_pass_leaves_batchnorm_statistics_alone():
         for name in ("running_mean", "running_var", "num_batches_tracked"):
             assert torch.equal(getattr(bn, name), getattr(reference, name)), name
     assert int(bn.num_batches_tracked) == 2  # one per objective step
+
+
+# ------------------------------------------------------------------------------------------------
+# Common random numbers: other noise is replayed in the second evaluation of the pair
+# ------------------------------------------------------------------------------------------------
+
+
+class Eps(nn.Module):
+    """Adds standard-normal noise from the global generator (a VAE's epsilon, say)."""
+
+    def __init__(self):
+        super().__init__()
+        self.noise: list[torch.Tensor] = []
+
+    def forward(self, x):
+        self.noise.append(torch.randn_like(x))
+        return x + 0.3 * self.noise[-1]
+
+
+def noisy_net() -> nn.Sequential:
+    torch.manual_seed(8)
+    return nn.Sequential(
+        nn.Dropout(0.3),  # before the first LBD module: runs once when split
+        LearnableBernoulliDropout(nn.Linear(3, 4)),
+        nn.ReLU(),
+        nn.Dropout(0.5),
+        bayesdrop.ConcreteDropout(nn.Linear(4, 4), generator=torch.Generator().manual_seed(2)),
+        Eps(),
+        LearnableBernoulliDropout(nn.Linear(4, 1), estimator="arm"),
+    )
+
+
+@pytest.mark.parametrize("split", [None, False])
+def test_other_noise_is_common_to_both_evaluations(split):
+    net = noisy_net()
+    concrete_gen = net[4].generator
+    seen: dict[str, list[torch.Tensor]] = {"dropout": [], "eps": [], "states": []}
+
+    def dropout_hook(m, a, out):  # the scaled mask where the input is not zero, else -1
+        seen["dropout"].append(torch.where(a[0] != 0, out / a[0], -1.0).detach())
+
+    net[3].register_forward_hook(dropout_hook)
+    seen["eps"] = net[5].noise
+    net[4].register_forward_pre_hook(
+        lambda m, a: seen["states"].append(
+            torch.cat([torch.get_rng_state(), concrete_gen.get_state()])
+        )
+    )
+    x, y = torch.randn(16, 3), torch.randn(16)
+
+    def same(kind):
+        a, b = seen[kind]
+        if kind == "dropout":  # compare where both evaluations had a non-zero input
+            both = (a >= 0) & (b >= 0)
+            return bool(both.any()) and torch.equal(a[both], b[both])
+        return torch.equal(a, b)
+
+    objective(net, x, y, sq_err, 10, split=split).backward()
+    assert all(same(k) for k in seen)
+    for v in seen.values():
+        v.clear()
+    objective(net, x, y, sq_err, 10, split=split, common_random_numbers=False).backward()
+    assert not any(same(k) for k in seen)
+
+
+def test_split_gives_bit_identical_gradients_and_random_state():
+    x, y = torch.randn(16, 3), torch.randn(16)
+    results = []
+    for split in (None, False):
+        net = noisy_net()
+        net.insert(1, nn.BatchNorm1d(3))
+        torch.manual_seed(123)
+        for _ in range(2):
+            net.zero_grad()
+            objective(net, x, y, sq_err, 10, split=split).backward()
+        results.append(([p.grad.clone() for p in net.parameters()], torch.get_rng_state()))
+    (g_split, rng_split), (g_full, rng_full) = results
+    assert all(torch.equal(a, b) for a, b in zip(g_split, g_full))
+    assert torch.equal(rng_split, rng_full)
+
+
+def test_declared_split_matches_the_whole_model():
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.stem = nn.Sequential(nn.Linear(3, 4), nn.Dropout(0.2), nn.Tanh())
+            self.lbd = LearnableBernoulliDropout(nn.Linear(4, 1))
+
+        def forward(self, x):
+            return self.lbd(self.stem(x))
+
+    x, y = torch.randn(16, 3), torch.randn(16)
+    grads_ = []
+    for declared in (True, False):
+        torch.manual_seed(0)
+        net = Net()
+        split = (net.stem, net.lbd) if declared else None
+        torch.manual_seed(5)
+        objective(net, x, y, sq_err, 10, split=split).backward()
+        grads_.append([p.grad.clone() for p in net.parameters()])
+    assert all(torch.equal(a, b) for a, b in zip(*grads_))
+    with pytest.raises(ValueError, match="head of split called an LBD"):
+        objective(net, x, y, sq_err, 10, split=(net, nn.Identity()))
+
+
+def exact_loss_with_dropout(net: nn.Sequential, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """E over the 2^5 LBD masks and the 2^3 nn.Dropout(0.5) masks, per example."""
+    l1, l2 = net[0], net[3]
+    keep = torch.cat([-l1.logit_p, -l2.logit_p])
+    z = all_masks(5)
+    pz = bernoulli_log_prob(z, keep).exp()  # (32,)
+    d = all_masks(3)  # (8, 3), each with probability 1/8
+    s1, s2 = 1 + torch.exp(l1.logit_p), 1 + torch.exp(l2.logit_p)
+    h = torch.relu(l1.layer(x[:, None, :] * z[None, :, :2] * s1))  # (B, 32, 3)
+    h = h[:, :, None, :] * d[None, None] * 2.0  # (B, 32, 8, 3)
+    out = l2.layer(h * z[None, :, None, 2:] * s2).squeeze(-1)  # (B, 32, 8)
+    per = ((out - y[:, None, None]) ** 2).mean(0).mean(-1)  # (32,)
+    return (pz * per).sum()
+
+
+@pytest.mark.parametrize("estimator", ["arm", "disarm"])
+def test_common_random_numbers_keep_the_estimate_unbiased(estimator):
+    torch.manual_seed(3)
+    net = nn.Sequential(
+        LearnableBernoulliDropout(nn.Linear(2, 3), estimator=estimator),
+        nn.ReLU(),
+        nn.Dropout(0.5),
+        LearnableBernoulliDropout(nn.Linear(3, 1), estimator=estimator),
+    ).double()
+    with torch.no_grad():
+        net[0].logit_p.copy_(torch.tensor([-1.0, 0.8]))
+        net[3].logit_p.copy_(torch.tensor([0.3, -2.0, 1.5]))
+    x = torch.tensor([[0.5, -1.2], [1.5, 0.3]], dtype=torch.float64)
+    y = torch.tensor([0.7, -0.4], dtype=torch.float64)
+    net.zero_grad()
+    exact_loss_with_dropout(net, x, y).backward()
+    exact = grads(net).clone()
+    xb, yb = x.repeat(100, 1), y.repeat(100)
+    est = []
+    for _ in range(150):
+        net.zero_grad()
+        objective(net, xb, yb, sq_err, N_DATA, kl_weight=0.0).backward()
+        est.append(grads(net).clone())
+    est = torch.stack(est)
+    assert_within_se(est, exact, k=4.5)
+    rates = torch.cat([torch.ones(2), torch.zeros(9), torch.ones(3), torch.zeros(4)]).bool()
+    assert rates.numel() == exact.numel()
+    se = est.std(0) / 150**0.5
+    assert (exact[rates].abs() > 6 * se[rates]).sum() >= 2  # the check has power on the rates

@@ -590,12 +590,15 @@ def _nograd_pair(
         else:
             x, forward = inputs, run
         state = _RandomState(model) if replay else None
+        # Buffers the gradient-free pass updates in place (BatchNorm running statistics) are put
+        # back, so that only the trained evaluation updates them. Only changed buffers are
+        # written: an unchanged one (in a split's head) may be saved for backward already.
         buffers = [(b, b.clone()) for b in model.buffers()]
         with torch.no_grad():
             f1 = _per_example(nll(forward(x), targets), batch)
-        with torch.no_grad():
             for b, saved in buffers:
-                b.copy_(saved)
+                if not torch.equal(b, saved):
+                    b.copy_(saved)
         if state is not None:
             state.restore()
         for m in lbd:

@@ -12,6 +12,9 @@ from torch import nn
 from bayesdrop import LearnableBernoulliDropout, objective
 from bayesdrop.functional import bernoulli_entropy
 
+# Small models: a second intra-op thread only adds synchronisation on a shared CPU.
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 
 def captured_input(layer: nn.Module):
     seen = {}
