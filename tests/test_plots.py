@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import sys
 
+import numpy as np
 import pytest
 import torch
 
-pytest.importorskip("matplotlib")
+matplotlib = pytest.importorskip("matplotlib")
+matplotlib.use("Agg")  # render without a display
 
 from matplotlib.figure import Figure  # noqa: E402
 
@@ -32,12 +34,54 @@ def test_reliability_diagram(case, tmp_path):
     fig = plots.reliability_diagram(probs, labels, n_bins=10, path=path)
     assert isinstance(fig, Figure)
     assert path.read_bytes()[:8] == PNG_MAGIC
-    ax = fig.axes[0]
-    assert f"{100 * float(M.ece(probs, labels, 10)):.2f}%" in ax.get_title()
+    ax, ax_count = fig.axes
+    ece = float(M.ece(probs, labels, 10))
     bins = M.calibration_bins(probs, labels, 10)
-    heights = [p.get_height() for p in ax.containers[0]]
-    expected = bins.accuracy[bins.count > 0].tolist()
-    assert heights == pytest.approx(expected)
+    assert float(bins.ece) == ece  # the plotted bins are the metric's own
+    assert f"{100 * ece:.2f}%" in ax.get_title()
+    filled = bins.count > 0
+    acc_bars, gap_bars = ax.containers[0], ax.containers[1]
+    assert [p.get_height() for p in acc_bars] == pytest.approx(bins.accuracy[filled].tolist())
+    # accuracy + gap reaches the mean confidence of each bin
+    tops = [p.get_y() + p.get_height() for p in gap_bars]
+    assert tops == pytest.approx(bins.confidence[filled].tolist())
+    assert [p.get_x() for p in acc_bars] == pytest.approx(bins.edges[:-1][filled].tolist())
+    # the count panel shows every bin's count, empty bins included
+    counts = [p.get_height() for p in ax_count.containers[0]]
+    assert counts == bins.count.tolist() and sum(counts) == len(labels)
+    # the bins can be passed directly
+    again = plots.reliability_diagram(bins)
+    assert [p.get_height() for p in again.axes[1].containers[0]] == counts
+    with pytest.raises(TypeError, match="needs labels"):
+        plots.reliability_diagram(probs)
+
+
+def test_ood_histogram(tmp_path):
+    g = torch.Generator().manual_seed(3)
+    s_in = torch.rand(200, generator=g, dtype=torch.float64)
+    s_out = 0.4 + torch.rand(50, generator=g, dtype=torch.float64)
+    path = tmp_path / "ood.png"
+    fig = plots.ood_histogram(s_in, s_out, bins=7, score_name="entropy", path=path)
+    assert path.read_bytes()[:8] == PNG_MAGIC
+    ax = fig.axes[0]
+    both = torch.cat([s_in, s_out]).numpy()
+    edges = np.linspace(both.min(), both.max(), 8)  # shared bins spanning both sets
+    for bars, scores in zip(ax.containers, (s_in, s_out)):
+        counts, _ = np.histogram(scores.numpy(), bins=edges)
+        width = np.diff(edges)
+        assert [p.get_height() for p in bars] == pytest.approx(counts / counts.sum() / width)
+        # densities integrate to one
+        assert sum(p.get_height() * p.get_width() for p in bars) == pytest.approx(1.0)
+    title = ax.get_title()
+    assert f"AUROC = {float(M.ood_auroc(s_in, s_out)):.3f}" in title
+    assert f"{float(M.fpr_at_tpr(s_in, s_out)):.3f}" in title
+    assert ax.get_xlabel() == "entropy"
+    # equal scores still plot (one bin around them)
+    assert isinstance(plots.ood_histogram([1.0, 1.0], [1.0]), Figure)
+    with pytest.raises(ValueError, match="out_scores must be finite"):
+        plots.ood_histogram(s_in, [float("nan")])
+    with pytest.raises(ValueError, match="bins must be an int"):
+        plots.ood_histogram(s_in, s_out, bins=0)
 
 
 def test_pavpu_plot(case, tmp_path):
@@ -86,5 +130,13 @@ def test_dropout_rate_plot(tmp_path):
 
 def test_missing_matplotlib_gives_a_clear_error(monkeypatch, case):
     monkeypatch.setitem(sys.modules, "matplotlib.figure", None)
-    with pytest.raises(ImportError, match=r"bayesdrop\[plot\]"):
-        plots.reliability_diagram(*case)
+    probs, labels = case
+    calls = [
+        lambda: plots.reliability_diagram(probs, labels),
+        lambda: plots.pavpu_plot(M.pavpu_curve(probs, labels)),
+        lambda: plots.ood_histogram([0.1, 0.2], [0.3]),
+        lambda: plots.dropout_rate_plot([{"a": torch.tensor([0.1])}]),
+    ]
+    for call in calls:
+        with pytest.raises(ImportError, match=r"pip install 'bayesdrop\[plot\]'"):
+            call()

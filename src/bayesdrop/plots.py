@@ -14,23 +14,28 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor
 
-from .metrics.classification import PAvPUCurve, calibration_bins
+from .metrics.classification import CalibrationBins, PAvPUCurve, calibration_bins
+from .metrics.ood import check_scores, fpr_at_tpr, ood_auroc
 
 if TYPE_CHECKING:  # pragma: no cover
     from matplotlib.axes import Axes
     from matplotlib.figure import Figure
 
-__all__ = ["reliability_diagram", "pavpu_plot", "dropout_rate_plot"]
+__all__ = ["reliability_diagram", "pavpu_plot", "ood_histogram", "dropout_rate_plot"]
 
 
-def _figure(figsize: tuple[float, float]) -> tuple[Figure, Axes]:
+def _new_figure(figsize: tuple[float, float]) -> Figure:
     try:
         from matplotlib.figure import Figure
-    except ImportError as err:  # pragma: no cover - depends on the environment
+    except ImportError as err:
         raise ImportError(
             "bayesdrop.plots needs matplotlib; install it with: pip install 'bayesdrop[plot]'"
         ) from err
-    fig = Figure(figsize=figsize, layout="constrained")
+    return Figure(figsize=figsize, layout="constrained")
+
+
+def _figure(figsize: tuple[float, float]) -> tuple[Figure, Axes]:
+    fig = _new_figure(figsize)
     return fig, fig.add_subplot()
 
 
@@ -40,40 +45,55 @@ def _save(fig: Figure, path: str | os.PathLike[str] | None, dpi: int) -> None:
 
 
 def reliability_diagram(
-    probs: Tensor,
-    labels: Tensor,
+    probs: Tensor | CalibrationBins,
+    labels: Tensor | None = None,
     n_bins: int = 15,
     *,
     title: str | None = None,
     path: str | os.PathLike[str] | None = None,
     dpi: int = 100,
 ) -> Figure:
-    """Reliability diagram: accuracy per confidence bin against the diagonal, with the ECE.
+    """Reliability diagram: accuracy per confidence bin against the diagonal, with bin counts.
+
+    The top panel draws, for each non-empty bin of :func:`bayesdrop.metrics.calibration_bins`,
+    its accuracy (bar) and the gap to its mean confidence; the title gives the ECE of the same
+    bins (:attr:`~bayesdrop.metrics.CalibrationBins.ece`, equal to
+    :func:`bayesdrop.metrics.ece`). The bottom panel draws the number of predictions per bin, so
+    that a large gap in a nearly empty bin is read as such.
 
     Args:
-        probs: ``(N, C)`` predictive probabilities; labels: ``(N,)`` class indices.
+        probs: ``(N, C)`` predictive probabilities, or the bins themselves (a
+            :class:`~bayesdrop.metrics.CalibrationBins`; then ``labels`` and ``n_bins`` are not
+            used).
+        labels: ``(N,)`` class indices (needed with probabilities).
         n_bins: equal-width confidence bins (as :func:`bayesdrop.metrics.ece`).
-        title: axes title.
+        title: axes title (default: the ECE).
         path: write the figure there as PNG.
         dpi: resolution of the PNG.
 
     Returns:
-        The :class:`matplotlib.figure.Figure`.
+        The :class:`matplotlib.figure.Figure` (axes 0: reliability, axes 1: counts).
     """
-    bins = calibration_bins(probs, labels, n_bins)
+    if isinstance(probs, CalibrationBins):
+        bins = probs
+    else:
+        if labels is None:
+            raise TypeError("reliability_diagram needs labels with probabilities")
+        bins = calibration_bins(probs, labels, n_bins)
     edges = bins.edges.detach().cpu().double()
     count = bins.count.detach().cpu().double()
     acc = bins.accuracy.detach().cpu().double()
     conf = bins.confidence.detach().cpu().double()
-    ece_value = float((count / count.sum() * (acc - conf).abs()).sum())
-    fig, ax = _figure((4.5, 4.5))
-    width = float(edges[1] - edges[0])
+    ece_value = float(bins.ece)
+    fig = _new_figure((4.5, 5.5))
+    ax, ax_count = fig.subplots(2, 1, sharex=True, gridspec_kw={"height_ratios": [3, 1]})
+    width = (edges[1:] - edges[:-1]).numpy()
     left = edges[:-1].numpy()
     filled = (count > 0).numpy()
     ax.bar(
         left[filled],
         acc.numpy()[filled],
-        width=width,
+        width=width[filled],
         align="edge",
         color="C0",
         edgecolor="black",
@@ -83,7 +103,7 @@ def reliability_diagram(
         left[filled],
         (conf - acc).numpy()[filled],
         bottom=acc.numpy()[filled],
-        width=width,
+        width=width[filled],
         align="edge",
         color="C3",
         alpha=0.3,
@@ -93,10 +113,12 @@ def reliability_diagram(
     ax.plot([0, 1], [0, 1], "k--", linewidth=1, label="perfect calibration")
     ax.set_xlim(0, 1)
     ax.set_ylim(0, 1)
-    ax.set_xlabel("confidence")
     ax.set_ylabel("accuracy")
     ax.set_title(title if title is not None else f"ECE = {100 * ece_value:.2f}%")
     ax.legend(loc="upper left")
+    ax_count.bar(left, count.numpy(), width=width, align="edge", color="C7", edgecolor="black")
+    ax_count.set_xlabel("confidence")
+    ax_count.set_ylabel("count")
     _save(fig, path, dpi)
     return fig
 
@@ -135,6 +157,70 @@ def pavpu_plot(
     ax.set_xlim(0, 1)
     if title is not None:
         ax.set_title(title)
+    ax.legend()
+    _save(fig, path, dpi)
+    return fig
+
+
+def ood_histogram(
+    in_scores: Any,
+    out_scores: Any,
+    bins: int = 30,
+    *,
+    score_name: str = "score",
+    labels: tuple[str, str] = ("in distribution", "out of distribution"),
+    title: str | None = None,
+    path: str | os.PathLike[str] | None = None,
+    dpi: int = 100,
+) -> Figure:
+    """Histograms of the scores of in- and out-of-distribution examples, on shared bins.
+
+    Each set is drawn as a density (its histogram divided by its size and the bin width), so
+    sets of different sizes compare; the title gives :func:`bayesdrop.metrics.ood_auroc` and
+    :func:`bayesdrop.metrics.fpr_at_tpr` (at 95%) of the same scores.
+
+    Args:
+        in_scores, out_scores: the inputs of the OOD metrics (1-D; higher means "more likely out
+            of distribution"), e.g. the predictive entropy or the mutual information of
+            :func:`bayesdrop.mc_predict` on each set.
+        bins: number of equal-width bins spanning both sets.
+        score_name: x-axis label (e.g. ``"mutual information (nats)"``).
+        labels: legend labels of the two sets.
+        title, path, dpi: as :func:`reliability_diagram` (default title: the two metrics).
+
+    Returns:
+        The :class:`matplotlib.figure.Figure`; its axes hold two bar containers (in, out).
+    """
+    s_in = check_scores("in_scores", in_scores)
+    s_out = check_scores("out_scores", out_scores)
+    if isinstance(bins, bool) or not isinstance(bins, int) or bins < 1:
+        raise ValueError(f"bins must be an int >= 1, but got {bins!r}")
+    lo = float(torch.minimum(s_in.min(), s_out.min()))
+    hi = float(torch.maximum(s_in.max(), s_out.max()))
+    if hi == lo:
+        lo, hi = lo - 0.5, hi + 0.5
+    edges = torch.linspace(lo, hi, bins + 1, dtype=torch.float64)
+    width = (edges[1:] - edges[:-1]).numpy()
+    fig, ax = _figure((5.5, 3.5))
+    for i, (scores, label) in enumerate(((s_in, labels[0]), (s_out, labels[1]))):
+        counts = torch.histogram(scores, bins=edges).hist
+        density = counts / (counts.sum() * torch.from_numpy(width))
+        ax.bar(
+            edges[:-1].numpy(),
+            density.numpy(),
+            width=width,
+            align="edge",
+            color=f"C{i}",
+            alpha=0.5,
+            label=f"{label} (n = {scores.numel()})",
+        )
+    auroc = float(ood_auroc(s_in, s_out))
+    fpr95 = float(fpr_at_tpr(s_in, s_out, 0.95))
+    ax.set_xlabel(score_name)
+    ax.set_ylabel("density")
+    ax.set_title(
+        title if title is not None else f"AUROC = {auroc:.3f}, FPR at 95% TPR = {fpr95:.3f}"
+    )
     ax.legend()
     _save(fig, path, dpi)
     return fig

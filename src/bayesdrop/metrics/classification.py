@@ -198,6 +198,13 @@ class CalibrationBins:
     accuracy: Tensor
     count: Tensor
 
+    @property
+    def ece(self) -> Tensor:
+        r"""The expected calibration error of these bins,
+        :math:`\sum_m \frac{|B_m|}{N} |\mathrm{acc}(B_m) - \mathrm{conf}(B_m)|` (what :func:`ece`
+        returns)."""
+        return (self.count / self.count.sum() * (self.accuracy - self.confidence).abs()).sum()
+
 
 def calibration_bins(probs: Tensor, labels: Tensor, n_bins: int = 15) -> CalibrationBins:
     """Bin the top-label confidence into ``n_bins`` equal-width bins ``(m/M, (m+1)/M]``."""
@@ -224,6 +231,9 @@ def ece(probs: Tensor, labels: Tensor, n_bins: int = 15) -> Tensor:
 
     with equal-width bins :math:`B_m = ((m-1)/M, m/M]` of the confidence :math:`\max_k p_{ik}`.
 
+    The bins themselves (what a reliability diagram draws, :func:`bayesdrop.plots.reliability_diagram`)
+    are :func:`calibration_bins`; ``ece(probs, labels, M) == calibration_bins(probs, labels, M).ece``.
+
     Args:
         n_bins: number of bins :math:`M \ge 1` (15 by default, as Guo et al.).
 
@@ -233,9 +243,7 @@ def ece(probs: Tensor, labels: Tensor, n_bins: int = 15) -> Tensor:
         >>> round(float(ece(probs, torch.tensor([0, 1, 1]), n_bins=2)), 6)
         0.133333
     """
-    bins = calibration_bins(probs, labels, n_bins)
-    n = bins.count.sum()
-    return (bins.count / n * (bins.accuracy - bins.confidence).abs()).sum()
+    return calibration_bins(probs, labels, n_bins).ece
 
 
 def predictive_entropy(probs: Tensor, *, dim: int = 1) -> Tensor:

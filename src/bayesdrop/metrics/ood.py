@@ -37,10 +37,10 @@ import numpy as np
 import torch
 from torch import Tensor
 
-__all__ = ["ood_auroc", "ood_aupr", "fpr_at_tpr"]
+__all__ = ["ood_auroc", "ood_aupr", "fpr_at_tpr", "check_scores"]
 
 
-def _scores(name: str, values: Any) -> Tensor:
+def check_scores(name: str, values: Any) -> Tensor:
     """``values`` as a 1-D float64 CPU tensor, refusing what is not a finite score per example."""
     if isinstance(values, Tensor):
         t = values.detach().cpu()
@@ -78,8 +78,8 @@ def _is_int(t: Tensor) -> bool:
 
 def _counts(in_scores: Any, out_scores: Any) -> tuple[Tensor, Tensor, int, int]:
     """Cumulative (tp, fp) at each distinct threshold, scores in decreasing order (int64)."""
-    s_in = _scores("in_scores", in_scores)
-    s_out = _scores("out_scores", out_scores)
+    s_in = check_scores("in_scores", in_scores)
+    s_out = check_scores("out_scores", out_scores)
     scores = torch.cat([s_out, s_in])
     positive = torch.cat(
         [torch.ones(len(s_out), dtype=torch.int64), torch.zeros(len(s_in), dtype=torch.int64)]
