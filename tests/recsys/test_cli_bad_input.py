@@ -217,15 +217,31 @@ def test_output_and_checkpoint_paths_are_checked_before_training(env, capsys, tm
     assert env.a_file.read_text() == "x"
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root may write anywhere")
-def test_unwritable_output_folder_is_refused(env, capsys, tmp_path):
+def test_unwritable_paths_are_refused(env, capsys, tmp_path, monkeypatch):
+    """Permissions as a non-root user sees them (os.access answers; root may write anywhere)."""
     locked = tmp_path / "ro"
     locked.mkdir()
-    locked.chmod(0o500)
-    try:
-        _fails(_train(env, "--output", locked / "r.json"), capsys, "not writable")
-    finally:
-        locked.chmod(0o700)
+    existing = tmp_path / "old.json"
+    existing.write_text("{}")
+    real = os.access
+    denied = {str(locked), str(existing)}
+    monkeypatch.setattr(os, "access", lambda p, mode: str(p) not in denied and real(p, mode))
+    _fails(
+        _train(env, "--output", locked / "r.json"),
+        capsys,
+        f"argument --output: output {locked / 'r.json'}: directory {locked} is not writable",
+    )
+    _fails(
+        _train(env, "--checkpoint", locked / "sub" / "c.pt"),
+        capsys,
+        f"directory {locked} is not writable",
+    )
+    _fails(_train(env, "--output", existing), capsys, f"output {existing} is not writable")
+    _fails(
+        ["train", "--model", "popularity", "--data", existing, "--format", "csv"],
+        capsys,
+        f"argument --data: {existing} is not readable",
+    )
 
 
 # ------------------------------------------------------------------------------ data
@@ -291,7 +307,10 @@ def test_utf8_byte_order_mark_is_accepted(tmp_path, capsys):
 
 
 # ------------------------------------------------------------------------------ resume and locks
-def test_resume_mismatch_is_refused_naming_each_field(env, capsys):
+def test_resume_mismatch_is_refused_naming_each_field(env, capsys, monkeypatch):
+    reads = []
+    real = cli_module.load_split
+    monkeypatch.setattr(cli_module, "load_split", lambda a: reads.append(1) or real(a))
     err = _fails(
         _train(env, "--checkpoint", env.ckpt, "--resume", "--lr", "0.01", "--seed", "5"),
         capsys,
@@ -300,6 +319,7 @@ def test_resume_mismatch_is_refused_naming_each_field(env, capsys):
         "seed: 0 in the checkpoint, 5 now",
     )
     assert "epochs" not in err.split("refusing to resume it:")[1].split(".")[0]
+    assert reads == []  # refused before the data were read
     _fails(
         _train(env, "--checkpoint", env.ckpt, "--resume", "--split-seed", "7"),
         capsys,

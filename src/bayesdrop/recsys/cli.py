@@ -43,6 +43,7 @@ from .checkpoint import (
     CheckpointError,
     RunLockedError,
     check_writable_file,
+    load_checkpoint_file,
     run_lock,
     split_fingerprint,
     write_text_atomic,
@@ -68,6 +69,7 @@ from .trainer import (
     TrainingDivergedError,
     _init_distributed,
     check_device,
+    check_resumable,
     evaluate,
     train,
 )
@@ -633,6 +635,11 @@ def _cmd_train(args: argparse.Namespace, argv: Sequence[str]) -> int:
         if args.output and Path(args.output).absolute() == ckpt.absolute():
             err("argument --output: must not be the --checkpoint file")
         _probe_lock(args.checkpoint, "--checkpoint", err)
+        if args.resume:  # the same run? (the data split is checked once it is read)
+            world = int(os.environ.get("WORLD_SIZE", "1"))
+            check_resumable(
+                load_checkpoint_file(args.checkpoint), _config(args, args.model), world_size=world
+            )
     rank = int(os.environ.get("RANK", "0"))
     with run_lock([args.output] if args.output and rank == 0 else []):
         split = load_split(args)

@@ -62,6 +62,7 @@ __all__ = [
     "TrainingDivergedError",
     "build_model",
     "check_device",
+    "check_resumable",
     "evaluate",
     "train",
     "beta_at",
@@ -419,14 +420,20 @@ def _derived_seed(*words: int) -> int:
 
 
 # --------------------------------------------------------------------------------------- ckpt
-def _check_resume(
+def check_resumable(
     ckpt: dict[str, Any],
     cfg: TrainConfig,
-    run: dict[str, Any],
-    fingerprint: str,
-    summary: dict[str, int],
+    *,
+    world_size: int = 1,
+    fingerprint: str | None = None,
+    summary: dict[str, int] | None = None,
 ) -> None:
-    """Refuse a checkpoint from another run, naming every field that differs."""
+    """Refuse to resume ``ckpt`` (from :func:`~bayesdrop.recsys.checkpoint.load_checkpoint_file`)
+    with ``cfg`` unless it is the same run: every field of :meth:`TrainConfig.run_config` and the
+    number of processes must match, except those in ``cfg.allow_change``, and (when
+    ``fingerprint`` is given) the data split. The :class:`CheckpointError` names every
+    difference."""
+    run = {**cfg.run_config(), "world_size": world_size}
     path = cfg.checkpoint
     saved = dict(ckpt["config"])
     problems = []
@@ -437,8 +444,8 @@ def _check_resume(
     )
     problems.extend(changed)
     data = ckpt["data"]
-    if data.get("fingerprint") != fingerprint:
-        sizes = describe_changes(data.get("summary", {}), summary)
+    if fingerprint is not None and data.get("fingerprint") != fingerprint:
+        sizes = describe_changes(data.get("summary", {}), summary or {})
         detail = "; ".join(sizes) if sizes else "same sizes, different users or interactions"
         problems.append(f"data split: fingerprint differs ({detail})")
     if problems:
@@ -557,7 +564,7 @@ def _train_locked(split: CFSplit, cfg: TrainConfig, rank: int, world: int) -> di
         fingerprint = split_fingerprint(split)
         if cfg.resume:
             ckpt = load_checkpoint_file(cfg.checkpoint, map_location=device)
-            _check_resume(ckpt, cfg, run, fingerprint, summary)
+            check_resumable(ckpt, cfg, world_size=world, fingerprint=fingerprint, summary=summary)
             anneal_steps = int(ckpt["anneal_steps"])  # the schedule the run started with
         elif Path(cfg.checkpoint).exists():
             raise CheckpointError(
