@@ -317,6 +317,14 @@ def _per_example(losses: Any, batch: int) -> Tensor:
 
 
 def _check_n_data(n_data: Any) -> int:
+    if (
+        isinstance(n_data, Tensor)
+        and n_data.dim() == 0
+        and not n_data.is_floating_point()
+        and not n_data.is_complex()
+        and n_data.dtype != torch.bool
+    ):
+        n_data = int(n_data.item())  # a 0-dim integer tensor
     if isinstance(n_data, bool) or not isinstance(n_data, numbers.Integral):
         raise TypeError(
             f"n_data must be a positive integer (the data-set size), but got {n_data!r} "
@@ -473,6 +481,8 @@ def objective(
     """
     _check_model(model)
     n_data = _check_n_data(n_data)
+    if isinstance(kl_weight, numbers.Real) and not isinstance(kl_weight, bool):
+        kl_weight = float(kl_weight)  # NumPy scalars too
     kl_weight = check_positive("kl_weight", kl_weight, allow_zero=True)
     check_choice("pair", pair, PAIR_MODES)
     if isinstance(batch_dim, bool) or not isinstance(batch_dim, int) or batch_dim < 0:
