@@ -11,7 +11,7 @@ trained on flattened images through :func:`bayesdrop.objective` with
 
 * regular dropout (``nn.Dropout(0.5)``, one deterministic pass at test time),
 * MC dropout (:class:`~bayesdrop.nn.MCDropout` ``(0.5)``, 10 passes),
-* Gaussian (variational) dropout (:class:`~bayesdrop.nn.VariationalDropout` ``kind="A"``,
+* Gaussian (variational) dropout (:class:`~bayesdrop.nn.VariationalDropout` ``noise="A"``,
   learned α per layer),
 * Concrete dropout (:class:`~bayesdrop.nn.ConcreteDropout`, learned rate per layer),
 * LBD (:class:`~bayesdrop.nn.LearnableBernoulliDropout`, ARM as in the paper, rate per layer),
@@ -61,7 +61,7 @@ def _dropout(method: str, layer: nn.Linear) -> list[nn.Module]:
     if method == "MC Dropout":
         return [MCDropout(P), layer]
     if method == "Gaussian":
-        return [VariationalDropout(layer, kind="A", granularity="layer", init_p=P)]
+        return [VariationalDropout(layer, noise="A", granularity="layer", init_p=P)]
     if method == "Concrete":
         return [ConcreteDropout(layer, init_p=P, granularity="layer")]
     if method == "LBD":

@@ -1,7 +1,7 @@
 r"""``estimator-variance``: Kingma, Salimans & Welling (2015), Table 1.
 
 An MLP with three hidden ReLU layers is trained with variational dropout with independent weight
-noise (:class:`bayesdrop.nn.VariationalDropout` ``kind="B"``, one :math:`\alpha \le 1` per layer,
+noise (:class:`bayesdrop.nn.VariationalDropout` ``noise="B"``, one :math:`\alpha \le 1` per layer,
 local reparameterisation, through :func:`bayesdrop.objective`) for a short and a longer time.
 At each checkpoint the SGVB gradient of the expected log likelihood (eq. 3),
 
@@ -70,7 +70,7 @@ def mlp(in_features: int, hidden: int, classes: int = 10) -> nn.Sequential:
     layers: list[nn.Module] = []
     for i, p in enumerate(INIT_P):
         layer = nn.Linear(sizes[i], sizes[i + 1])
-        layers.append(VariationalDropout(layer, kind="B", granularity="layer", init_p=p))
+        layers.append(VariationalDropout(layer, noise="B", granularity="layer", init_p=p))
         if i < len(INIT_P) - 1:
             layers.append(nn.ReLU())
     return nn.Sequential(*layers)
@@ -81,9 +81,9 @@ def _noise_net(model: nn.Sequential, mode: str, generator: torch.Generator | Non
     layers: list[nn.Module] = []
     for m in model:
         if isinstance(m, VariationalDropout):
-            if not isinstance(m.layer, nn.Linear) or m.kind != "B" or m.p.numel() != 1:
+            if not isinstance(m.layer, nn.Linear) or m.noise != "B" or m.p.numel() != 1:
                 raise TypeError(
-                    "expected VariationalDropout(nn.Linear, kind='B', granularity='layer')"
+                    "expected VariationalDropout(nn.Linear, noise='B', granularity='layer')"
                 )
             w = WeightNoiseLinear(m.layer, mode=mode, generator=generator)
             with torch.no_grad():
