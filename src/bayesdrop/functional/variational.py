@@ -12,6 +12,7 @@ from typing import Any
 
 import torch
 from torch import Tensor
+from torch.autograd.function import once_differentiable
 
 from .._validation import check_choice
 from .kl import (
@@ -59,32 +60,52 @@ class _InwardClamp(torch.autograd.Function):
         return grad.where((x - y).mul_(grad) >= 0, 0.0), None, None
 
 
+#: The fused Kingma KL works through a CPU tensor this many entries at a time (cache-sized).
+KL_CHUNK = 65536
+
+
+def _kingma_chunk(la: Tensor, n: float, deriv: Tensor | None) -> Tensor:
+    """Sum over one chunk of the cubic (times -n) and, into ``deriv``, its derivative."""
+    lo, hi = KL_LOG_ALPHA_MIN, KL_LOG_ALPHA_MAX
+    inside = _inside(la, lo, hi)
+    lac = la if inside else la.clamp(lo, hi)
+    alpha = lac.exp()
+    poly = torch.mul(alpha, _C3).add_(_C2).mul_(alpha).add_(_C1)  # c1 + c2 a + c3 a^2
+    value = (0.5 * lac.sum() + torch.dot(poly, alpha)) * -n
+    if deriv is not None:
+        # d/dl = -n (1/2 + c1 a + 2 c2 a^2 + 3 c3 a^3), 0 where the clamp acts
+        d = torch.mul(alpha, 3 * _C3, out=deriv).add_(2 * _C2).mul_(alpha).add_(_C1)
+        d.mul_(alpha).add_(0.5).mul_(-n)
+        if not inside:
+            d.mul_(la.eq(lac))
+    return value
+
+
 class _KingmaKLSum(torch.autograd.Function):
-    """``n * kl_log_uniform(log_alpha, "kingma").sum()`` in a few fused passes (no temporaries
-    kept but alpha), with the derivative in closed form:
-    d/dlog(alpha) = -n (1/2 + c1 alpha + 2 c2 alpha^2 + 3 c3 alpha^3)."""
+    """``n * kl_log_uniform(log_alpha, "kingma").sum()`` with the derivative in closed form,
+    d/dlog(alpha) = -n (1/2 + c1 alpha + 2 c2 alpha^2 + 3 c3 alpha^3), computed in the same
+    cache-sized pass as the value (on the CPU), so the backward is one multiply."""
 
     @staticmethod
     def forward(ctx: Any, log_alpha: Tensor, n: float) -> Tensor:
-        ctx.clamped = not _inside(log_alpha, KL_LOG_ALPHA_MIN, KL_LOG_ALPHA_MAX)
-        la = log_alpha.clamp(KL_LOG_ALPHA_MIN, KL_LOG_ALPHA_MAX) if ctx.clamped else log_alpha
-        alpha = la.exp()
-        poly = torch.add(_C2, alpha, alpha=_C3).mul_(alpha).add_(_C1)  # c1 + c2 a + c3 a^2
-        total = 0.5 * la.sum() + torch.dot(poly.reshape(-1), alpha.reshape(-1))
-        ctx.save_for_backward(log_alpha, alpha)
-        ctx.n = n
-        return -n * total
+        la = log_alpha.detach().reshape(-1)
+        deriv = torch.empty_like(la) if log_alpha.requires_grad else None
+        size = la.numel()
+        step = KL_CHUNK if la.device.type == "cpu" and size > 2 * KL_CHUNK else max(size, 1)
+        total = la.new_zeros(())
+        for i in range(0, size, step):
+            total += _kingma_chunk(
+                la[i : i + step], n, None if deriv is None else deriv[i : i + step]
+            )
+        if deriv is not None:
+            ctx.save_for_backward(deriv.view_as(log_alpha))
+        return total
 
     @staticmethod
+    @once_differentiable
     def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None]:
-        log_alpha, alpha = ctx.saved_tensors
-        deriv = torch.add(2 * _C2, alpha, alpha=3 * _C3).mul_(alpha).add_(_C1).mul_(alpha)
-        deriv = deriv.add_(0.5).mul_(-ctx.n * grad)
-        if ctx.clamped:  # zero gradient where the clamp was active
-            deriv = deriv.where(
-                (log_alpha >= KL_LOG_ALPHA_MIN) & (log_alpha <= KL_LOG_ALPHA_MAX), 0.0
-            )
-        return deriv, None
+        (deriv,) = ctx.saved_tensors
+        return grad * deriv, None
 
 
 class _WeightVariance(torch.autograd.Function):
