@@ -16,6 +16,9 @@ from bayesdrop.functional.bernoulli import bernoulli_dropout
 from bayesdrop.recsys.models import csr_batch, normalized_values
 from bayesdrop.recsys.sivae import SIVAE, sivi_log_q, standard_normal_log_prob
 
+# Small models: a second intra-op thread only adds synchronisation on a shared CPU.
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 
 def test_sivi_log_q_is_the_mixture_density():
     g = torch.Generator().manual_seed(0)
@@ -102,15 +105,17 @@ def test_lbd_rate_gradient_is_unbiased(estimator, n_extra):
     assert exact[:3].abs().max() > 5 * se[:3].max()  # the check has power
 
 
-def test_batch_mean_ablation_is_the_per_user_gradient_over_batch_size():
-    m = _tiny(0, "arm", "batch-mean")
+@pytest.mark.parametrize("estimator", ["arm", "disarm"])
+def test_batch_mean_ablation_is_unbiased_and_noisier(estimator):
+    """The batch-level product (the authors' code, scaled by B) plus the pathwise part estimates
+    the exact gradient; the former ablation (ARM part / B, full pathwise part) is ruled out."""
+    m = _tiny(0, estimator, "batch-mean")
     x = _batch([[1, 1, 0, 0], [0, 1, 1, 0]])
     eps = torch.tensor([[0.3, -1.1], [0.8, 0.2]], dtype=torch.float64)
     exact = _exact_gradient(m, x, 0.7, eps)
     exact_path = _exact_pathwise(m, x, 0.7, eps)
-    # The pathwise part (through 1/(1-p)) is unchanged; only the ARM part is divided by B = 2.
-    expected = exact_path + (exact - exact_path) / 2
-    draws = 300  # the batch-mean product cannot be replicated inside one batch
+    former = exact_path + (exact - exact_path) / 2  # what "batch-mean" estimated before (B = 2)
+    draws = 1000
     grads = []
     for _ in range(draws):
         m.zero_grad()
@@ -118,9 +123,32 @@ def test_batch_mean_ablation_is_the_per_user_gradient_over_batch_size():
         grads.append(m.rates.logit_p.grad.clone())
     g = torch.stack(grads)
     mean, se = g.mean(0), g.std(0) / math.sqrt(draws)
-    assert torch.all((mean - expected).abs() <= 4.5 * se + 1e-9), (mean, expected, se)
-    # and it is not the per-user gradient (the check can tell them apart)
-    assert ((mean - exact).abs() > 4.5 * se)[:3].any()
+    assert torch.all((mean - exact).abs() <= 4.5 * se + 1e-9), (mean, exact, se)
+    assert ((mean - former).abs() > 4.5 * se)[:3].any(), (mean, former, se)  # the test has power
+    # the per-user product estimates the same gradient with lower variance
+    p = _tiny(0, estimator, "per-user")
+    per_user = []
+    for _ in range(400):
+        p.zero_grad()
+        p.training_loss(x, 0.7, eps=eps).backward()
+        per_user.append(p.rates.logit_p.grad.clone())
+    assert (torch.stack(per_user).var(0)[:3] < g.var(0)[:3]).all()
+
+
+def test_lbd_uniforms_are_float32_for_float32_models():
+    m = SIVAE(5, hidden=4, latent=2, generator=torch.Generator().manual_seed(0))
+    dtypes = []
+    draw = m._rand
+
+    def spy(shape, like, dtype=None):
+        u = draw(shape, like, dtype)
+        dtypes.append(u.dtype)
+        return u
+
+    m._rand = spy
+    x = csr_batch(sp.csr_matrix(np.eye(5, dtype=np.float32)[:3]))
+    m.training_loss(x, 0.2, eps=torch.zeros(3, 2)).backward()
+    assert dtypes == [torch.float32]
 
 
 def _exact_pathwise(m, x, beta, eps):

@@ -24,10 +24,24 @@ whose expectation upper-bounds the negative ELBO and tends to it as :math:`V\to\
   "per-user"``), plus the pathwise part through the inverted scale :math:`1/(1-p_j)`. Terms of
   items a user never clicked are left out: their mask does not touch the loss, so their ARM term
   has conditional mean exactly zero (a Rao-Blackwellisation that keeps the estimate unbiased).
-  ``arm_product="batch-mean"`` is the authors' released code: batch-averaged loss difference
-  times batch-averaged coefficient over *all* users and items,
-  :math:`(\bar f^{(1)} - \bar f^{(2)})(\bar u_{vj} - \tfrac12)`; its mean is the per-user
-  gradient divided by the batch size B, with more variance (a documented ablation).
+  ``arm_product="batch-mean"`` is the ablation with the batch-level product: all masks of the
+  batch (every user, mask sample and item, clicked or not) are treated as one Bernoulli vector
+  whose loss is the batch mean :math:`\bar f`, so the one number
+  :math:`\bar f(z^{(1)}) - \bar f(z^{(2)})` multiplies every coefficient,
+  :math:`(\bar f^{(1)} - \bar f^{(2)})\sum_{u}(u_{uvj} - \tfrac12)`, plus the same pathwise
+  part. Both products are unbiased estimates of the *same* gradient; the ablation differs only
+  in variance (higher: every user's coefficient carries every other user's loss difference).
+
+  The authors' released code (TensorFlow, ``ardywibowo/LBD``, collaborative filtering) computes
+  :math:`(\bar f^{(1)} - \bar f^{(2)})\cdot\frac1B\sum_u(u_{uj} - \tfrac12)` (the batch *mean* of
+  the coefficients, over all items, with one uniform per user and item shared by the mixture
+  samples and independent Gaussian noise in the two evaluations) from a pair of evaluations
+  separate from the one that trains the weights, and applies it alone to the rates with their
+  own Adam: the rate variable is not among the weights' optimiser's variables, so the pathwise
+  part is absent. Its mean is the ARM part of the gradient divided by B (immaterial for Adam,
+  which is invariant to a constant rescaling), without the pathwise part. ``"batch-mean"`` keeps
+  that estimator's batch-level product, scaled by B so that, with the pathwise part, it estimates
+  the true gradient without bias.
 * ``noise="concrete"``: relaxed Bernoulli masks (temperature ``temperature``), pathwise rates.
 * ``noise="gaussian"``: multiplicative :math:`\mathcal N(1, \alpha_j)` noise with learned
   :math:`\alpha_j = p_j/(1-p_j)`, pathwise rates.
@@ -46,7 +60,7 @@ from torch import Tensor, nn
 
 from .._validation import check_choice, check_int, check_positive, check_probability
 from ..estimators import COEFFICIENTS, PAIR_ESTIMATORS, antithetic_masks
-from ..functional.bernoulli import LOGIT_BOUND, bernoulli_dropout
+from ..functional.bernoulli import LOGIT_BOUND, bernoulli_dropout, uniform_dtype
 from ..functional.concrete import concrete_dropout
 from ..functional.gaussian import gaussian_dropout
 from ..nn import ConcreteDropout, LearnableBernoulliDropout
@@ -107,7 +121,8 @@ class SIVAE(_MultBase):
         n_extra: V, the extra mask samples of the bound (>= 0; 0 is the plain ELBO with a
             single-sample mixture).
         estimator: ``"arm"`` (the paper) or ``"disarm"`` for ``noise="lbd"``.
-        arm_product: ``"per-user"`` (the paper) or ``"batch-mean"`` (the authors' code).
+        arm_product: ``"per-user"`` (the paper) or ``"batch-mean"`` (the batch-level product of
+            the authors' code, made unbiased; module docstring).
         temperature: Concrete relaxation temperature.
         l2: :math:`\lambda` of :math:`\lambda\sum\|W\|^2` (0, as Mult-VAE).
         generator: optional generator for every draw of the training step.
@@ -196,8 +211,11 @@ class SIVAE(_MultBase):
         mu, _ = self.encode(x)
         return self.decode(mu)
 
-    def _rand(self, shape: tuple[int, ...], like: Tensor) -> Tensor:
-        return torch.rand(shape, dtype=like.dtype, device=like.device, generator=self.generator)
+    def _rand(
+        self, shape: tuple[int, ...], like: Tensor, dtype: torch.dtype | None = None
+    ) -> Tensor:
+        dtype = like.dtype if dtype is None else dtype
+        return torch.rand(shape, dtype=dtype, device=like.device, generator=self.generator)
 
     def _bound(self, x: CSRBatch, values: Tensor, beta: float, eps: Tensor) -> Tensor:
         """Per-user bound :math:`f` for each leading sample set of ``values``.
@@ -265,32 +283,35 @@ class SIVAE(_MultBase):
     ) -> Tensor:
         m = self.n_extra + 1
         b = x.shape[0]
-        keep_logit = (-logit_p).detach()
+        dtype = uniform_dtype(v.dtype, logit_p.dtype)  # float32 or float64 uniforms
+        keep_logit = (-logit_p).detach().to(dtype)
         if self.arm_product == "batch-mean":
-            # The authors' code draws uniforms for every (user, item): keep them all.
-            u_dense = self._rand((m, b, self.n_items), v)
+            # One Bernoulli vector over every (mask sample, user, item): uniforms for all of them.
+            u_dense = self._rand((m, b, self.n_items), v, dtype)
             u = u_dense[:, rows, x.col]
         else:
-            u = self._rand((m, v.numel()), v)
+            u = self._rand((m, v.numel()), v, dtype)
         z1, z2 = antithetic_masks(keep_logit, u)
         masks = torch.stack([z1, z2])  # (2, V+1, nnz)
         values = bernoulli_dropout(v, logit_p, masks)
         f = self._bound(x, values, beta, eps.unsqueeze(0).expand(2, -1, -1))  # (2, users)
         loss = f.mean()
-        delta = (f[0] - f[1]).detach()
         coefficient = COEFFICIENTS[self.estimator]
         phi = -self._logit_p()  # keep logits, with grad
-        if self.arm_product == "per-user":
-            coef = coefficient(u, z1, z2, keep_logit)  # (V+1, nnz)
-            g = (delta[rows] * coef).sum(0) / b  # per stored value, summed over the V+1 masks
-            surrogate = (phi[x.col] * g).sum()
-        else:
-            full = phi.detach().expand(b, -1)
-            z1d, z2d = antithetic_masks(full, u_dense)
-            coef = coefficient(u_dense, z1d, z2d, full)  # (V+1, users, items)
-            g = delta.mean() * coef.mean(1).sum(0)
-            surrogate = (phi * g).sum()
-        return loss + (surrogate - surrogate.detach())
+        with torch.no_grad():
+            fd = f.detach().to(dtype)
+            if self.arm_product == "per-user":
+                coef = coefficient(u, z1, z2, keep_logit)  # (V+1, nnz)
+                per = ((fd[0] - fd[1])[rows] * coef).sum(0) / b  # per stored value
+                g = torch.zeros(self.n_items, dtype=dtype, device=v.device)
+                g.index_add_(0, x.col, per)
+            else:
+                full = phi.detach().to(dtype).expand(b, -1)
+                z1d, z2d = antithetic_masks(full, u_dense)
+                coef = coefficient(u_dense, z1d, z2d, full)  # (V+1, users, items)
+                g = (fd[0].mean() - fd[1].mean()) * coef.sum(dim=(0, 1))
+        surrogate = (phi * g.to(phi.dtype)).sum()
+        return loss + (surrogate - surrogate.detach()).to(loss.dtype)
 
 
 class LearnedGaussianRates(DropoutModule):
