@@ -55,7 +55,7 @@ class ARDDropout(AdditiveGaussianDropout):
     :math:`b = 10^{-8}`, and clips :math:`\log\sigma^2 \le -8`, which is the default here.
 
     Pruning: the paper trims the weights with :math:`|\theta| < 10^{-2}` after training
-    (section 5: "we then trim the weights ... setting those with :math:`|\mu_i| < 10^{-2}` to
+    (Appendix A: "we then trim the weights ... setting those with :math:`|\mu_i| < 10^{-2}` to
     zero"), which is ``prune_rule="magnitude"``; the default, ``prune_rule="log_alpha"``,
     drops :math:`\log\alpha >` ``threshold`` as Sparse VD (Molchanov et al. 2017) does, so the
     two families prune alike unless asked.
