@@ -215,6 +215,8 @@ def fast_dropout_linear(
     weight: Tensor,
     bias: Tensor | None,
     p: float | Tensor,
+    *,
+    validate: bool = True,
 ) -> Moments:
     r"""Exact mean and variance of a linear layer whose (independent) inputs go through dropout.
 
@@ -237,6 +239,8 @@ def fast_dropout_linear(
         weight: :math:`W`, ``(out_features, in_features)``.
         bias: optional :math:`c`, ``(out_features,)`` (never dropped).
         p: drop probability in ``[0, 1)``: a float or a tensor of shape ``(in_features,)``.
+        validate: check the arguments (``False`` skips the checks, for moments that a caller
+            has already validated, as inside a network).
 
     Returns:
         :class:`Moments` ``(mean, var)``, each ``(*, out_features)`` (dense).
@@ -248,9 +252,10 @@ def fast_dropout_linear(
         >>> m.tolist(), v.tolist()  # 1*9 + 4*1 = 13
         ([[5.0]], [[13.0]])
     """
-    check_moments(mean, var)
-    p = check_drop_probability(p)
-    _check_layer(mean, var, weight, p)
+    if validate:
+        check_moments(mean, var)
+        p = check_drop_probability(p)
+        _check_layer(mean, var, weight, p)
     return _linear_moments(mean, var, weight, bias, p)
 
 
@@ -269,7 +274,7 @@ def _linear_moments(
     return Moments(out_mean, out_var)
 
 
-def relu_moments(mean: Tensor, var: Tensor) -> Moments:
+def relu_moments(mean: Tensor, var: Tensor, *, validate: bool = True) -> Moments:
     r"""Exact mean and variance of :math:`\max(0, X)` for :math:`X \sim \mathcal N(\mu, s^2)`.
 
     With :math:`r = \mu/s`, :math:`\Phi` and :math:`\varphi` the standard normal CDF and density
@@ -285,6 +290,7 @@ def relu_moments(mean: Tensor, var: Tensor) -> Moments:
     Args:
         mean: :math:`\mu`, any shape.
         var: :math:`s^2 \ge 0`, same shape.
+        validate: check that the moments are finite and the variances non-negative.
 
     Example:
         >>> import torch
@@ -292,7 +298,8 @@ def relu_moments(mean: Tensor, var: Tensor) -> Moments:
         >>> round(m.item(), 6), round(v.item(), 6)  # 1/sqrt(2 pi), 1/2 - 1/(2 pi)
         (0.398942, 0.340845)
     """
-    check_moments(mean, var)
+    if validate:
+        check_moments(mean, var)
     return _relu_moments(mean, var)
 
 
@@ -311,7 +318,7 @@ def _relu_moments(mean: Tensor, var: Tensor) -> Moments:
     return Moments(out_mean, out_var)
 
 
-def sigmoid_moments(mean: Tensor, var: Tensor) -> Moments:
+def sigmoid_moments(mean: Tensor, var: Tensor, *, validate: bool = True) -> Moments:
     r"""Approximate mean and variance of :math:`\sigma(X)` for :math:`X \sim \mathcal N(\mu, s^2)`.
 
     The mean uses :math:`\sigma(x) \approx \Phi(\sqrt{\pi/8}\,x)` (paper eq. 8–9, 12), the
@@ -332,6 +339,7 @@ def sigmoid_moments(mean: Tensor, var: Tensor) -> Moments:
     Args:
         mean: :math:`\mu`, any shape.
         var: :math:`s^2 \ge 0`, same shape.
+        validate: check that the moments are finite and the variances non-negative.
 
     Example:
         >>> import torch
@@ -339,7 +347,8 @@ def sigmoid_moments(mean: Tensor, var: Tensor) -> Moments:
         >>> m.item()
         0.5
     """
-    check_moments(mean, var)
+    if validate:
+        check_moments(mean, var)
     return _sigmoid_moments(mean, var)
 
 

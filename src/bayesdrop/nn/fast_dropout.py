@@ -28,9 +28,6 @@ from torch import Tensor, nn
 from .._validation import check_choice, check_int
 from ..functional.fast_dropout import (
     Moments,
-    _linear_moments,
-    _relu_moments,
-    _sigmoid_moments,
     as_feature_tensor,
     check_drop_probability,
     expected_logistic_nll,
@@ -38,6 +35,8 @@ from ..functional.fast_dropout import (
     expected_softmax_cross_entropy,
     expected_squared_error,
     fast_dropout_linear,
+    relu_moments,
+    sigmoid_moments,
 )
 from ._base import DropoutModule
 
@@ -116,7 +115,7 @@ class FastDropoutLinear(DropoutModule):
         return F.linear(x, self.weight, self.bias)
 
 
-_ACTIVATIONS = {"relu": _relu_moments, "sigmoid": _sigmoid_moments}
+_ACTIVATIONS = {"relu": relu_moments, "sigmoid": sigmoid_moments}
 _MLP_LOSSES = ("cross_entropy", "logistic", "squared")
 
 
@@ -203,7 +202,10 @@ class FastDropoutMLP(DropoutModule):
         layers: list[FastDropoutLinear] = list(self.layers)  # type: ignore[arg-type]
         mean, var = layers[0].output_moments(x)  # checks x; the moments below are finite
         for layer in layers[1:]:
-            mean, var = _linear_moments(*act(mean, var), layer.weight, layer.bias, layer._p)
+            hidden = act(mean, var, validate=False)
+            mean, var = fast_dropout_linear(
+                *hidden, layer.weight, layer.bias, layer._p, validate=False
+            )
         return Moments(mean, var)
 
     def forward(self, x: Tensor) -> Tensor:
