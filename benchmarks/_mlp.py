@@ -1,10 +1,10 @@
-"""The training-step benchmarks' common model: MLP 784-1024-1024-10, batch 128, Adam, trained
-through :func:`bayesdrop.objective` (the baseline too), with either ``nn.Dropout`` before every
-Linear or a bayesdrop wrapper around it."""
+"""The training-step benchmarks' common model: MLP 784-1024-1024-10, batch 128, Adam (or plain
+SGD), trained through :func:`bayesdrop.objective` (the baseline too), with either ``nn.Dropout``
+before the chosen Linear layers or a bayesdrop wrapper around them."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -20,23 +20,38 @@ def nll(out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return F.cross_entropy(out, y, reduction="none")
 
 
-def mlp(wrap: Callable[[nn.Linear], nn.Module] | None, dropout_p: float = 0.5) -> nn.Module:
-    """ReLU MLP over :data:`SIZES`: ``wrap(Linear)`` per layer, or ``nn.Dropout(dropout_p)``
-    before every ``Linear`` when ``wrap`` is ``None``."""
+def mlp(
+    wrap: Callable[[nn.Linear], nn.Module] | None,
+    dropout_p: float = 0.5,
+    at: Sequence[int] = (0, 1, 2),
+) -> nn.Module:
+    """ReLU MLP over :data:`SIZES`: ``wrap(Linear)`` for the layers whose index is in ``at``, or
+    ``nn.Dropout(dropout_p)`` before them when ``wrap`` is ``None``; other layers are plain."""
     layers: list[nn.Module] = []
     for i, (a, b) in enumerate(SIZES):
-        if wrap is None:
-            layers += [nn.Dropout(dropout_p), nn.Linear(a, b)]
+        lin = nn.Linear(a, b)
+        if i not in at:
+            layers.append(lin)
+        elif wrap is None:
+            layers += [nn.Dropout(dropout_p), lin]
         else:
-            layers.append(wrap(nn.Linear(a, b)))
+            layers.append(wrap(lin))
         if i < len(SIZES) - 1:
             layers.append(nn.ReLU())
     return nn.Sequential(*layers)
 
 
-def step_fn(model: nn.Module, x: torch.Tensor, y: torch.Tensor, **kw: Any) -> Callable[[], None]:
-    """One Adam step of ``objective(model, x, y, nll, 60000, **kw)``."""
-    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+def step_fn(
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, optimizer: str = "adam", **kw: Any
+) -> Callable[[], None]:
+    """One ``optimizer`` step (``"adam"``, lr 1e-3, or plain ``"sgd"``, lr 1e-2) of
+    ``objective(model, x, y, nll, 60000, **kw)``."""
+    if optimizer == "adam":
+        opt: torch.optim.Optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    elif optimizer == "sgd":
+        opt = torch.optim.SGD(model.parameters(), lr=1e-2)
+    else:
+        raise ValueError(f"optimizer must be 'adam' or 'sgd', but got {optimizer!r}")
 
     def step() -> None:
         opt.zero_grad(set_to_none=True)

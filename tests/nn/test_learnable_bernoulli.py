@@ -334,7 +334,7 @@ def test_low_precision_activations_use_float32_uniforms_and_the_same_masks(mode)
     else:
         xin = x
     masks, dtypes, grad = run(low, xin)
-    assert ref_dtypes == dtypes == [torch.float32] * 4  # 2 modules x 2 passes of the pair
+    assert ref_dtypes == dtypes == [torch.float32] * 2  # 2 modules, drawn in the first pass
     assert len(masks) == len(ref_masks) == 4
     for a, b in zip(masks, ref_masks):
         assert torch.equal(a, b)
@@ -391,3 +391,21 @@ def test_no_warning_inside_objective_nor_in_eval(monkeypatch):
         m[1].mc_sampling = True
         m(x).sum().backward()  # MC sampling in eval mode is not training
     assert LearnableBernoulliDropout._warned_pathwise_only is False
+
+
+def test_fused_column_norms_match_autograd_bit_for_bit():
+    from bayesdrop.functional.bernoulli import column_sq_norms
+
+    w = torch.randn(7, 5, dtype=torch.float64, requires_grad=True)
+    g = torch.randn(5, dtype=torch.float64)
+    (fused,) = torch.autograd.grad((column_sq_norms(w) * g).sum(), w)
+    (plain,) = torch.autograd.grad((w.pow(2).sum(0) * g).sum(), w)
+    assert torch.equal(column_sq_norms(w), w.pow(2).sum(0)) and torch.equal(fused, plain)
+    assert torch.autograd.gradcheck(column_sq_norms, (w,))
+    with pytest.raises(ValueError, match="matrix"):
+        column_sq_norms(torch.randn(3))
+    # the module's KL is Gal's formula with these norms, gradients included
+    m = LearnableBernoulliDropout(nn.Linear(5, 3), length_scale=0.7).double()
+    m.kl().backward()
+    expected = m.layer.weight.detach() * 0.7**2 * (1 + torch.exp(m.logit_p.detach()))
+    assert torch.allclose(m.layer.weight.grad, expected, rtol=1e-12)

@@ -20,7 +20,13 @@ from torch import Tensor, nn
 
 from .._validation import check_choice, check_positive, check_probability
 from ..estimators import COEFFICIENTS, PAIR_ESTIMATORS, antithetic_masks
-from ..functional.bernoulli import LOGIT_BOUND, bernoulli_dropout, gal_bernoulli_kl, uniform_dtype
+from ..functional.bernoulli import (
+    LOGIT_BOUND,
+    bernoulli_dropout,
+    column_sq_norms,
+    gal_bernoulli_kl,
+    uniform_dtype,
+)
 from ._base import DropoutModule
 from ._layers import batch_dim as layer_batch_dim
 from ._layers import check_layer, input_weight_sq_norms, mask_shape
@@ -34,6 +40,8 @@ class _Draw:
     z1: Tensor
     z2: Tensor
     batch_dim: int
+    #: state of the generator right after the draw (for the replayed second pass)
+    state_after: Tensor | None = None
 
 
 @dataclass
@@ -47,9 +55,10 @@ class AntitheticPair:
 
     ``batch_dim`` is the batch dimension of the objective's inputs (used by the linear and bare
     forms, see :class:`LearnableBernoulliDropout`); ``batch_size`` the number of examples of one
-    half (``None``: unchecked); ``replay``: the second pass draws its uniforms again from the
-    replayed random state, so that every random stream advances exactly as in the first pass
-    (the recorded draws are what it uses).
+    half (``None``: unchecked); ``replay``: the random state is replayed for the second pass, which
+    must then advance every random stream exactly as the first did: the module sets its generator
+    to the state recorded after its first-pass draw (or draws again where that state cannot be
+    read), and uses the recorded draws.
     """
 
     mode: str = "concat"
@@ -179,7 +188,11 @@ class LearnableBernoulliDropout(DropoutModule):
 
     # ----------------------------------------------------------------------------- prior
     def kl(self) -> Tensor:
-        norms = input_weight_sq_norms(self.layer) if self.layer is not None else None
+        norms: Tensor | None = None
+        if isinstance(self.layer, nn.Linear):
+            norms = column_sq_norms(self.layer.weight)  # same values, one-pass backward
+        elif self.layer is not None:
+            norms = input_weight_sq_norms(self.layer)
         logit_p: Tensor = self.logit_p
         if norms is None and self.granularity == "layer":
             logit_p = logit_p.expand(self.units)
@@ -209,6 +222,17 @@ class LearnableBernoulliDropout(DropoutModule):
                 "the module or to objective"
             )
         return bd
+
+    def _stream(self, device: torch.device) -> torch.Generator | None:
+        """The generator ``torch.rand`` draws this module's uniforms from (``None``: unknown)."""
+        if self.generator is not None:
+            return self.generator
+        if device.type == "cpu":
+            return torch.default_generator
+        if device.type == "cuda":
+            index = device.index if device.index is not None else torch.cuda.current_device()
+            return torch.cuda.default_generators[index]
+        return None
 
     def _uniforms(self, shape: tuple[int, ...], bd: int, dtype: torch.dtype, x: Tensor) -> Tensor:
         """Uniform(0, 1) draws of ``shape``, drawn in batch-first order and moved to ``bd``."""
@@ -240,7 +264,9 @@ class LearnableBernoulliDropout(DropoutModule):
             self._check_batch(shape, bd, 1, pair)
             u = self._uniforms(shape, bd, dtype, x)
             z1, z2 = antithetic_masks(keep_logit, u)
-            pair.draws.append(_Draw(u, z1, z2, bd))
+            stream = self._stream(x.device) if pair.replay else None
+            state = stream.get_state() if stream is not None else None
+            pair.draws.append(_Draw(u, z1, z2, bd, state))
             keep = z1
         else:
             if pair.cursor >= len(pair.draws):
@@ -251,8 +277,12 @@ class LearnableBernoulliDropout(DropoutModule):
             pair.cursor += 1
             if tuple(draw.u.shape) != tuple(shape):
                 raise RuntimeError("the two passes of the antithetic pair saw different shapes")
-            if pair.replay:
-                self._uniforms(shape, bd, dtype, x)  # keep every random stream in step
+            if pair.replay:  # leave the random stream where the first pass's draw left it
+                stream = self._stream(x.device)
+                if draw.state_after is not None and stream is not None:
+                    stream.set_state(draw.state_after)
+                else:
+                    self._uniforms(shape, bd, dtype, x)
             keep = draw.z2
         return bernoulli_dropout(x, logit_p, keep)
 
