@@ -1,0 +1,213 @@
+"""Readers of interaction files: MovieLens ml-20m/ml-1m/ml-100k, RecBole ``.inter``, generic CSV.
+
+Every error names the file and, where there is one, the line.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+import numpy as np
+
+from .interactions import DataFormatError, Interactions
+
+__all__ = [
+    "FORMATS",
+    "read_interactions",
+    "read_ml20m",
+    "read_ml1m",
+    "read_ml100k",
+    "read_recbole_inter",
+    "read_csv",
+    "parse_recbole_lines",
+]
+
+#: File formats understood by :func:`read_interactions`.
+FORMATS = ("ml-20m", "ml-1m", "ml-100k", "recbole", "csv")
+
+
+def _lines(path: str | os.PathLike[str]) -> Iterator[str]:
+    """The lines of a UTF-8 text file (a leading byte-order mark is dropped); a missing file,
+    a folder, an unreadable file and bytes that are not UTF-8 are errors naming the file (and
+    the line)."""
+    p = Path(path)
+    if p.is_dir():
+        raise IsADirectoryError(21, "is a directory, not an interaction file", str(p))
+    if not p.exists():
+        raise FileNotFoundError(2, "interaction file not found", str(p))
+    if not p.is_file():
+        raise DataFormatError(f"{p} is not a regular file")
+    try:
+        f = open(p, "rb")
+    except PermissionError:
+        raise PermissionError(
+            13, "interaction file is not readable (permission denied)", str(p)
+        ) from None
+    with f:
+        for lineno, raw in enumerate(f, start=1):
+            try:
+                text = raw.decode("utf-8-sig" if lineno == 1 else "utf-8")
+            except UnicodeDecodeError as exc:
+                raise DataFormatError(
+                    f"{p}, line {lineno}: not UTF-8 text (byte {raw[exc.start]:#04x} at "
+                    f"column {exc.start + 1}); convert the file to UTF-8"
+                ) from None
+            yield text
+
+
+def _parse(
+    lines: Iterable[str],
+    source: str,
+    sep: str,
+    user_col: int,
+    item_col: int,
+    rating_col: int | None,
+    numeric_ids: bool,
+    header: bool,
+) -> Interactions:
+    users: list = []
+    items: list = []
+    ratings: list[float] = []
+    need = max(c for c in (user_col, item_col, rating_col) if c is not None) + 1
+    for lineno, raw in enumerate(lines, start=1):
+        if header and lineno == 1:
+            continue
+        line = raw.rstrip("\r\n")
+        if not line.strip():
+            continue
+        fields = line.split(sep)
+        if len(fields) < need:
+            raise DataFormatError(
+                f"{source}, line {lineno}: expected at least {need} fields separated by "
+                f"{sep!r}, got {len(fields)}: {line[:80]!r}"
+            )
+        u_text, i_text = fields[user_col].strip(), fields[item_col].strip()
+        if not u_text or not i_text:
+            raise DataFormatError(f"{source}, line {lineno}: empty user or item id: {line[:80]!r}")
+        if numeric_ids:
+            try:
+                u, i = int(u_text), int(i_text)
+            except ValueError:
+                raise DataFormatError(
+                    f"{source}, line {lineno}: user and item ids must be integers, got "
+                    f"{fields[user_col]!r} and {fields[item_col]!r}"
+                ) from None
+            if u < 0 or i < 0:
+                raise DataFormatError(f"{source}, line {lineno}: negative id in {line[:80]!r}")
+            users.append(u)
+            items.append(i)
+        else:
+            users.append(u_text)
+            items.append(i_text)
+        if rating_col is not None:
+            text = fields[rating_col].strip()
+            try:
+                r = float(text)
+            except ValueError:
+                r = math.nan
+            if not math.isfinite(r):
+                raise DataFormatError(
+                    f"{source}, line {lineno}: rating must be a finite number, got {text!r}"
+                )
+            ratings.append(r)
+    if not users:
+        raise DataFormatError(f"{source}: no interactions (empty file)")
+    dtype = np.int64 if numeric_ids else np.str_
+    return Interactions(
+        np.asarray(users, dtype=dtype),
+        np.asarray(items, dtype=dtype),
+        None if rating_col is None else np.asarray(ratings, dtype=np.float64),
+        source,
+    )
+
+
+def _check_header(first: str, source: str, expected: list[str]) -> None:
+    got = [c.strip().lower() for c in first.rstrip("\r\n").split(",")]
+    if got[: len(expected)] != [e.lower() for e in expected]:
+        raise DataFormatError(
+            f"{source}, line 1: expected a header starting with {','.join(expected)}, got "
+            f"{first.strip()[:80]!r}"
+        )
+
+
+def read_ml20m(path: str | os.PathLike[str]) -> Interactions:
+    """MovieLens 20M ``ratings.csv`` (header ``userId,movieId,rating,timestamp``)."""
+    source = str(path)
+    lines = list(_lines(path))
+    if not lines:
+        raise DataFormatError(f"{source}: no interactions (empty file)")
+    _check_header(lines[0], source, ["userId", "movieId", "rating"])
+    return _parse(lines, source, ",", 0, 1, 2, True, header=True)
+
+
+def read_ml1m(path: str | os.PathLike[str]) -> Interactions:
+    """MovieLens 1M ``ratings.dat`` (``UserID::MovieID::Rating::Timestamp``, no header)."""
+    return _parse(_lines(path), str(path), "::", 0, 1, 2, True, header=False)
+
+
+def read_ml100k(path: str | os.PathLike[str]) -> Interactions:
+    """MovieLens 100K ``u.data`` (tab-separated ``user item rating timestamp``, no header)."""
+    return _parse(_lines(path), str(path), "\t", 0, 1, 2, True, header=False)
+
+
+def parse_recbole_lines(lines: list[str], source: str) -> Interactions:
+    """Parse the lines of a RecBole ``.inter`` file (header first); ``source`` names it in errors."""
+    if not lines:
+        raise DataFormatError(f"{source}: no interactions (empty file)")
+    names = [c.strip().split(":")[0] for c in lines[0].rstrip("\r\n").split("\t")]
+    if "user_id" not in names or "item_id" not in names:
+        raise DataFormatError(
+            f"{source}, line 1: a RecBole .inter header must name user_id and item_id "
+            f"(e.g. 'user_id:token\\titem_id:token\\trating:float'), got {lines[0].strip()!r}"
+        )
+    rating = names.index("rating") if "rating" in names else None
+    return _parse(
+        lines, source, "\t", names.index("user_id"), names.index("item_id"), rating, False, True
+    )
+
+
+def read_recbole_inter(path: str | os.PathLike[str]) -> Interactions:
+    """A RecBole atomic ``.inter`` file (tab-separated, typed header ``user_id:token ...``).
+
+    Ids are kept as strings (RecBole tokens); a ``rating`` column is read when present.
+    """
+    return parse_recbole_lines(list(_lines(path)), str(path))
+
+
+def read_csv(path: str | os.PathLike[str]) -> Interactions:
+    """A generic comma-separated file with a header naming ``user``, ``item`` and optionally
+    ``rating`` columns (any order, other columns ignored). Ids are kept as strings.
+
+    Netflix and MSD triplets are expected in this form.
+    """
+    source = str(path)
+    lines = list(_lines(path))
+    if not lines:
+        raise DataFormatError(f"{source}: no interactions (empty file)")
+    names = [c.strip().lower() for c in lines[0].rstrip("\r\n").split(",")]
+    if "user" not in names or "item" not in names:
+        raise DataFormatError(
+            f"{source}, line 1: expected a header with columns user,item[,rating], got "
+            f"{lines[0].strip()[:80]!r}"
+        )
+    rating = names.index("rating") if "rating" in names else None
+    return _parse(lines, source, ",", names.index("user"), names.index("item"), rating, False, True)
+
+
+_READERS = {
+    "ml-20m": read_ml20m,
+    "ml-1m": read_ml1m,
+    "ml-100k": read_ml100k,
+    "recbole": read_recbole_inter,
+    "csv": read_csv,
+}
+
+
+def read_interactions(path: str | os.PathLike[str], format: str) -> Interactions:
+    """Read an interaction file in one of :data:`FORMATS`."""
+    if format not in _READERS:
+        raise ValueError(f"format must be one of {list(FORMATS)}, but got {format!r}")
+    return _READERS[format](path)
