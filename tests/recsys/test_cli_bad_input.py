@@ -297,6 +297,10 @@ def test_data_errors_name_the_file_and_line(env, capsys, tmp_path):
     )
 
 
+def test_fetch_refuses_a_cache_dir_that_is_a_file(env, capsys):
+    _fails(["fetch", "--cache-dir", env.a_file], capsys, "argument --cache-dir:", "is a file")
+
+
 def test_utf8_byte_order_mark_is_accepted(tmp_path, capsys):
     inter = synthetic_interactions(40, 20, seed=3)
     text = "user,item\n" + "".join(f"u{u},i{i}\n" for u, i in zip(inter.users, inter.items))

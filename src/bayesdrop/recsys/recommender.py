@@ -51,6 +51,8 @@ class TrainedRun:
         best_epoch: the epoch whose weights these are (``None`` for EASE and popularity).
         epochs_done: epochs completed when the checkpoint was written.
         best_val: validation metrics of the best epoch (``None`` for the baselines).
+        fingerprint: SHA-256 of the split
+            (:func:`~bayesdrop.recsys.checkpoint.split_fingerprint`).
     """
 
     path: str
