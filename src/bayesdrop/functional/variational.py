@@ -3,7 +3,7 @@
 The noise itself is Gaussian dropout (:mod:`bayesdrop.functional.gaussian`) with
 :math:`\\alpha = e^{\\log\\alpha}` learned by the pathwise gradient; this module adds the two
 pieces specific to the variational reading: the clamp :math:`\\alpha \\le \\alpha_{\\max}` and the
-KL term summed over the weights each :math:`\\alpha` governs.
+KL term, one per noise variable that each :math:`\\alpha` governs.
 """
 
 from __future__ import annotations
