@@ -23,8 +23,10 @@ from bayesdrop import mc_predict  # noqa: E402
 from bayesdrop.functional.fast_dropout import (  # noqa: E402
     DesignMatrix,
     expected_logistic_nll,
+    expected_softmax,
 )
 from bayesdrop.linear_model import (  # noqa: E402
+    QMC_POINTS,
     FastDropoutLogisticRegression,
     MCDropoutLogisticRegression,
 )
@@ -219,6 +221,19 @@ def test_multiclass_predict_proba_agrees_with_mc_predict_on_diagonal_covariance(
     got = mc_predict(est.to_module(), torch.tensor(x)).probs.numpy()
     np.testing.assert_allclose(est.predict_proba(x), got, rtol=0, atol=1e-12)
     np.testing.assert_allclose(est.predict_proba(x).sum(1), 1.0, atol=1e-12)
+
+
+def test_multiclass_qmc_probabilities_are_the_functional_on_full_covariances() -> None:
+    est = _fitted(FastDropoutLogisticRegression(p=0.5, proba_method="qmc"), 5, 3, 9)
+    x = np.random.default_rng(10).normal(size=(7, 5)) * 2
+    mean, cov = est.logit_moments(x, covariance="full")
+    want = expected_softmax(torch.tensor(mean), torch.tensor(cov), "qmc", samples=QMC_POINTS)
+    np.testing.assert_allclose(est.predict_proba(x), want.numpy(), rtol=1e-12, atol=1e-15)
+    np.testing.assert_allclose(est.predict_proba(x[2:4]), est.predict_proba(x)[2:4], rtol=1e-12)
+    unscented = est.set_params(proba_method="unscented").predict_proba(x)
+    assert float(np.abs(unscented - want.numpy()).max()) > 1e-3  # a different, coarser rule
+    with pytest.raises(ValueError, match="proba_method must be one of"):
+        est.set_params(proba_method="exact").predict_proba(x)
 
 
 def test_mc_estimator_probabilities_eval_pass_and_sampled_average() -> None:

@@ -18,8 +18,9 @@ model's predictive probability under dropout, :math:`\mathbb E_z[p(y\mid x, z)]`
 dropout approximation: the expectation of the softmax under the Gaussian logits
 :math:`Y\sim\mathcal N(\mu, \Sigma)` with the exact mean and covariance over the masks. Binary:
 :math:`\mathbb E[\sigma(Y)]` to :math:`10^{-9}`
-(:func:`~bayesdrop.functional.fast_dropout.expected_sigmoid`); several classes: the unscented transform.
-Use it for calibration. Passing the same model to :func:`bayesdrop.mc_predict`
+(:func:`~bayesdrop.functional.fast_dropout.expected_sigmoid`); several classes: the unscented
+transform, or with ``proba_method="qmc"`` quasi-Monte Carlo, which is far closer to the Gaussian
+expectation. Use it (with ``"qmc"`` for several classes) for calibration. Passing the same model to :func:`bayesdrop.mc_predict`
 (``mc_predict(est.to_module(), x)``) gives different numbers by default, because mc_predict's
 moment path uses the :math:`2K`-point unscented rule on independent logits: for a binary model
 (logits :math:`(0, Y)`) that is :math:`\tfrac12\sigma(\mu) + \tfrac14\sigma(\mu\pm\sqrt2 s)`,
@@ -70,6 +71,8 @@ __all__ = ["FastDropoutLogisticRegression", "MCDropoutLogisticRegression"]
 _DTYPES = {"float32": torch.float32, "float64": torch.float64}
 _OPTIMIZERS = ("lbfgs", "adam")
 _X_DTYPES = (np.float64, np.float32)
+#: quasi-Monte Carlo points of ``proba_method="qmc"``
+QMC_POINTS = 1024
 
 
 def _int(name: str, value: Any, minimum: int = 1) -> int:
@@ -347,7 +350,7 @@ class FastDropoutLogisticRegression(_DropoutLogisticRegression):
 
     Prediction uses the same Gaussian: :meth:`predict_proba` is
     :math:`\mathbb E[\mathrm{softmax}(Y)]` (binary: :math:`\mathbb E[\sigma(Y)]` to
-    :math:`10^{-9}`; several classes: unscented transform), the probability to use for
+    :math:`10^{-9}`; several classes: ``proba_method``), the probability to use for
     calibration (see :mod:`bayesdrop.linear_model` for how it relates to
     :func:`bayesdrop.mc_predict`). With ``p=0`` this is plain (L2-regularised if ``l2 > 0``)
     logistic regression: scikit-learn's ``LogisticRegression(C=1 / (l2 * n_samples))``.
@@ -359,6 +362,12 @@ class FastDropoutLogisticRegression(_DropoutLogisticRegression):
         samples: Gaussian draws per example for ``objective="sample"``.
         covariance: ``"full"`` or ``"diagonal"`` logit covariance for several classes (training
             and prediction).
+        proba_method: how :meth:`predict_proba` averages the softmax over the Gaussian for
+            several classes: ``"unscented"`` (the paper's :math:`2K` sigma points, coarse: on a
+            three-class tweet set the largest class difference from the Gaussian expectation is
+            0.048 on average over examples, 0.25 at most)
+            or ``"qmc"`` (1024 quasi-Monte Carlo points, about :math:`2\cdot10^{-4}`; use it
+            for calibration). Two classes always use the exact quadrature.
         l2: L2 penalty :math:`\tfrac{l2}{2}\|W\|^2` added to the mean loss (``>= 0``).
         optimizer: ``"lbfgs"`` (full batch, strong Wolfe line search; ``objective="sample"``
             draws new noise once per iteration and keeps it during the line search) or
@@ -399,6 +408,7 @@ class FastDropoutLogisticRegression(_DropoutLogisticRegression):
         objective: str | None = None,
         samples: int = 100,
         covariance: str = "full",
+        proba_method: str = "unscented",
         l2: float = 0.0,
         optimizer: str = "lbfgs",
         max_iter: int = 100,
@@ -412,6 +422,7 @@ class FastDropoutLogisticRegression(_DropoutLogisticRegression):
         self.objective = objective
         self.samples = samples
         self.covariance = covariance
+        self.proba_method = proba_method
         self.l2 = l2
         self.optimizer = optimizer
         self.max_iter = max_iter
@@ -432,6 +443,7 @@ class FastDropoutLogisticRegression(_DropoutLogisticRegression):
             )
         _int("samples", self.samples)
         check_choice("covariance", self.covariance, ("full", "diagonal"))
+        check_choice("proba_method", self.proba_method, ("unscented", "qmc"))
 
     def _resolved_objective(self, num_classes: int) -> str:
         if self.objective is not None:
@@ -475,7 +487,16 @@ class FastDropoutLogisticRegression(_DropoutLogisticRegression):
                 [expected_sigmoid(-mean, var, log=True), expected_sigmoid(mean, var, log=True)], -1
             )
         mean, var = linear_logit_moments(design, weight, bias, p, self.covariance)
-        return expected_softmax(mean, var, "unscented", log=True)
+        method = check_choice("proba_method", self.proba_method, ("unscented", "qmc"))
+        if method == "unscented":
+            return expected_softmax(mean, var, "unscented", log=True)
+        rows = max(1, 2**22 // (QMC_POINTS * mean.shape[-1]))  # bounded memory per block
+        return torch.cat(
+            [
+                expected_softmax(m, v, "qmc", samples=QMC_POINTS, log=True)
+                for m, v in zip(mean.split(rows), var.split(rows))
+            ]
+        )
 
     def fit(self, X: Any, y: Any) -> FastDropoutLogisticRegression:
         """Train on ``(X, y)`` with the constructor's options; return ``self``.

@@ -567,3 +567,30 @@ def test_design_matrix_products_rows_and_masks() -> None:
     ro = np.ones((2, 2))
     ro.setflags(write=False)
     assert as_feature_tensor(ro).shape == (2, 2)  # read-only arrays are copied, not shared
+
+
+def test_expected_softmax_qmc_is_within_monte_carlo_error_and_unscented_is_not() -> None:
+    """Against 400k Gaussian draws: quasi-Monte Carlo (1024 points) within 4.5 standard errors
+    of the reference, the 2K-point unscented rule many standard errors away."""
+    mean = torch.tensor([[0.0, 1.0, 2.0], [1.5, -0.5, 0.0]], dtype=F64)
+    cov = torch.tensor(
+        [
+            [[4.0, 1.0, 0.0], [1.0, 9.0, 2.0], [0.0, 2.0, 1.0]],
+            [[2.0, 0.5, 0.3], [0.5, 1.0, 0.2], [0.3, 0.2, 3.0]],
+        ],
+        dtype=F64,
+    )
+    draws = 400_000
+    gen = torch.Generator().manual_seed(11)
+    eps = torch.randn(2, draws, 3, generator=gen, dtype=F64)
+    y = mean[:, None, :] + eps @ torch.linalg.cholesky(cov).transpose(-1, -2)
+    sm = torch.softmax(y, -1)
+    ref, se = sm.mean(1), sm.std(1) / math.sqrt(draws)
+    qmc = expected_softmax(mean, cov, "qmc", samples=1024)
+    assert bool(((qmc - ref).abs() < 4.5 * se).all()), (qmc - ref).abs() / se
+    torch.testing.assert_close(qmc.sum(-1), torch.ones(2, dtype=F64))
+    torch.testing.assert_close(  # the same points for every example: rows are independent
+        expected_softmax(mean[1:], cov[1:], "qmc", samples=1024), qmc[1:]
+    )
+    unscented = expected_softmax(mean, cov)
+    assert float(((unscented - ref).abs() / se).max()) > 20
