@@ -161,3 +161,41 @@ def test_compare_checkpoints_reproduces_the_training_result(neural, capsys):
     assert row["test"] == result["test"]  # the saved best weights give the same test metrics
     t = result["test"]
     assert f"{t['ndcg@100']:.4f} ± {t['ndcg@100_se']:.4f}" in captured.err
+
+
+def test_compare_checkpoints_prints_paired_differences(neural, tmp_path, capsys):
+    from bayesdrop.metrics.ranking import ndcg_at_k, recall_at_k
+
+    split, ckpt, _ = neural
+    other = tmp_path / "other.pt"
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        cfg = dict(model="mult-dae", epochs=1, batch_size=50, hidden=16, latent=4, seed=3)
+        train(split, TrainConfig(**cfg, progress=False, checkpoint=str(other)))
+    finally:
+        torch.set_num_threads(threads)
+    assert main(["compare", "--checkpoints", str(ckpt), str(other)]) == 0
+    captured = capsys.readouterr()
+    rows = json.loads(captured.out)["results"]
+    assert "paired_vs_first" not in rows[0]
+    # independent: score every test user at once with each run's best weights
+    per = []
+    for path in (ckpt, other):
+        model = load_run(path).model
+        with torch.no_grad():
+            scores = model(torch.tensor(split.test_fold_in.toarray(), dtype=torch.float32))
+        m = {}
+        for name, fn, k in (("recall@20", recall_at_k, 20), ("ndcg@100", ndcg_at_k, 100)):
+            v = fn(scores.double(), split.test_heldout, min(k, split.n_items),
+                   exclude=split.test_fold_in, reduction="none").numpy()  # fmt: skip
+            m[name] = v[~np.isnan(v)]
+        per.append(m)
+    for name in ("recall@20", "ndcg@100"):
+        d = per[1][name] - per[0][name]
+        got = rows[1]["paired_vs_first"][name]
+        assert got["diff"] == pytest.approx(d.mean(), abs=1e-12)
+        assert got["se"] == pytest.approx(d.std(ddof=1) / np.sqrt(len(d)), rel=1e-9)
+        assert rows[1]["test"][name] == pytest.approx(per[1][name].mean(), rel=1e-9)
+    assert "paired differences against" in captured.err
+    assert f"ndcg@100 {got['diff']:+.4f} ± {got['se']:.4f}" in captured.err

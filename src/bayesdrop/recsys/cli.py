@@ -71,6 +71,7 @@ from .trainer import (
     check_device,
     check_resumable,
     evaluate,
+    per_user_metrics,
     train,
 )
 
@@ -436,8 +437,9 @@ def build_parser() -> argparse.ArgumentParser:
         nargs="+",
         default=None,
         metavar="FILE",
-        help="evaluate these checkpoints on their own split instead of training (with --data: "
-        "checked to be that data's split); default: none",
+        help="evaluate these checkpoints on their own split instead of training, with paired "
+        "differences against the first (with --data: checked to be that data's split); "
+        "default: none",
     )
     _add_train_args(cmp_)
 
@@ -783,8 +785,37 @@ def _compare_checkpoints(args: argparse.Namespace, argv: Sequence[str], err: Any
         rows.append(row)
         _print_row(row, 0)
     print(_table(rows), file=sys.stderr)
+    if len(runs) > 1:
+        _paired(runs, rows, args.device)
     _emit({"data": runs[0].split.summary(), "results": rows}, args.output, 0)
     return 0
+
+
+def _paired(runs: list[TrainedRun], rows: list[dict[str, Any]], device: str) -> None:
+    """Each run against the first on the same test users: mean per-user difference and its
+    paired standard error (``std(d, ddof=1) / sqrt(n)``), added to the rows and printed."""
+    s = runs[0].split
+    per = [
+        per_user_metrics(
+            r.model,
+            s.test_fold_in,
+            s.test_heldout,
+            batch_size=r.config.eval_batch_size,
+            device=device,
+        )
+        for r in runs
+    ]
+    lines = [f"\npaired differences against {runs[0].path} (mean ± paired standard error):"]
+    for run, row, m in zip(runs[1:], rows[1:], per[1:]):
+        diffs = {}
+        for name in m:
+            d = m[name] - per[0][name]
+            se = float(d.std(ddof=1) / math.sqrt(len(d))) if len(d) > 1 else float("nan")
+            diffs[name] = {"diff": float(d.mean()), "se": se}
+        row["paired_vs_first"] = diffs
+        cells = ", ".join(f"{n} {v['diff']:+.4f} ± {v['se']:.4f}" for n, v in diffs.items())
+        lines.append(f"  {run.path}: {cells}")
+    print("\n".join(lines), file=sys.stderr)
 
 
 def _cmd_recommend(args: argparse.Namespace, argv: Sequence[str]) -> int:

@@ -64,6 +64,7 @@ __all__ = [
     "check_device",
     "check_resumable",
     "evaluate",
+    "per_user_metrics",
     "train",
     "beta_at",
     "resolve_anneal_steps",
@@ -377,6 +378,39 @@ def evaluate(
         out[f"{name}_se"] = math.sqrt(var / n)
     out["users"] = int(n)
     return out
+
+
+def per_user_metrics(
+    model: nn.Module | EASE | Popularity,
+    fold_in: sp.csr_matrix,
+    heldout: sp.csr_matrix,
+    *,
+    batch_size: int = 2000,
+    device: str = "cpu",
+) -> dict[str, np.ndarray]:
+    """Recall@20, Recall@50 and NDCG@100 of every user with a held-out item (fold-in items
+    excluded), in row order, single process: what :func:`evaluate` averages. Two models scored
+    on the same users give paired differences."""
+    n_items = fold_in.shape[1]
+    users = np.flatnonzero(np.asarray(heldout.getnnz(axis=1)) > 0)
+    out: dict[str, list[np.ndarray]] = {name: [] for name, _, _ in _METRICS}
+    if isinstance(model, nn.Module):
+        was_training = model.training
+        model.eval()
+    with torch.no_grad():
+        for start in range(0, len(users), batch_size):
+            rows = users[start : start + batch_size]
+            fin, held = fold_in[rows], heldout[rows]
+            if isinstance(model, nn.Module):
+                scores = model(csr_batch(fin, device=device)).double().cpu()
+            else:
+                scores = model.scores(fin)
+            for name, fn, k in _METRICS:
+                per_user = fn(scores, held, min(k, n_items), exclude=fin, reduction="none")
+                out[name].append(per_user.numpy())
+    if isinstance(model, nn.Module) and was_training:
+        model.train()
+    return {k: np.concatenate(v) if v else np.zeros(0) for k, v in out.items()}
 
 
 # --------------------------------------------------------------------------------------- step
