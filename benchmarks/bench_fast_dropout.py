@@ -33,10 +33,11 @@ For the deterministic ``fast`` model the predictive probabilities are compared o
 with the dropout predictive :math:`\mathbb E_z[\mathrm{softmax}]` estimated with
 ``PREDICTIVE_MASKS`` real masks (mean and largest absolute difference, in probability of the
 predicted class): ``predict_proba`` (the Gaussian expectation: quadrature for two classes,
-unscented for three), the 4-point unscented rule that ``mc_predict`` applies to a binary
-model's moments by default, and the deterministic pass :math:`\mathrm{softmax}(\mu)`.
+unscented for three, and quasi-Monte Carlo with ``proba_method="qmc"``), the 4-point unscented
+rule that ``mc_predict`` applies to a binary model's moments by default, and the deterministic
+pass :math:`\mathrm{softmax}(\mu)`.
 
-Run: ``.venv/bin/python benchmarks/bench_fast_dropout.py [--sets rt-polarity,...]``.
+Run: ``PYTHONPATH=reproduce .venv/bin/python benchmarks/bench_fast_dropout.py [--sets ...]``.
 """
 
 from __future__ import annotations
@@ -124,6 +125,8 @@ def predictive_gaps(model, x) -> dict[str, tuple[float, float]]:
         answers["mc_predict default"] = np.stack([1 - p1, p1], -1)
         answers["softmax(mean)"] = np.stack([1 - expit(mean), expit(mean)], -1)
     else:
+        answers["predict_proba qmc"] = model.set_params(proba_method="qmc").predict_proba(x)
+        model.set_params(proba_method="unscented")
         e = np.exp(mean - mean.max(1, keepdims=True))
         answers["softmax(mean)"] = e / e.sum(1, keepdims=True)
     pred = answers["predict_proba"].argmax(1)

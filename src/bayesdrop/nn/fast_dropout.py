@@ -28,7 +28,6 @@ from torch import Tensor, nn
 from .._validation import check_choice, check_int
 from ..functional.fast_dropout import (
     Moments,
-    as_feature_tensor,
     check_drop_probability,
     expected_logistic_nll,
     expected_softmax,
@@ -42,8 +41,8 @@ from ._base import DropoutModule
 
 __all__ = ["FastDropoutLinear", "FastDropoutMLP"]
 
-#: re-exported for code that imported it from here (its home is :mod:`bayesdrop.functional`)
-_REEXPORTED = (as_feature_tensor,)
+# re-exported for code that imported it from here (its home is bayesdrop.functional.fast_dropout)
+from ..functional.fast_dropout import as_feature_tensor as as_feature_tensor  # noqa: E402
 
 
 # --------------------------------------------------------------------------- layers and MLP
