@@ -317,6 +317,8 @@ def test_deprecated_nn_names_keep_the_old_constructor_and_fit_keywords() -> None
     assert mc.n_iter_ == 2 and mc.predict(x).shape == (len(y),)
     with pytest.raises(ValueError, match="x must have 6 features"):
         old(6).fit(np.ones((2, 5)), [0, 1])
+    with pytest.raises(TypeError, match="x must be a 2-d torch.Tensor"):
+        old(6).fit([[1.0] * 6, [0.0] * 6], [0, 1])
     with pytest.raises(AttributeError):
         bayesdrop.nn.NoSuchModule  # noqa: B018
 

@@ -735,6 +735,11 @@ class _LegacyArgs:
                 x = sp.csr_matrix((coo.values().numpy(), (idx[0], idx[1])), shape=tuple(x.shape))
             else:
                 x = x.numpy()
+        if not hasattr(x, "shape") or len(x.shape) != 2:
+            raise TypeError(
+                "x must be a 2-d torch.Tensor, a scipy.sparse matrix or a numpy array, "
+                f"but got {type(x).__name__}"
+            )
         if x.shape[1] != self.in_features:
             raise ValueError(
                 f"x must have {self.in_features} features (columns), but got {x.shape[1]}"
