@@ -71,7 +71,6 @@ class NoSamplingWarning(UserWarning):
     """:func:`mc_predict` ran several passes and all gave the same output: nothing sampled."""
 
 
-@dataclass(frozen=True)
 class MCClassification:
     """Result of :func:`mc_predict` for classification (all entropies in nats).
 
@@ -85,20 +84,69 @@ class MCClassification:
         mutual_information: predictive minus expected entropy (epistemic part), ``>= 0``.
         num_samples: ``S`` (0 when the answer came from moments without sampling).
         class_dim: the class dimension of :attr:`probs`.
+
+    When the passes are kept, the three entropies are computed from :attr:`samples` the first
+    time they are read (one vectorised pass over the samples), so a caller who needs only the
+    probabilities does not pay for them; they are then cached.
     """
 
-    probs: Tensor
-    samples: Tensor | None
-    predictive_entropy: Tensor
-    expected_entropy: Tensor
-    mutual_information: Tensor
-    num_samples: int
-    class_dim: int = 1
+    def __init__(
+        self,
+        probs: Tensor,
+        samples: Tensor | None,
+        predictive_entropy: Tensor | None = None,
+        expected_entropy: Tensor | None = None,
+        mutual_information: Tensor | None = None,
+        num_samples: int = 0,
+        class_dim: int = 1,
+    ) -> None:
+        if expected_entropy is None and samples is None:
+            raise ValueError("MCClassification needs expected_entropy or the samples")
+        self.probs = probs
+        self.samples = samples
+        self.num_samples = num_samples
+        self.class_dim = class_dim
+        self._predictive_entropy = predictive_entropy
+        self._expected_entropy = expected_entropy
+        self._mutual_information = mutual_information
+
+    def _cd(self) -> int:
+        return self.class_dim % self.probs.dim()
+
+    @property
+    def predictive_entropy(self) -> Tensor:
+        """:math:`H[\\bar p]` in nats."""
+        if self._predictive_entropy is None:
+            self._predictive_entropy = _entropy(self.probs, self._cd())
+        return self._predictive_entropy
+
+    @property
+    def expected_entropy(self) -> Tensor:
+        """:math:`\\frac1S\\sum_s H[p_s]` in nats (aleatoric part)."""
+        if self._expected_entropy is None:
+            assert self.samples is not None
+            self._expected_entropy = _entropy(self.samples, self._cd() + 1).mean(0)
+        return self._expected_entropy
+
+    @property
+    def mutual_information(self) -> Tensor:
+        """Predictive minus expected entropy in nats (epistemic part), ``>= 0``."""
+        if self._mutual_information is None:
+            mi = self.predictive_entropy - self.expected_entropy
+            self._mutual_information = mi.clamp_min(0.0)
+        return self._mutual_information
 
     @property
     def prediction(self) -> Tensor:
         """The predicted class, ``argmax`` of :attr:`probs` along the class dimension."""
         return self.probs.argmax(dim=self.class_dim)
+
+    def __repr__(self) -> str:
+        samples = None if self.samples is None else tuple(self.samples.shape)
+        return (
+            f"MCClassification(probs={tuple(self.probs.shape)}, samples={samples}, "
+            f"num_samples={self.num_samples}, class_dim={self.class_dim})"
+        )
 
 
 @dataclass(frozen=True)
@@ -221,7 +269,8 @@ def _is_oom(err: BaseException) -> bool:
 def _entropy(probs: Tensor, dim: int) -> Tensor:
     """Entropy in nats along ``dim`` with :math:`0 \\log 0 = 0` (rounding outside [0, 1] clipped)."""
     p = probs.clamp(0.0, 1.0)
-    return -torch.special.xlogy(p, p).sum(dim)
+    # p log max(p, tiny) is p log p for p > 0 and 0 for p = 0; unlike xlogy it is vectorised
+    return -(p * p.clamp_min(torch.finfo(p.dtype).tiny).log()).sum(dim)
 
 
 def _sampling_layers(model: nn.Module) -> list[str]:
@@ -590,7 +639,12 @@ def mc_predict(
             raise ValueError(
                 f"{where} has no batch dimension batch_dim={batch_dim}: shape {tuple(t.shape)}"
             )
-        if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+        # the sum is finite when every element is, unless it overflows: then check each
+        if (
+            t.is_floating_point()
+            and not math.isfinite(float(t.sum()))
+            and not bool(torch.isfinite(t).all())
+        ):
             raise ValueError(f"{where} must be finite, but it contains NaN or inf")
     batch = int(inputs[0].shape[batch_dim])
     if batch < 1:
@@ -728,10 +782,7 @@ class _Accumulator:
         self.batch, self.obd, self.total = batch, obd, total
         self.cd = 1  # class dimension of one pass's probabilities (set by the first check)
         self.checked = False
-        # with keep: every pass's probabilities (outputs) and entropies (squares), preallocated
-        # so that they are written once, in place
-        self.kept: Tensor | None = None
-        self.kept2: Tensor | None = None
+        self.parts: list[Tensor] = []  # the kept passes: probabilities or outputs
         self.n = 0
         self.sum: Tensor | None = None
         self.sum2: Tensor | None = None  # squared outputs (regression) or entropies
@@ -777,12 +828,14 @@ class _Accumulator:
             )
         self.cd = cd
 
-    def _probs(self, outs: Tensor, into: Tensor | None) -> tuple[Tensor, Tensor]:
-        """Per-pass probabilities ``(c, *shape)`` and their entropies (class dim removed)."""
+    def _probs(self, outs: Tensor, entropy: bool) -> tuple[Tensor, Tensor | None]:
+        """Per-pass probabilities ``(c, *shape)`` and, when asked, their entropies."""
         cd = self.cd + 1
         if self.output == "logits":
+            if not entropy:
+                return torch.softmax(outs, dim=cd), None
             logp = torch.log_softmax(outs, dim=cd)
-            p = logp.exp() if into is None else torch.exp(logp, out=into)
+            p = logp.exp()
             h = -(p * logp).sum(cd)
             if not math.isfinite(float(h.sum())):
                 # 0 log 0 = 0 for -inf logits (masked classes): clamping keeps 0 * finite
@@ -791,8 +844,10 @@ class _Accumulator:
         if self.output == "binary_logits":
             z = outs.reshape(outs.shape[0], self.batch)
             q = torch.sigmoid(z)
-            h = -(q * F.logsigmoid(z) + (1.0 - q) * F.logsigmoid(-z))
-            return torch.stack([1.0 - q, q], dim=2), h
+            p = torch.stack([1.0 - q, q], dim=2)
+            if not entropy:
+                return p, None
+            return p, -(q * F.logsigmoid(z) + (1.0 - q) * F.logsigmoid(-z))
         total = outs.sum(cd)
         tol = 1e-3 if outs.dtype in (torch.float16, torch.bfloat16) else 1e-4
         dev = float((total - 1).abs().max()) if total.numel() else 0.0
@@ -801,7 +856,7 @@ class _Accumulator:
                 "output='probs' needs model outputs that are probabilities summing to one along "
                 f"class_dim={self.class_dim}, but the largest deviation from one is {dev:.3g}"
             )
-        return outs, _entropy(outs, cd)
+        return outs, (_entropy(outs, cd) if entropy else None)
 
     def add(self, outs: Tensor, first_pass: int) -> None:
         """``outs``: ``(c, *out_shape)`` outputs of passes ``first_pass .. first_pass + c - 1``.
@@ -836,34 +891,27 @@ class _Accumulator:
         outs = self.pending[0] if len(self.pending) == 1 else torch.cat(self.pending, 0)
         self.pending, self.pending_size = [], 0
         c, lo = outs.shape[0], self.n
-        into = None
-        if self.keep and self.task == "classification" and self.output == "logits":
-            if self.kept is None:
-                self.kept = outs.new_empty((self.total, *outs.shape[1:]))
-            into = self.kept[lo : lo + c]
+        second: Tensor | None = None
         if self.task == "classification":
-            outs, second = self._probs(outs, into)
-            # entropies are >= 0 and finite exactly when the probabilities are: their sum is a
-            # cheap test (an elementwise isfinite over the probabilities costs a pass of them)
-            if not math.isfinite(float(second.sum())):
+            # kept passes: entropies later, from the samples, only if read (MCClassification)
+            outs, second = self._probs(outs, entropy=not self.keep)
+            # probabilities and entropies are finite exactly when their sum is (they are
+            # bounded): a cheap test, where an elementwise isfinite costs a pass over them
+            check = outs if second is None else second
+            if not math.isfinite(float(check.sum())):
                 raise ValueError(
-                    f"the model's output in pass {lo + _first_bad(second)} gives non-finite "
+                    f"the model's output in pass {lo + _first_bad(check)} gives non-finite "
                     "probabilities (NaN or +inf in the output)"
                 )
         else:
             if not bool(torch.isfinite(outs).all()):
                 raise ValueError(f"the model returned NaN or inf in pass {lo + _first_bad(outs)}")
-            second = outs.pow(2)
+            second = None if self.keep else outs.pow(2)
         self.n += c
         if self.keep:
-            if self.kept is None:
-                self.kept = outs.new_empty((self.total, *outs.shape[1:]))
-            if self.kept2 is None:
-                self.kept2 = second.new_empty((self.total, *second.shape[1:]))
-            if into is None:
-                self.kept[lo : lo + c] = outs
-            self.kept2[lo : lo + c] = second
+            self.parts.append(outs)
             return
+        assert second is not None
         first, second = outs.sum(0), second.sum(0)
         self.sum = first if self.sum is None else self.sum + first
         self.sum2 = second if self.sum2 is None else self.sum2 + second
@@ -887,19 +935,20 @@ class _Accumulator:
                 NoSamplingWarning,
                 stacklevel=3,
             )
-        stacked = None if self.kept is None else self.kept[: self.n]
+        stacked = None
+        if self.keep:
+            stacked = self.parts[0] if len(self.parts) == 1 else torch.cat(self.parts, 0)
         if self.task == "classification":
+            class_dim = 1 if self.output == "binary_logits" else self.class_dim
             if stacked is not None:
-                probs = stacked.mean(0)
-                assert self.kept2 is not None
-                exp_h = self.kept2[: self.n].mean(0)
-            else:
-                assert self.sum is not None and self.sum2 is not None
-                probs, exp_h = self.sum / self.n, self.sum2 / self.n
+                return MCClassification(
+                    stacked.mean(0), stacked, None, None, None, self.n, class_dim
+                )
+            assert self.sum is not None and self.sum2 is not None
+            probs, exp_h = self.sum / self.n, self.sum2 / self.n
             pred_h = _entropy(probs, self.cd)
             mi = (pred_h - exp_h).clamp_min(0.0)
-            class_dim = 1 if self.output == "binary_logits" else self.class_dim
-            return MCClassification(probs, stacked, pred_h, exp_h, mi, self.n, class_dim)
+            return MCClassification(probs, None, pred_h, exp_h, mi, self.n, class_dim)
         if stacked is not None:
             mean = stacked.mean(0)
             model_var = stacked.var(0, correction=0)
