@@ -37,7 +37,7 @@ import math
 import time
 from typing import Any
 
-from bayesdrop.nn.fast_dropout import FastDropoutLogisticRegression, MCDropoutLogisticRegression
+from bayesdrop.linear_model import FastDropoutLogisticRegression, MCDropoutLogisticRegression
 
 from ..datasets.text import load_text_features
 from ._framework import Result, RunConfig, progress, torch_threads
@@ -61,29 +61,24 @@ PAPER: dict[str, dict[str, tuple[float, float]]] = {
 _PAPER_NAMES = {"rt-polarity": "RT-s", "rt-subjectivity": "subj", "tweets": "—"}
 
 
-def _model(method: str, d: int, k: int, samples: int, iters: int, epochs: int, seed: int):  # type: ignore[no-untyped-def]
-    """The model and ``fit`` keywords of ``method``."""
+def _model(method: str, samples: int, iters: int, epochs: int, seed: int):  # type: ignore[no-untyped-def]
+    """The estimator of ``method`` (training options in the constructor)."""
     if method == "plain":
-        return FastDropoutLogisticRegression(d, k, p=0.0), {"max_iter": 500}
+        return FastDropoutLogisticRegression(p=0.0, max_iter=500, random_state=0)
     if method == "fast":
-        return FastDropoutLogisticRegression(d, k, p=P), {"max_iter": 500}
+        return FastDropoutLogisticRegression(p=P, max_iter=500, random_state=0)
     if method == "fast-iters":
-        return FastDropoutLogisticRegression(d, k, p=P), {"max_iter": iters}
+        return FastDropoutLogisticRegression(p=P, max_iter=iters, random_state=0)
     if method == "fast-gauss":
-        model = FastDropoutLogisticRegression(d, k, p=P, objective="sample", samples=samples)
-        return model, {"max_iter": iters, "seed": seed}
+        return FastDropoutLogisticRegression(
+            p=P, objective="sample", samples=samples, max_iter=iters, random_state=seed
+        )
     if method == "mc":
-        return MCDropoutLogisticRegression(d, k, p=P, samples=samples), {
-            "max_iter": iters,
-            "seed": seed,
-        }
-    return MCDropoutLogisticRegression(d, k, p=P, samples=1), {
-        "optimizer": "adam",
-        "max_iter": epochs,
-        "batch_size": 100,
-        "lr": 0.01,
-        "seed": seed,
-    }
+        return MCDropoutLogisticRegression(p=P, samples=samples, max_iter=iters, random_state=seed)
+    return MCDropoutLogisticRegression(
+        p=P, samples=1, optimizer="adam", max_iter=epochs, batch_size=100, lr=0.01,
+        random_state=seed,
+    )  # fmt: skip
 
 
 def compare(
@@ -100,14 +95,13 @@ def compare(
     methods: tuple[str, ...] = METHODS,
 ) -> dict[str, dict[str, float]]:
     """Train every method on one split; test accuracy (and its SE), CPU seconds, iterations."""
-    d = x_train.shape[1]
     n_test = len(y_test)
     out: dict[str, dict[str, float]] = {}
     with torch_threads(1):
         for method in methods:
-            model, kw = _model(method, d, num_classes, samples, iters, epochs, seed)
+            model = _model(method, samples, iters, epochs, seed)
             start = time.process_time()
-            model.fit(x_train, y_train, **kw)
+            model.fit(x_train, y_train)
             cpu = time.process_time() - start
             acc = model.score(x_test, y_test)
             out[method] = {
