@@ -9,6 +9,7 @@ followed by rank 1's, when rank 1 skips the first ``B*K`` numbers: the masks coi
 from __future__ import annotations
 
 import os
+import sys
 
 import pytest
 import torch
@@ -76,6 +77,16 @@ def _worker(rank: int, world: int, store: str, pair: str, out: str) -> None:
             torch.save(model.state_dict(), out)
     finally:
         dist.destroy_process_group()
+    # End the process without interpreter finalisation. Constructing DistributedDataParallel
+    # leaves references to the process group that destroy_process_group() does not drop, so
+    # gloo's worker threads outlive it; such a thread releases the last reference to a finished
+    # all-reduce (whose saved thread-local state holds a Python object) a moment after the
+    # caller's wait returns. If the interpreter is finalising by then, that release cannot take
+    # the GIL, the thread is unwound through a noexcept destructor and the process aborts
+    # ("terminate called without an active exception"). Everything is written and closed here.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 @pytest.mark.parametrize("pair", ["nograd", "concat"])
