@@ -18,12 +18,14 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import scipy.sparse as sp
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.autograd.function import once_differentiable
 
 from .._validation import check_int, check_positive, check_probability
 
@@ -111,6 +113,16 @@ def normalized_values(x: CSRBatch, rows: Tensor | None = None) -> Tensor:
 def multinomial_nll(logits: Tensor, x: Tensor | CSRBatch) -> Tensor:
     r"""Per-user multinomial negative log-likelihood :math:`-\sum_i x_i \log\mathrm{softmax}(f)_i`.
 
+    For a CSR ``x`` only the stored clicks are visited: with :math:`n = \sum_i x_i`,
+
+    .. math::
+        -\sum_i x_i \log\mathrm{softmax}(f)_i = n\,\mathrm{logsumexp}(f) - \sum_{i:\,x_i\neq0} x_i f_i,
+        \qquad
+        \frac{\partial}{\partial f_i} = n\,\mathrm{softmax}(f)_i - x_i,
+
+    and the gradient is written in one pass over the logits plus one over the clicks (no dense
+    copy of ``x``, no scatter into a zero matrix).
+
     Args:
         logits: ``(..., users, items)`` decoder outputs.
         x: the click matrix, ``(users, items)``, CSR or dense.
@@ -118,13 +130,45 @@ def multinomial_nll(logits: Tensor, x: Tensor | CSRBatch) -> Tensor:
     Returns:
         ``(..., users)``.
     """
-    logp = F.log_softmax(logits, dim=-1)
     if isinstance(x, CSRBatch):
+        if logits.shape[-2:] != x.shape:
+            raise ValueError(
+                f"logits must end in the click matrix's shape {x.shape}, got {tuple(logits.shape)}"
+            )
+        values = x.values.to(logits.dtype)
         rows = row_ids(x)
-        picked = logp[..., rows, x.col] * x.values.to(logp.dtype)
-        out = logp.new_zeros(logp.shape[:-1])
-        return -out.index_add_(-1, rows, picked)
-    return -(logp * x.to(logp.dtype)).sum(-1)
+        if values.requires_grad:  # gradients for the clicks too: plain autograd
+            logp = F.log_softmax(logits, dim=-1)
+            picked = logp[..., rows, x.col] * values
+            return -logp.new_zeros(logp.shape[:-1]).index_add_(-1, rows, picked)
+        flat = rows * x.n_items + x.col
+        return _SparseMultinomialNLL.apply(logits, flat, rows, values)
+    return -(F.log_softmax(logits, dim=-1) * x.to(logits.dtype)).sum(-1)
+
+
+class _SparseMultinomialNLL(torch.autograd.Function):
+    """:func:`multinomial_nll` against CSR clicks given as flat indices ``row * items + col``."""
+
+    @staticmethod
+    def forward(ctx: Any, logits: Tensor, flat: Tensor, rows: Tensor, values: Tensor) -> Tensor:
+        lead, (users, items) = logits.shape[:-2], logits.shape[-2:]
+        logp = F.log_softmax(logits.reshape(-1, users, items), dim=-1)
+        picked = logp.view(logp.shape[0], users * items).index_select(1, flat) * values
+        dot = logp.new_zeros(logp.shape[:-1]).index_add_(1, rows, picked)
+        total = values.new_zeros(users).index_add_(0, rows, values)  # clicks per user
+        ctx.save_for_backward(logp, flat, rows, values, total)
+        ctx.lead = lead
+        return -dot.view(*lead, users)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None, None, None]:
+        logp, flat, rows, values, total = ctx.saved_tensors
+        depth, users, items = logp.shape
+        g = grad.reshape(depth, users)
+        out = logp.exp().mul_((g * total).unsqueeze(-1))  # n * softmax, scaled by the upstream
+        out.view(depth, users * items).index_add_(1, flat, g[:, rows] * values, alpha=-1)
+        return out.view(*ctx.lead, users, items), None, None, None
 
 
 def gaussian_kl(mu: Tensor, logvar: Tensor) -> Tensor:
