@@ -38,6 +38,7 @@ FURTHER: tuple[str, ...] = (
     "segmentation",
     "control-dynamics",
     "fast-dropout-network",
+    "sivae-rates",
 )
 
 #: Every registered experiment, in run order.
