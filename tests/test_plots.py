@@ -140,3 +140,55 @@ def test_missing_matplotlib_gives_a_clear_error(monkeypatch, case):
     for call in calls:
         with pytest.raises(ImportError, match=r"pip install 'bayesdrop\[plot\]'"):
             call()
+
+
+def test_rate_trajectories_draws_the_trackers_history(tmp_path):
+    from torch import nn
+
+    from bayesdrop import RateTracker
+    from bayesdrop.nn import LearnableBernoulliDropout
+
+    model = nn.Sequential(
+        LearnableBernoulliDropout(nn.Linear(3, 12), init_p=0.3),
+        LearnableBernoulliDropout(nn.Linear(12, 2), init_p=0.2),
+    )
+    tracker = RateTracker(model, every=2)
+    g = torch.Generator().manual_seed(0)
+    for step in range(9):
+        with torch.no_grad():  # stands in for optimiser steps; model[0] stops after step 5
+            for m in model if step < 6 else model[1:]:
+                m.logit_p += 0.3 * torch.randn(m.logit_p.shape, generator=g)
+        tracker.step()
+    history = tracker.history
+    path = tmp_path / "traj.png"
+    fig = plots.rate_trajectories(tracker, max_lines=5, path=path)
+    assert path.read_bytes()[:8] == PNG_MAGIC
+    assert history["0"].shape == (5, 3) and history["1"].shape == (5, 12)
+    small, large = fig.axes[0], fig.axes[1]
+    # three rates: one line each, exactly the recorded values at the recorded steps
+    assert len(small.get_lines()) == 3
+    for k, line in enumerate(small.get_lines()):
+        assert (
+            list(line.get_xdata()) == [0.0, 2.0, 4.0, 6.0, 8.0] == [float(s) for s in tracker.steps]
+        )
+        np.testing.assert_allclose(line.get_ydata(), history["0"][:, k].double().numpy())
+    # twelve rates > max_lines: the mean line and a quantile band
+    (mean_line,) = large.get_lines()
+    np.testing.assert_allclose(mean_line.get_ydata(), history["1"].double().mean(1).numpy())
+    band = large.collections[0].get_paths()[0].vertices[:, 1]
+    lo = torch.quantile(history["1"].double(), 0.1, dim=1).numpy()
+    hi = torch.quantile(history["1"].double(), 0.9, dim=1).numpy()
+    assert band.min() == pytest.approx(lo.min()) and band.max() == pytest.approx(hi.max())
+    # titles state the drift over the last quarter and the settling criterion
+    drift = tracker.drift(0.25)
+    assert drift["0"] == 0.0 and drift["1"] > 0.01
+    for ax, name in ((small, "0"), (large, "1")):
+        assert f"drift {drift[name]:.3g}" in ax.get_title()
+        assert ("(settled)" in ax.get_title()) == (drift[name] < 0.01)
+    assert plots.rate_trajectories(tracker, modules=["1"]).axes[0].get_title().startswith("1:")
+    with pytest.raises(TypeError, match="RateTracker"):
+        plots.rate_trajectories(history)
+    with pytest.raises(ValueError, match="were not recorded"):
+        plots.rate_trajectories(tracker, modules=["2"])
+    with pytest.raises(ValueError, match="no records"):
+        plots.rate_trajectories(RateTracker(model))

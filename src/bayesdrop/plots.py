@@ -21,7 +21,13 @@ if TYPE_CHECKING:  # pragma: no cover
     from matplotlib.axes import Axes
     from matplotlib.figure import Figure
 
-__all__ = ["reliability_diagram", "pavpu_plot", "ood_histogram", "dropout_rate_plot"]
+__all__ = [
+    "reliability_diagram",
+    "pavpu_plot",
+    "ood_histogram",
+    "dropout_rate_plot",
+    "rate_trajectories",
+]
 
 
 def _new_figure(figsize: tuple[float, float]) -> Figure:
@@ -298,5 +304,99 @@ def dropout_rate_plot(
     if title is not None:
         ax.set_title(title)
     ax.legend(fontsize="small")
+    _save(fig, path, dpi)
+    return fig
+
+
+def rate_trajectories(
+    tracker: Any,
+    *,
+    modules: Sequence[str] | None = None,
+    max_lines: int = 8,
+    band: tuple[float, float] = (0.1, 0.9),
+    fraction: float = 0.25,
+    tol: float = 0.01,
+    xlabel: str = "step",
+    title: str | None = None,
+    path: str | os.PathLike[str] | None = None,
+    dpi: int = 100,
+) -> Figure:
+    """The drop rates a :class:`bayesdrop.RateTracker` recorded, one panel per module.
+
+    A module with at most ``max_lines`` (recorded) rates gets one line per rate; a larger one a
+    line at the mean over its rates with a band between the ``band`` quantiles at each step. The
+    last ``fraction`` of the records is shaded, and each panel's title gives the module's drift
+    over it, :math:`d = \\frac1K\\sum_k |p_k(t_{\\text{end}}) - p_k(t_{\\text{start}})|`
+    (:meth:`~bayesdrop.RateTracker.drift`), and whether :math:`d <` ``tol`` (settled).
+
+    Args:
+        tracker: a :class:`bayesdrop.RateTracker` with at least one record.
+        modules: names of the modules to draw (default: all, in model order).
+        max_lines: largest number of rates drawn one line each.
+        band: lower and upper quantiles of the shaded band, in [0, 1].
+        fraction, tol: the settling criterion stated in the titles
+            (:meth:`~bayesdrop.RateTracker.settled`).
+        xlabel, title, path, dpi: labels and output as :func:`reliability_diagram`.
+    """
+    from .tracking import RateTracker
+
+    if not isinstance(tracker, RateTracker):
+        raise TypeError(
+            f"tracker must be a bayesdrop.RateTracker, but got {type(tracker).__name__}"
+        )
+    if isinstance(max_lines, bool) or not isinstance(max_lines, int) or max_lines < 0:
+        raise ValueError(f"max_lines must be an int >= 0, but got {max_lines!r}")
+    lo_q, hi_q = (float(b) for b in band)
+    if not 0.0 <= lo_q <= hi_q <= 1.0:
+        raise ValueError(f"band must be two quantiles 0 <= lo <= hi <= 1, but got {band}")
+    if not 0.0 < float(fraction) <= 1.0:
+        raise ValueError(f"fraction must be in (0, 1], but got {fraction}")
+    if not float(tol) > 0.0:
+        raise ValueError(f"tol must be positive, but got {tol}")
+    if not tracker.steps:
+        raise ValueError("the tracker holds no records yet: call tracker.step() during training")
+    history = tracker.history
+    if modules is None:
+        names = list(history)
+    else:
+        if isinstance(modules, str):
+            raise TypeError("modules must be a sequence of module names, not a str")
+        names = list(modules)
+        unknown = [n for n in names if n not in history]
+        if unknown:
+            raise ValueError(f"modules {unknown} were not recorded; recorded: {list(history)}")
+    if not names:
+        raise ValueError("no module to draw: the tracker recorded no dropout module")
+    drift = tracker.drift(fraction) if len(tracker.steps) > 1 else {}
+    xs = [float(s) for s in tracker.steps]
+    cols = min(3, len(names))
+    rows = -(-len(names) // cols)
+    fig = _new_figure((4.2 * cols, 3.0 * rows))
+    axes = fig.subplots(rows, cols, squeeze=False)
+    for ax in axes.flat[len(names) :]:
+        ax.set_visible(False)
+    start = min(len(xs) - 2, int(len(xs) * (1.0 - fraction))) if len(xs) > 1 else 0
+    for ax, name in zip(axes.flat, names, strict=False):
+        h = history[name].double()  # (steps, K)
+        if h.shape[1] <= max_lines:
+            for k in range(h.shape[1]):
+                ax.plot(xs, h[:, k].tolist(), color=f"C{k % 10}", lw=1, label=f"rate {k}")
+        else:
+            ax.plot(xs, h.mean(1).tolist(), color="C0", label=f"mean of {h.shape[1]} rates")
+            lo = torch.quantile(h, lo_q, dim=1).tolist()
+            hi = torch.quantile(h, hi_q, dim=1).tolist()
+            ax.fill_between(xs, lo, hi, color="C0", alpha=0.2)
+        label = name or "(model)"
+        if name in drift:
+            ax.axvspan(xs[start], xs[-1], color="0.85", zorder=0)
+            state = "settled" if drift[name] < tol else "not settled"
+            label += f": drift {drift[name]:.3g} ({state})"
+        ax.set_title(label, fontsize="small")
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel("drop probability p")
+        if h.shape[1] <= max_lines and h.shape[1] > 1:
+            ax.legend(fontsize="x-small")
+    if title is not None:
+        fig.suptitle(title)
     _save(fig, path, dpi)
     return fig
