@@ -250,7 +250,13 @@ class LearnableBernoulliDropout(DropoutModule):
         if pair is None:
             u = self._uniforms(shape, bd, dtype, x)
             keep = u < torch.sigmoid(keep_logit)
-            if self.training and torch.is_grad_enabled() and logit_p.requires_grad:
+            if (
+                self.training
+                and torch.is_grad_enabled()
+                and logit_p.requires_grad
+                and not LearnableBernoulliDropout._warned_pathwise_only
+                and not torch.compiler.is_compiling()  # a hook would break the traced graph
+            ):
                 self._warn_on_backward(logit_p)
         elif pair.mode == "concat":
             self._check_batch(shape, bd, 2, pair)
