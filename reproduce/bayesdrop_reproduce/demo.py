@@ -20,8 +20,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from bayesdrop import dropout_rates, objective, rate_param_groups
+from bayesdrop import dropout_rates, rate_param_groups
 from bayesdrop.nn import LearnableBernoulliDropout
+
+from .experiments._training import fit, shuffled_epochs
 
 __all__ = ["main", "run_demo", "load_digits_split", "DemoRow"]
 
@@ -80,19 +82,26 @@ def train_one(kind: str, epochs: int, seed: int, data, progress: bool = True) ->
     model = _mlp(kind)
     opt = torch.optim.Adam(rate_param_groups(model, rate_lr=RATE_LR), lr=2e-3)
     gen = torch.Generator().manual_seed(seed)
-    n, batch, steps, elapsed = len(y_tr), 64, 0, 0.0
-    bar = tqdm(range(epochs), desc=f"{kind:>10}", leave=False, disable=not progress)
-    for _ in bar:
-        model.train()
-        for idx in torch.randperm(n, generator=gen).split(batch):
-            t0 = time.process_time()
-            opt.zero_grad()
-            loss = objective(model, x_tr[idx], y_tr[idx], _nll, n)
-            loss.backward()
-            opt.step()
-            elapsed += time.process_time() - t0
-            steps += 1
-        bar.set_postfix(loss=f"{loss.item():.3f}")
+    n, batch = len(y_tr), 64
+    bar = tqdm(
+        shuffled_epochs(n, batch, epochs, gen, x_tr.device),
+        total=epochs,
+        desc=f"{kind:>10}",
+        leave=False,
+        disable=not progress,
+    )
+    start = time.process_time()
+    steps = fit(
+        model,
+        opt,
+        x_tr,
+        y_tr,
+        bar,
+        nll=_nll,
+        n_data=n,
+        on_epoch=lambda _epoch, loss: bar.set_postfix(loss=f"{loss.item():.3f}"),
+    )
+    elapsed = time.process_time() - start
     model.eval()
     with torch.no_grad():
         logits = model(x_te)

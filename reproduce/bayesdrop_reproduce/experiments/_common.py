@@ -10,10 +10,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from bayesdrop import objective
+from bayesdrop import rate_param_groups
 
 from ..datasets.images import load_images
 from ._framework import RunConfig, progress
+from ._training import fit, shuffled_epochs
 
 __all__ = [
     "ImageSplit",
@@ -86,14 +87,9 @@ def cross_entropy(logits: Tensor, y: Tensor) -> Tensor:
 
 
 def param_groups(model: nn.Module, lr: float, rate_lr: float | None) -> list[dict]:
-    """Adam groups: rate parameters (``logit_p``/``log_alpha``) with ``rate_lr``, the rest ``lr``."""
-    rate_names = ("logit_p", "log_alpha")
-    rates = [p for n, p in model.named_parameters() if n.split(".")[-1] in rate_names]
-    others = [p for n, p in model.named_parameters() if n.split(".")[-1] not in rate_names]
-    groups: list[dict] = [{"params": others, "lr": lr}]
-    if rates:
-        groups.append({"params": rates, "lr": lr if rate_lr is None else rate_lr})
-    return groups
+    """Adam groups (:func:`bayesdrop.rate_param_groups`): the dropout-rate parameters with
+    ``rate_lr`` (``lr`` when ``None``) and no weight decay, the rest with ``lr``."""
+    return rate_param_groups(model, rate_lr=lr if rate_lr is None else rate_lr, lr=lr)
 
 
 def train(
@@ -124,41 +120,40 @@ def train(
     ``lr_decay_from`` (a fraction of ``epochs``) decays the learning rates linearly to zero from
     that point on.
     """
-    model.train()
     groups = param_groups(model, lr, rate_lr)
     opt = torch.optim.Adam(groups)
     base_lrs = [g["lr"] for g in opt.param_groups]
-    gen = cfg.generator(1000 + offset)
     n = len(y)
-    steps = 0
+
+    def weight(progress_ep: float) -> float:
+        if kl_warmup_epochs > 0:
+            return kl_weight * min(1.0, progress_ep / kl_warmup_epochs)
+        return kl_weight
+
+    def decay(progress_ep: float) -> None:
+        if lr_decay_from is not None and progress_ep >= lr_decay_from * epochs:
+            left = max(
+                0.0, 1 - (progress_ep - lr_decay_from * epochs) / ((1 - lr_decay_from) * epochs)
+            )
+            for g, base in zip(opt.param_groups, base_lrs):
+                g["lr"] = base * left
+
     start = time.perf_counter()
-    for epoch in progress(range(epochs), cfg, desc):
-        perm = torch.randperm(n, generator=gen).to(x.device)
-        for i in range(0, n, batch_size):
-            idx = perm[i : i + batch_size]
-            progress_ep = epoch + i / n
-            beta = kl_weight
-            if kl_warmup_epochs > 0:
-                beta = kl_weight * min(1.0, progress_ep / kl_warmup_epochs)
-            if lr_decay_from is not None and progress_ep >= lr_decay_from * epochs:
-                left = max(
-                    0.0, 1 - (progress_ep - lr_decay_from * epochs) / ((1 - lr_decay_from) * epochs)
-                )
-                for g, base in zip(opt.param_groups, base_lrs):
-                    g["lr"] = base * left
-            loss = objective(model, x[idx], y[idx], nll, n_data=n, kl_weight=beta)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            steps += 1
-            if on_step is not None:
-                on_step(steps)
-            if max_steps is not None and steps >= max_steps:
-                break
-        if on_epoch is not None:
-            on_epoch(epoch)
-        if max_steps is not None and steps >= max_steps:
-            break
+    batches = shuffled_epochs(n, batch_size, epochs, cfg.generator(1000 + offset), x.device)
+    steps = fit(
+        model,
+        opt,
+        x,
+        y,
+        progress(batches, cfg, desc, total=epochs),
+        nll=nll,
+        n_data=n,
+        kl_weight=weight,
+        schedule=decay,
+        on_step=on_step,
+        on_epoch=None if on_epoch is None else lambda epoch, _: on_epoch(epoch),
+        max_steps=max_steps,
+    )
     if x.is_cuda:
         torch.cuda.synchronize()
     return {"seconds": time.perf_counter() - start, "steps": steps}

@@ -43,12 +43,12 @@ from collections.abc import Callable
 import torch
 from torch import Tensor, nn
 
-from bayesdrop import objective
 from bayesdrop.nn.concrete import ConcreteDropout
 from bayesdrop.uncertainty import MCRegression, mc_predict
 
 from ..datasets.cartpole import cartpole_transitions
 from ._framework import Result, RunConfig, cpu_timer, progress
+from ._training import fit, sampled_batches
 
 __all__ = ["NAME", "TITLE", "NOISE_STD", "DynamicsModel", "fit_dynamics", "epistemic", "run"]
 
@@ -143,12 +143,15 @@ def fit_dynamics(
         groups.append({"params": [model.log_tau], "lr": tau_lr})
     opt = torch.optim.Adam(groups)
     n = len(x)
-    for _ in range(steps):
-        idx = torch.randint(0, n, (min(batch_size, n),), generator=generator).to(x.device)
-        loss = objective(model, x[idx], y[idx], nll, n_data=n)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
+    fit(
+        model,
+        opt,
+        x,
+        y,
+        sampled_batches(n, batch_size, steps, generator, x.device),
+        nll=nll,
+        n_data=n,
+    )
     return model
 
 

@@ -29,12 +29,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from bayesdrop import objective
 from bayesdrop.functional.fast_dropout import expected_softmax_cross_entropy
 from bayesdrop.nn.fast_dropout import FastDropoutMLP
 
 from ._common import image_split
 from ._framework import Result, RunConfig, clock, cpu_timer, progress
+from ._training import fit, shuffled_epochs
 
 __all__ = ["NAME", "TITLE", "METHODS", "VAR_FACTOR", "build", "run"]
 
@@ -146,18 +146,22 @@ def run(cfg: RunConfig) -> Result:
         nll = _moment_nll if method.startswith("fast") else _ce
         opt = torch.optim.Adam(model.parameters(), lr=lr)
         gen = cfg.generator(300 + k)
-        curve = []
+        curve: list[int] = []
+
+        def record(_epoch: int, _loss: Tensor, m: nn.Module = model, c: list = curve) -> None:
+            c.append(_errors(m, x_test, y_test))  # test errors after each epoch
+
         with cpu_timer(cfg) as t:
-            for _ in range(epochs):
-                model.train()
-                perm = torch.randperm(n, generator=gen).to(x_train.device)
-                for i in range(0, n, batch_size):
-                    idx = perm[i : i + batch_size]
-                    loss = objective(model, x_train[idx], y_train[idx], nll, n_data=n)
-                    opt.zero_grad(set_to_none=True)
-                    loss.backward()
-                    opt.step()
-                curve.append(_errors(model, x_test, y_test))
+            fit(
+                model,
+                opt,
+                x_train,
+                y_train,
+                shuffled_epochs(n, batch_size, epochs, gen, x_train.device),
+                nll=nll,
+                n_data=n,
+                on_epoch=record,
+            )
         errors = curve[-1]
         train_errors = _errors(model, x_train, y_train)
         results[method] = {

@@ -29,10 +29,9 @@ from collections.abc import Callable
 import torch
 from torch import Tensor, nn
 
-from bayesdrop import objective
-
 from ._common import cross_entropy, image_split
 from ._framework import Result, RunConfig, clock, cpu_timer, progress, single_thread
+from ._training import fit, sampled_batches
 from ._weight_noise import WeightNoiseLinear, noise_draws
 from .estimator_variance import INIT_P, mlp
 
@@ -82,14 +81,10 @@ def _stepper(
     """One Adam step of :func:`bayesdrop.objective` on a random minibatch per call."""
     opt = torch.optim.Adam(model.parameters(), lr=lr)
     n = len(y)
-    model.train()
 
     def step() -> None:
-        idx = torch.randint(n, (batch_size,), generator=gen).to(x.device)
-        loss = objective(model, x[idx], y[idx], cross_entropy, n_data=n)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
+        batch = sampled_batches(n, batch_size, 1, gen, x.device)
+        fit(model, opt, x, y, batch, nll=cross_entropy, n_data=n)
 
     return step
 

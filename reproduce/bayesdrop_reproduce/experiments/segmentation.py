@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from bayesdrop import dropout_rates, objective
+from bayesdrop import dropout_rates
 from bayesdrop.metrics.segmentation import mean_iou, patch_pavpu_curve, pixel_accuracy
 from bayesdrop.nn.concrete import ConcreteDropout
 from bayesdrop.nn.learnable_bernoulli import LearnableBernoulliDropout
@@ -43,6 +43,7 @@ from bayesdrop.uncertainty import mc_predict
 
 from ..datasets.scenes import SCENE_CLASSES, make_scenes
 from ._framework import Result, RunConfig, cpu_timer, progress, single_thread
+from ._training import fit, shuffled_epochs
 
 __all__ = ["NAME", "TITLE", "METHODS", "SegmentationFCN", "run"]
 
@@ -137,16 +138,8 @@ def _train(
     opt = torch.optim.Adam(model.parameters(), lr=lr)
     gen = cfg.generator(500 + offset)
     n = len(x)
-    n_pixels = n * y[0].numel()
-    model.train()
-    for _ in range(epochs):
-        perm = torch.randperm(n, generator=gen).to(x.device)
-        for i in range(0, n, batch_size):
-            idx = perm[i : i + batch_size]
-            loss = objective(model, x[idx], y[idx], _pixel_nll, n_data=n_pixels)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
+    batches = shuffled_epochs(n, batch_size, epochs, gen, x.device)
+    fit(model, opt, x, y, batches, nll=_pixel_nll, n_data=n * y[0].numel())
 
 
 @torch.no_grad()

@@ -31,11 +31,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from bayesdrop import objective
 from bayesdrop.nn.concrete import ConcreteDropout
 
 from ..datasets.text import load_text
+from . import _training
 from ._framework import Result, RunConfig, cpu_timer, progress
+from ._training import shuffled_epochs
 
 __all__ = ["NAME", "TITLE", "tokenize", "encode", "SentimentLSTM", "fit", "rt_split", "run"]
 
@@ -160,27 +161,27 @@ def fit(
     opt = torch.optim.Adam(model.parameters(), lr=lr)
     curve: dict[str, list] = {"epoch": [], "test_accuracy": [], "train_accuracy": [], "rate": []}
     best_right = torch.zeros(len(y_val), dtype=torch.bool)
-    for epoch in range(epochs):
+
+    def evaluate(steps: int) -> None:
+        nonlocal best_right
+        epoch, step = divmod(steps - 1, steps_per_epoch)
+        step += 1
+        if step not in eval_at:
+            return
+        right = _correct(model, x_val, y_val)
+        acc = float(right.double().mean())
+        if not curve["test_accuracy"] or acc > max(curve["test_accuracy"]):
+            best_right = right
+        curve["epoch"].append(epoch + step / steps_per_epoch)
+        curve["test_accuracy"].append(acc)
+        curve["train_accuracy"].append(
+            float(_correct(model, x_train[sub], y_train[sub]).double().mean())
+        )
+        curve["rate"].append(model.rate())
         model.train()
-        order = torch.randperm(n, generator=generator).to(x_train.device)
-        for step, i in enumerate(range(0, n, batch_size), start=1):
-            idx = order[i : i + batch_size]
-            loss = objective(model, x_train[idx], y_train[idx], _ce, n_data=n)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            if step in eval_at:
-                right = _correct(model, x_val, y_val)
-                acc = float(right.double().mean())
-                if not curve["test_accuracy"] or acc > max(curve["test_accuracy"]):
-                    best_right = right
-                curve["epoch"].append(epoch + step / steps_per_epoch)
-                curve["test_accuracy"].append(acc)
-                curve["train_accuracy"].append(
-                    float(_correct(model, x_train[sub], y_train[sub]).double().mean())
-                )
-                curve["rate"].append(model.rate())
-                model.train()
+
+    batches = shuffled_epochs(n, batch_size, epochs, generator, x_train.device)
+    _training.fit(model, opt, x_train, y_train, batches, nll=_ce, n_data=n, on_step=evaluate)
     return curve, best_right
 
 

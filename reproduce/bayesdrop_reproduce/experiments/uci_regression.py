@@ -39,6 +39,7 @@ from bayesdrop.uncertainty import MCRegression, mc_predict
 
 from ..datasets.regression import kfold_indices, load_regression
 from ._framework import Result, RunConfig, cpu_timer, progress
+from ._training import fit, shuffled_epochs
 
 __all__ = [
     "NAME",
@@ -203,18 +204,14 @@ def train_split(
             lrs.append(rate_lr)
     optimisers = [torch.optim.Adam(g, lr=r) for g, r in zip(groups, lrs)]
     n = len(y)
-    model.train()
+
+    def loss(idx: Tensor) -> Tensor:
+        return _loss(model, x[idx], y[idx], n)
+
     for _ in range(epochs):
-        for opt, params in zip(optimisers, groups):
-            perm = torch.randperm(n, generator=generator).to(x.device)
-            for i in range(0, n, batch_size):
-                idx = perm[i : i + batch_size]
-                loss = _loss(model, x[idx], y[idx], n)
-                opt.zero_grad(set_to_none=True)
-                grads = torch.autograd.grad(loss, params)
-                for p, g in zip(params, grads):
-                    p.grad = g
-                opt.step()
+        for opt, params in zip(optimisers, groups):  # one pass over the data per group
+            batches = shuffled_epochs(n, batch_size, 1, generator, x.device)
+            fit(model, opt, x, y, batches, loss=loss, params=params)
 
 
 @torch.no_grad()
