@@ -27,8 +27,16 @@ import torch.nn.functional as F
 from torch import nn
 
 import bayesdrop
-from bayesdrop.nn import ARDDropout, SparseVariationalDropout
-from bayesdrop.sparsity import CompressionReport, LayerCompression, compression_report, prune
+from bayesdrop.nn import ARDDropout, SparseVariationalDropout, VariationalDropout
+from bayesdrop.sparsity import (
+    CompressionReport,
+    LayerCompression,
+    SelectInputs,
+    SparseLinear,
+    compress,
+    compression_report,
+    prune,
+)
 
 
 def test_prune_and_report_on_a_hand_set_model() -> None:
@@ -91,6 +99,138 @@ def test_report_str_and_edge_cases() -> None:
     empty = compression_report(nn.ReLU())
     assert (empty.weights, empty.nonzero, empty.ratio, empty.layers) == (0, 0, float("inf"), ())
     assert prune(nn.Linear(2, 2)) == {}
+
+
+# ------------------------------------------------------------------------------ compress
+def _state_bytes(model: nn.Module) -> int:
+    return sum(t.numel() * t.element_size() for t in model.state_dict().values())
+
+
+def _hand_model() -> nn.Sequential:
+    """5 -> 6 -> 4 -> 2 with a known pattern of pruned weights (float64).
+
+    Layer 1: input column 3 unused; hidden rows 0 and 1 receive nothing (row 0 has bias 0.7,
+    row 1 bias 0, folded through sigmoid(.) = 0.5 as well); hidden unit 5 feeds nothing (column 5
+    of layer 2 is zero). Layers 2 and 3 keep every unit.
+    """
+    torch.manual_seed(1)
+    model = nn.Sequential(
+        SparseVariationalDropout(nn.Linear(5, 6)),
+        nn.Sigmoid(),
+        ARDDropout(nn.Linear(6, 4)),
+        nn.ReLU(),
+        nn.Linear(4, 2),
+    ).double()
+    with torch.no_grad():
+        w1 = model[0].layer.weight
+        w1[:, 3] = 0.0
+        model[0].log_sigma2[0:2] = 10.0  # rows 0, 1 pruned by log alpha > 3
+        model[0].layer.bias[0], model[0].layer.bias[1] = 0.7, 0.0
+        model[2].log_sigma2[:, 5] = 10.0  # column 5 pruned
+    return model
+
+
+@pytest.mark.parametrize("form", ["dense", "sparse"])
+def test_compress_equals_the_eval_model_and_counts_the_kept_weights(form: str) -> None:
+    model = _hand_model()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    x = torch.randn(50, 5, dtype=torch.float64)
+    with torch.no_grad():
+        expected = model.eval()(x)
+        small = compress(model, form=form)
+        got = small(x)
+    torch.testing.assert_close(got, expected, rtol=1e-12, atol=1e-12)
+    # the original is untouched and keeps its wrappers
+    assert isinstance(model[0], SparseVariationalDropout)
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+    assert not small.training and not any(p.requires_grad for p in small.parameters())
+    n_params = sum(p.numel() for p in small.parameters())
+    if form == "dense":
+        # hidden 1 keeps units 2, 3, 4 (0, 1: no input; 5: no output), reading inputs 0, 1, 2, 4
+        assert isinstance(small[0][0], SelectInputs)
+        assert small[0][0].index.tolist() == [0, 1, 2, 4]
+        assert small[0][1].weight.shape == (3, 4) and small[2].weight.shape == (4, 3)
+        hand = (3 * 4 + 3) + (4 * 3 + 4) + (2 * 4 + 2)
+        assert n_params == hand
+        assert _state_bytes(small) == hand * 8 + 4 * 8  # + the int64 index of the 4 inputs
+        # the folded constants: sigmoid(0.7) and sigmoid(0) through layer 2's columns 0, 1
+        w2, b2 = model[2].layer.weight.detach(), model[2].layer.bias.detach()
+        folded = (
+            b2 + w2[:, 0] * torch.sigmoid(torch.tensor(0.7, dtype=torch.float64)) + w2[:, 1] * 0.5
+        )
+        torch.testing.assert_close(small[2].bias, folded, rtol=1e-15, atol=1e-15)
+    else:
+        nnz = [int((model[i].sparse_weight() != 0).sum()) for i in (0, 2)]
+        assert nnz == [4 * 4, 4 * 5]  # rows 2-5 x inputs 0, 1, 2, 4; all rows x columns 0-4
+        assert isinstance(small[0], SparseLinear) and isinstance(small[2], SparseLinear)
+        assert isinstance(small[4], nn.Linear)  # an unwrapped layer stays as it is
+        hand = sum(nnz) + 6 + 4 + (2 * 4 + 2)
+        assert n_params == hand
+        index_bytes = sum(n * 4 + (rows + 1) * 4 for n, rows in zip(nnz, (6, 4)))  # int32 CSR
+        assert _state_bytes(small) == hand * 8 + index_bytes
+
+
+def test_compress_dense_removes_cascades_and_whole_layers() -> None:
+    torch.manual_seed(2)
+    model = nn.Sequential(
+        nn.Linear(3, 4), nn.Tanh(), nn.Linear(4, 5), nn.ReLU(), nn.Linear(5, 2)
+    ).double()
+    with torch.no_grad():
+        model[4].weight[:, 1:] = 0.0  # only hidden-2 unit 0 is read ...
+        model[2].weight[0, 2:] = 0.0  # ... which reads only hidden-1 units 0, 1
+    x = torch.randn(20, 3, dtype=torch.float64)
+    small = compress(model)
+    assert [small[i].weight.shape for i in (0, 2, 4)] == [(2, 3), (1, 2), (2, 1)]
+    torch.testing.assert_close(small(x), model(x), rtol=1e-12, atol=1e-12)
+    # a hidden layer with every incoming weight zero: the output is a constant, folded exactly
+    with torch.no_grad():
+        model[2].weight.zero_()
+    small = compress(model)
+    assert small[2].weight.shape[0] == 0 and small[4].weight.shape == (2, 0)
+    assert small[0][1].weight.shape == (0, 0)  # nothing reads hidden layer 1, nor the inputs
+    torch.testing.assert_close(small(x), model(x), rtol=1e-12, atol=1e-12)
+
+
+def test_compress_leaves_chains_it_cannot_fold_and_handles_other_wrappers() -> None:
+    torch.manual_seed(3)
+    model = nn.ModuleDict(
+        {
+            "mlp": nn.Sequential(
+                ARDDropout(nn.Linear(4, 5)),
+                nn.LayerNorm(5),  # not elementwise: no unit removed across it
+                VariationalDropout(nn.Linear(5, 3), noise="B"),
+            ),
+            "conv": SparseVariationalDropout(nn.Conv1d(2, 3, 3)),
+            "bare": VariationalDropout(num_features=4),
+        }
+    ).double()
+    with torch.no_grad():
+        model["mlp"][0].layer.weight[1] = 0.0
+        model["conv"].layer.weight[0] = 0.0
+    model.eval()
+    small = compress(model)
+    x, xc = torch.randn(7, 4, dtype=torch.float64), torch.randn(7, 2, 9, dtype=torch.float64)
+    assert small["mlp"][0].weight.shape == (5, 4)  # row 1 kept: LayerNorm sees all 5 units
+    assert isinstance(small["mlp"][2], nn.Linear) and isinstance(small["bare"], nn.Identity)
+    assert isinstance(small["conv"], nn.Conv1d)  # dense, zeros kept
+    with torch.no_grad():
+        torch.testing.assert_close(small["mlp"](x), model["mlp"](x), rtol=0, atol=0)
+        torch.testing.assert_close(small["conv"](xc), model["conv"](xc), rtol=0, atol=0)
+        assert torch.equal(small["bare"](x), model["bare"](x))
+    single = compress(SparseVariationalDropout(nn.Linear(3, 2)), form="sparse")
+    assert isinstance(single, SparseLinear)
+
+
+def test_compressed_model_saves_and_reloads(tmp_path) -> None:
+    small = compress(_hand_model(), form="sparse")
+    path = tmp_path / "small.pt"
+    torch.save(small, path)
+    restored = torch.load(path, weights_only=False)
+    x = torch.randn(4, 5, dtype=torch.float64)
+    assert torch.equal(restored(x), small(x))
+    again = compress(_hand_model(), form="sparse")  # same architecture: the state loads
+    again.load_state_dict(small.state_dict())
+    assert torch.equal(again(x), small(x))
 
 
 # ------------------------------------------------------------------------------ real data
@@ -177,7 +317,14 @@ def test_high_compression_little_accuracy_loss_on_digits(wrap, digits, baseline_
         before = model(xte)
         prune(model)
         torch.testing.assert_close(model(xte), before, rtol=0, atol=0)
+        dense, sparse = compress(model), compress(model, form="sparse")
+        torch.testing.assert_close(dense(xte), before, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(sparse(xte), before, rtol=1e-5, atol=1e-5)
     assert compression_report(model) == report
+    assert sum(m.values.numel() for m in sparse.modules() if isinstance(m, SparseLinear)) == (
+        report.nonzero
+    )
+    assert sum(p.numel() for p in dense.parameters()) < sum(p.numel() for p in model.parameters())
 
 
 @pytest.mark.slow

@@ -1,7 +1,7 @@
 """Bad inputs to bayesdrop.sparsity and the pruning rules: each refused clearly, nothing changed.
 
-17 bad inputs: 6 to ``prune``, 6 to ``compression_report``, 1 to a module's own ``prune`` and 4
-to the pruning-rule arguments (each tried on both sparse families).
+23 bad inputs: 6 to ``prune``, 6 to ``compression_report``, 6 to ``compress``, 1 to a module's own
+``prune`` and 4 to the pruning-rule arguments (each tried on both sparse families).
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from bayesdrop.nn import ARDDropout, SparseVariationalDropout
-from bayesdrop.sparsity import compression_report, prune
+from bayesdrop.sparsity import compress, compression_report, prune
 
 
 def _model() -> nn.Sequential:
@@ -98,3 +98,24 @@ def test_compression_report_refuses_nan_weights() -> None:
 def test_bad_pruning_rule_arguments(cls: type, kwargs: dict, exc: type, match: str) -> None:
     with pytest.raises(exc, match=match):
         cls(nn.Linear(2, 2), **kwargs)
+
+
+@pytest.mark.parametrize("bad", [None, "model", torch.zeros(3)], ids=["None", "str", "tensor"])
+def test_compress_refuses_non_modules(bad: object) -> None:
+    with pytest.raises(TypeError, match=r"model must be a torch.nn.Module, but got"):
+        compress(bad)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("form", ["csr", "Dense", None], ids=["csr", "case", "None"])
+def test_compress_refuses_unknown_forms(form: object) -> None:
+    with pytest.raises(ValueError, match=r"form must be one of 'dense', 'sparse', but got"):
+        compress(_model(), form=form)  # type: ignore[arg-type]
+
+
+def test_compress_refuses_nan_and_leaves_the_model_alone() -> None:
+    model = _model()
+    with torch.no_grad():
+        model[2].log_sigma2[0, 0] = float("nan")
+    with pytest.raises(ValueError, match=r"2 \(ARDDropout\) has 1 NaN or infinite log_sigma2"):
+        compress(model)
+    assert isinstance(model[2], ARDDropout) and bool(model[2].weight_mask.all())
