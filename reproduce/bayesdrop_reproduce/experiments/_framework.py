@@ -42,6 +42,10 @@ __all__ = [
     "torch_threads",
     "single_thread",
     "JSON_KEYS",
+    "BUDGETS",
+    "SETTLE_TOL",
+    "SETTLE_FRACTION",
+    "rate_settling",
 ]
 
 #: Keys every ``<name>.json`` holds (a failed experiment has ``error``/``traceback`` and empty
@@ -60,7 +64,18 @@ JSON_KEYS = (
     "wall_time_s",
     "versions",
     "config",
+    "rates",
 )
+
+#: The run settings, cheapest first (``tiny`` is the test suite's smoke setting, not listed).
+BUDGETS = ("quick", "medium", "full")
+#: The settling criterion of learned rates stated in every report: over the last
+#: :data:`SETTLE_FRACTION` of training, the mean absolute change of a module's rates
+#: (:meth:`bayesdrop.RateTracker.drift`) is below :data:`SETTLE_TOL` for every module.
+SETTLE_TOL = 0.01
+SETTLE_FRACTION = 0.25
+
+_QUICK = object()  # RunConfig.pick: no medium value given, the quick one is used
 
 
 @dataclass
@@ -75,6 +90,10 @@ class RunConfig:
         tiny: smoke-test setting used by the test suite: each experiment finishes in seconds and
             its numbers mean nothing beyond "the code path runs".
         progress: show tqdm progress bars.
+        medium: the middle budget (``--budget medium``): the experiments that learn dropout
+            rates train until their rates settle by the stated criterion (:data:`SETTLE_TOL`),
+            the whole suite within about an hour on 2 CPU cores; the others run their quick
+            setting.
     """
 
     quick: bool
@@ -83,15 +102,29 @@ class RunConfig:
     out: Path
     tiny: bool = False
     progress: bool = True
+    medium: bool = False
+
+    def __post_init__(self) -> None:
+        if self.quick and self.medium:
+            raise ValueError("RunConfig: quick and medium are two budgets; set at most one")
 
     @property
     def mode(self) -> str:
-        """``"tiny"``, ``"quick"`` or ``"full"``."""
-        return "tiny" if self.tiny else ("quick" if self.quick else "full")
+        """``"tiny"``, ``"quick"``, ``"medium"`` or ``"full"``."""
+        if self.tiny:
+            return "tiny"
+        return "quick" if self.quick else ("medium" if self.medium else "full")
 
-    def pick(self, full: Any, quick: Any, tiny: Any) -> Any:
-        """The value for this run's mode."""
-        return tiny if self.tiny else (quick if self.quick else full)
+    def pick(self, full: Any, quick: Any, tiny: Any, medium: Any = _QUICK) -> Any:
+        """The value for this run's mode; the medium budget uses ``quick`` unless ``medium`` is
+        given (only the experiments whose rates need longer training give it)."""
+        if self.tiny:
+            return tiny
+        if self.quick:
+            return quick
+        if self.medium:
+            return quick if medium is _QUICK else medium
+        return full
 
     def generator(self, offset: int = 0) -> torch.Generator:
         """A CPU generator seeded with ``seed + offset``."""
@@ -112,6 +145,8 @@ class Result:
         table: rows for the report, e.g. ``{"quantity": ..., "paper": ..., "ours": ...}``.
         verdict: one or two sentences, with numbers, saying whether the claim reproduced.
         figure: a matplotlib figure (written to ``<name>.png``) or ``None``.
+        rates: for an experiment that learns dropout rates, whether they settled
+            (:func:`rate_settling`); ``None`` when it learns none.
     """
 
     name: str
@@ -123,6 +158,48 @@ class Result:
     table: list[dict]
     verdict: str
     figure: Any = None
+    rates: dict | None = None
+
+
+def rate_settling(
+    drift: Any, *, what: str = "", tol: float = SETTLE_TOL, fraction: float = SETTLE_FRACTION
+) -> dict[str, Any]:
+    """Whether learned rates settled, in the report's words.
+
+    ``drift`` is a :class:`bayesdrop.RateTracker` (its :meth:`~bayesdrop.RateTracker.drift` over
+    the last ``fraction`` of the records), a mapping ``name -> drift``, or a sequence of them
+    (several runs: all must settle). The rates settled when every drift is below ``tol``.
+
+    Returns ``{"settled", "max_drift", "tol", "fraction", "what"}``.
+    """
+    from bayesdrop import RateTracker
+
+    items = drift if isinstance(drift, (list, tuple)) else [drift]
+    values: list[float] = []
+    for item in items:
+        if isinstance(item, RateTracker):
+            item = item.drift(fraction)
+        if isinstance(item, Mapping):
+            values += [float(v) for v in item.values()]
+        else:
+            values.append(float(item))
+    if not values:
+        raise ValueError("rate_settling needs at least one drift")
+    worst = max(values)
+    return {
+        "settled": bool(worst < tol),
+        "max_drift": worst,
+        "tol": tol,
+        "fraction": fraction,
+        "what": what,
+    }
+
+
+def _settled_cell(rates: dict | None) -> str:
+    if not rates:
+        return "no learned rates"
+    word = "yes" if rates["settled"] else "no"
+    return f"{word} (drift {rates['max_drift']:.3g})"
 
 
 @dataclass
@@ -193,7 +270,13 @@ def _versions() -> dict[str, str]:
 
 def write_json(result: Result | Failure, out: Path, cfg: RunConfig, wall_time_s: float) -> Path:
     """Write ``out/<name>.json`` and return its path."""
-    config = {"quick": cfg.quick, "tiny": cfg.tiny, "seed": cfg.seed, "device": cfg.device}
+    config = {
+        "quick": cfg.quick,
+        "tiny": cfg.tiny,
+        "budget": cfg.mode,
+        "seed": cfg.seed,
+        "device": cfg.device,
+    }
     if isinstance(result, Failure):
         payload: dict[str, Any] = {
             "name": result.name,
@@ -208,6 +291,7 @@ def write_json(result: Result | Failure, out: Path, cfg: RunConfig, wall_time_s:
             "figure": None,
             "error": result.error,
             "traceback": result.traceback,
+            "rates": None,
         }
     else:
         payload = {
@@ -221,6 +305,7 @@ def write_json(result: Result | Failure, out: Path, cfg: RunConfig, wall_time_s:
             "table": result.table,
             "verdict": result.verdict,
             "figure": f"{result.name}.png" if result.figure is not None else None,
+            "rates": result.rates,
         }
     payload["wall_time_s"] = wall_time_s
     payload["versions"] = _versions()
@@ -285,16 +370,23 @@ def write_report(records: Iterable[_Record], out: Path, cfg: RunConfig) -> Path:
     lines = [
         "# bayesdrop-reproduce — report",
         "",
-        f"Mode: **{cfg.mode}**, seed {cfg.seed}, device {cfg.device}; "
+        f"Budget: **{cfg.mode}**, seed {cfg.seed}, device {cfg.device}; "
         f"bayesdrop {v['bayesdrop']}, torch {v['torch']}.",
         "",
-        "| experiment | status | wall time (s) |",
-        "|---|---|---|",
+        f"Learned rates *settled* when, over the last {SETTLE_FRACTION:.0%} of training, the mean "
+        f"absolute change of every module's rates (bayesdrop.RateTracker.drift) is below "
+        f"{SETTLE_TOL}.",
+        "",
+        "| experiment | status | budget | rates settled | wall time (s) |",
+        "|---|---|---|---|---|",
     ]
     for rec in records:
         status = _status(rec)
+        rates = rec.result.rates if isinstance(rec.result, Result) else None
+        settled = _settled_cell(rates) if isinstance(rec.result, Result) else "—"
         lines.append(
-            f"| [{rec.result.name}](#{rec.result.name}) | {status} | {rec.wall_time_s:.1f} |"
+            f"| [{rec.result.name}](#{rec.result.name}) | {status} | {cfg.mode} | {settled} | "
+            f"{rec.wall_time_s:.1f} |"
         )
     for rec in records:
         res = rec.result
@@ -308,6 +400,8 @@ def write_report(records: Iterable[_Record], out: Path, cfg: RunConfig) -> Path:
             f"- Paper's data set: {res.paper_dataset}",
             f"- Stand-in here: {res.stand_in}",
             f"- Wall time: {rec.wall_time_s:.1f} s",
+            f"- Budget: {cfg.mode}",
+            f"- Learned rates settled: {_settled_line(res.rates)}",
             "",
         ]
         lines += _markdown_table(res.table)
@@ -317,6 +411,17 @@ def write_report(records: Iterable[_Record], out: Path, cfg: RunConfig) -> Path:
     path = out / "report.md"
     _write_text(path, "\n".join(lines) + "\n")
     return path
+
+
+def _settled_line(rates: dict | None) -> str:
+    if not rates:
+        return "no learned rates in this experiment"
+    what = f" ({rates['what']})" if rates.get("what") else ""
+    return (
+        f"{'yes' if rates['settled'] else 'no'}{what}: largest drift over the last "
+        f"{rates['fraction']:.0%} of training {rates['max_drift']:.3g} "
+        f"({'<' if rates['settled'] else '>='} {rates['tol']})"
+    )
 
 
 def _status(rec: _Record) -> str:

@@ -1,10 +1,13 @@
-"""``bayesdrop-reproduce [EXPERIMENT ...] [--quick] [--out DIR] [--seed N] [--device cpu|cuda]``.
+"""``bayesdrop-reproduce [EXPERIMENT ...] [--quick | --budget quick|medium|full] [--out DIR] ...``.
 
 Runs the named experiments (all by default) with progress bars and writes, in ``--out``, one
 ``<name>.json`` and ``<name>.png`` per experiment and a ``report.md`` putting the papers' figures
 beside ours. A failing experiment, or one whose files cannot be written, is reported (a traceback
 goes into the experiment's JSON file, a failed write into ``report.md``), the others still run,
-and the command exits with status 1 at the end. A usage error (an ``--out`` that is a file or
+and the command exits with status 1 at the end. ``--budget`` chooses the setting: ``quick`` (the
+same as ``--quick``: the whole suite within 15 minutes on 2 CPU cores), ``medium`` (the
+experiments that learn dropout rates train until their rates settle, the suite within about an
+hour on 2 CPU cores) or ``full`` (the papers' budgets; the default). A usage error (an ``--out`` that is a file or
 not writable, an unknown experiment, a seed out of range, ``--device cuda`` without CUDA) exits
 with status 2 before any work starts.
 """
@@ -21,7 +24,7 @@ import torch
 from tqdm.auto import tqdm
 
 from . import ALL
-from ._framework import Failure, RunConfig, run_experiment, write_report
+from ._framework import BUDGETS, Failure, RunConfig, run_experiment, write_report
 
 __all__ = ["main", "build_parser"]
 
@@ -38,7 +41,16 @@ def build_parser() -> argparse.ArgumentParser:
         "experiments", nargs="*", metavar="EXPERIMENT", help="experiments to run (default: all)"
     )
     parser.add_argument(
-        "--quick", action="store_true", help="reduced setting: whole suite within ~15 min on 2 CPUs"
+        "--quick",
+        action="store_true",
+        help="reduced setting: whole suite within ~15 min on 2 CPUs (= --budget quick)",
+    )
+    parser.add_argument(
+        "--budget",
+        choices=BUDGETS,
+        default=None,
+        help="quick (= --quick), medium (learned rates trained until they settle: the suite "
+        "within ~1 h on 2 CPUs) or full (the papers' budgets; default)",
     )
     parser.add_argument(
         "--out",
@@ -105,9 +117,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     if device == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda: no CUDA device is available (use --device cpu)")
+    if args.quick and args.budget not in (None, "quick"):
+        parser.error(f"--quick and --budget {args.budget} ask for two budgets; give one")
+    budget = "quick" if args.quick else (args.budget or "full")
     _check_out(parser, args.out)
     cfg = RunConfig(
-        quick=args.quick,
+        quick=budget == "quick",
+        medium=budget == "medium",
         seed=args.seed,
         device=device,
         out=args.out,

@@ -61,7 +61,15 @@ from bayesdrop.recsys.trainer import (
     resolve_anneal_steps,
 )
 
-from ._framework import Result, RunConfig, progress, single_thread
+from ._framework import (
+    SETTLE_FRACTION,
+    SETTLE_TOL,
+    Result,
+    RunConfig,
+    progress,
+    rate_settling,
+    single_thread,
+)
 
 __all__ = [
     "NAME",
@@ -91,8 +99,6 @@ METRICS: tuple[tuple[str, Any, int], ...] = (
     ("recall@50", recall_at_k, 50),
     ("ndcg@100", ndcg_at_k, 100),
 )
-#: The settling criterion: mean absolute change of the rates over the last quarter below this.
-SETTLE_TOL = 0.01
 _EASE_GRID = (50.0, 200.0, 500.0, 1000.0)
 
 #: The paper's Table 2 on ML-20M, in %: (Recall@20, Recall@50, NDCG@100).
@@ -250,10 +256,10 @@ def _select_ease(split: CFSplit, grid: tuple[float, ...]) -> tuple[dict[str, Any
 
 
 def _settling(tracker: RateTracker) -> dict[str, Any]:
-    drift = tracker.drift(0.25)
+    drift = tracker.drift(SETTLE_FRACTION)
     return {
         "drift_last_quarter": max(drift.values()),
-        "settled": tracker.settled(tol=SETTLE_TOL, fraction=0.25),
+        "settled": tracker.settled(tol=SETTLE_TOL, fraction=SETTLE_FRACTION),
         "records": len(tracker.steps),
     }
 
@@ -279,10 +285,10 @@ def _fmt_pm(mean: float, *ses: float) -> str:
 
 def run(cfg: RunConfig) -> Result:
     """Per data set: rate step chosen on validation users, rates vs popularity, model comparison."""
-    seeds = cfg.pick(10, 5, 2)
-    epochs = cfg.pick(100, 15, 2)
-    hidden, latent = cfg.pick((600, 200), (200, 50), (16, 4))
-    n_extra = cfg.pick(5, 2, 1)
+    seeds = cfg.pick(10, 5, 2, medium=5)
+    epochs = cfg.pick(150, 15, 2, medium=60)
+    hidden, latent = cfg.pick((600, 200), (200, 50), (16, 4), medium=(600, 200))
+    n_extra = cfg.pick(5, 2, 1, medium=3)
     batch_size = cfg.pick(50, 50, 32)
     grid = RATE_LR_GRID if not cfg.tiny else (1e-3, 1e-1)
     ease_grid = cfg.pick(_EASE_GRID, (200.0, 1000.0), (20.0, 100.0))
@@ -301,6 +307,7 @@ def run(cfg: RunConfig) -> Result:
     table: list[dict[str, Any]] = []
     verdicts: list[str] = []
     figure_data: dict[str, Any] = {}
+    trackers: list[RateTracker] = []
     with single_thread(cfg):
         for key, split, desc in load_splits(cfg):
             popularity = np.asarray(split.train.getnnz(axis=0), dtype=np.float64)
@@ -356,6 +363,7 @@ def run(cfg: RunConfig) -> Result:
             }
             rates = np.stack([r["rates"] for r in sivae_runs])  # (S, items)
             settle = [_settling(r["tracker"]) for r in sivae_runs]
+            trackers += [r["tracker"] for r in sivae_runs]
             per_seed_rho = [
                 _rate_summary(x, popularity)["spearman_vs_log_popularity"] for x in rates
             ]
@@ -424,6 +432,9 @@ def run(cfg: RunConfig) -> Result:
         table=table,
         verdict=" ".join(verdicts),
         figure=_figure(figure_data),
+        rates=rate_settling(
+            trackers, what=f"SIVAE-LBD item rates, {len(trackers)} runs at the chosen rate lr"
+        ),
     )
 
 

@@ -193,3 +193,80 @@ def test_cpu_timer_counts_process_cpu_time_with_one_thread(tmp_path) -> None:
     assert inside == 1 and torch.get_num_threads() == before
     assert idle["s"] < 0.1 and busy["s"] >= 0.2
     assert clock(cfg) == "process CPU time, one torch thread"
+
+
+def test_budgets_pick_mode_and_conflicts(tmp_path) -> None:
+    base = {"seed": 0, "device": "cpu", "out": tmp_path}
+    quick = RunConfig(quick=True, **base)
+    medium = RunConfig(quick=False, medium=True, **base)
+    full = RunConfig(quick=False, **base)
+    assert [c.mode for c in (quick, medium, full)] == ["quick", "medium", "full"]
+    assert RunConfig(quick=False, tiny=True, medium=True, **base).mode == "tiny"
+    assert [c.pick("F", "Q", "T") for c in (quick, medium, full)] == ["Q", "Q", "F"]
+    assert [c.pick("F", "Q", "T", medium="M") for c in (quick, medium, full)] == ["Q", "M", "F"]
+    assert medium.pick("F", "Q", "T", medium=None) is None  # None is a value, not "unset"
+    with pytest.raises(ValueError, match="two budgets"):
+        RunConfig(quick=True, medium=True, **base)
+
+
+def test_rate_settling_states_the_criterion() -> None:
+    import torch
+    from torch import nn
+
+    from bayesdrop import RateTracker
+    from bayesdrop.nn import LearnableBernoulliDropout
+    from bayesdrop_reproduce.experiments._framework import SETTLE_TOL, rate_settling
+
+    model = nn.Sequential(LearnableBernoulliDropout(nn.Linear(2, 1), init_p=0.5))
+    tracker = RateTracker(model)
+    for step in range(8):  # logits move by 0.2 per step until step 5, then stop
+        with torch.no_grad():
+            if step <= 5:
+                model[0].logit_p += 0.2
+        tracker.step()
+    # last quarter: records 6 -> 7, no change; over the last half: records 4 -> 7, one step
+    assert rate_settling(tracker) == {
+        "settled": True,
+        "max_drift": 0.0,
+        "tol": SETTLE_TOL,
+        "fraction": 0.25,
+        "what": "",
+    }
+    half = rate_settling(tracker, fraction=0.5)
+    p = torch.sigmoid(torch.tensor([0.2 * 5, 0.2 * 6], dtype=torch.float32))
+    assert half["max_drift"] == pytest.approx(float(p[1] - p[0]), rel=1e-5)
+    assert half["settled"] is False
+    assert rate_settling([{"a": 0.001}, 0.02], what="2 runs")["settled"] is False
+    assert rate_settling({"a": 0.001, "b": 0.009})["max_drift"] == 0.009
+    with pytest.raises(ValueError, match="at least one drift"):
+        rate_settling([])
+
+
+def test_budget_flag_reaches_config_json_and_report(fake, tmp_path, capsys) -> None:
+    rc = cli.main(["fake-ok", "--budget", "medium", "--out", str(tmp_path), "--no-progress"])
+    assert rc == 0
+    ok = json.loads((tmp_path / "fake-ok.json").read_text())
+    assert ok["config"]["budget"] == "medium" and ok["config"]["quick"] is False
+    assert ok["rates"] is None
+    report = (tmp_path / "report.md").read_text()
+    assert "Budget: **medium**" in report and "- Budget: medium" in report
+    assert "| ok | medium | no learned rates |" in report
+    with pytest.raises(SystemExit) as exc:
+        cli.main(["fake-ok", "--quick", "--budget", "full", "--out", str(tmp_path)])
+    assert exc.value.code == 2
+    assert "two budgets" in capsys.readouterr().err
+
+
+def test_report_says_whether_the_rates_settled(tmp_path) -> None:
+    from bayesdrop_reproduce.experiments._framework import _Record, rate_settling, write_report
+
+    cfg = RunConfig(quick=True, seed=0, device="cpu", out=tmp_path)
+    rows = [{"quantity": "q", "paper": "1", "ours": "2"}]
+    results = [
+        Result("a", "A", "MNIST", "digits", {}, {"x": 1}, rows, "v", rates=rate_settling(0.004)),
+        Result("b", "B", "MNIST", "digits", {}, {"x": 1}, rows, "v", rates=rate_settling(0.03)),
+    ]
+    report = write_report([_Record(r, 1.0) for r in results], tmp_path, cfg).read_text()
+    assert "| quick | yes (drift 0.004) |" in report and "| quick | no (drift 0.03) |" in report
+    assert "Learned rates settled: yes: largest drift over the last 25% of training 0.004" in report
+    assert "Learned rates settled: no: largest drift over the last 25% of training 0.03" in report

@@ -109,5 +109,10 @@ def test_tiny_run_bookkeeping(tmp_path):
         s = d["summary"]
         assert p == pytest.approx(s["sivae-lbd"]["ndcg@100"] - s["mult-vae"]["ndcg@100"])
         assert any(row["quantity"].startswith(f"{key} learned item rates") for row in res.table)
+    datasets = res.metrics["datasets"].values()
+    assert res.rates is not None
+    assert res.rates["settled"] == all(d["rates"]["settled_seeds"] == 2 for d in datasets)
+    drifts = [x for d in datasets for x in d["rates"]["drift_last_quarter_per_seed"]]
+    assert res.rates["max_drift"] == pytest.approx(max(drifts))
     assert res.figure is not None and len(res.figure.axes) >= 6
     assert "settle" in res.verdict
