@@ -125,7 +125,13 @@ class MCClassification:
         """:math:`\\frac1S\\sum_s H[p_s]` in nats (aleatoric part)."""
         if self._expected_entropy is None:
             assert self.samples is not None
-            self._expected_entropy = _entropy(self.samples, self._cd() + 1).mean(0)
+            # a block of passes at a time, so that each op works on data still in the cache
+            cd, samples = self._cd(), self.samples
+            step = max(1, _BLOCK // max(1, samples[0].numel()))
+            total = _entropy(samples[:step], cd + 1).sum(0)
+            for i in range(step, len(samples), step):
+                total += _entropy(samples[i : i + step], cd + 1).sum(0)
+            self._expected_entropy = total / len(samples)
         return self._expected_entropy
 
     @property
@@ -270,7 +276,8 @@ def _entropy(probs: Tensor, dim: int) -> Tensor:
     """Entropy in nats along ``dim`` with :math:`0 \\log 0 = 0` (rounding outside [0, 1] clipped)."""
     p = probs.clamp(0.0, 1.0)
     # p log max(p, tiny) is p log p for p > 0 and 0 for p = 0; unlike xlogy it is vectorised
-    return -(p * p.clamp_min(torch.finfo(p.dtype).tiny).log()).sum(dim)
+    plogp = p.clamp_min(torch.finfo(p.dtype).tiny).log_().mul_(p)
+    return -plogp.sum(dim)
 
 
 def _sampling_layers(model: nn.Module) -> list[str]:
@@ -290,7 +297,7 @@ _BLOCK = 1 << 16
 #: Consecutive candidate tiles that are not faster after which the search stops.
 _MISSES = 2
 #: Timed calls per candidate tile (the fastest counts, so one pre-empted call does not decide).
-_REPS = 2
+_REPS = 3
 
 
 @dataclass
@@ -300,8 +307,8 @@ class _TilePlan:
     The choice is measured on the passes :func:`mc_predict` runs anyway (their results are kept,
     so measuring costs no extra forward pass): one untimed warm-up pass, then tiles of 1, 2, 4,
     ... passes (the last candidate is all the passes of a call), each timed in ``_REPS`` calls.
-    A tile replaces the best so far only when *each* of its timings per pass is at least
-    ``_MARGIN`` below the best one's fastest; ``_MISSES`` tiles in a row that do not end the
+    A tile replaces the best so far only when its fastest time per pass (the least disturbed by
+    other work on the machine) is at least ``_MARGIN`` below the best one's fastest; ``_MISSES`` tiles in a row that do not end the
     search (a small model may gain nothing from 2 passes per call but much from 8). A
     measurement may continue over several :func:`mc_predict` calls (a tile larger than the
     passes left in a call is measured in a later call that has room for it).
@@ -340,10 +347,10 @@ class _TilePlan:
         self.times.append(seconds / passes)
         if len(self.times) < _REPS:
             return
-        fastest, slowest, self.times = min(self.times), max(self.times), []
+        fastest, self.times = min(self.times), []
         if passes == 1:
             self.best_time, self.trying = fastest, 2
-        elif slowest < self.best_time * (1.0 - _MARGIN):
+        elif fastest < self.best_time * (1.0 - _MARGIN):
             self.best, self.best_time, self.misses = passes, fastest, 0
             self.trying = 2 * passes
         else:
@@ -458,11 +465,13 @@ def _without_module_generators(model: nn.Module) -> Iterator[None]:
 def _foreign_generators(model: nn.Module) -> bool:
     """Whether a module other than a bayesdrop one keeps a ``torch.Generator`` attribute (its
     draws are then redirected by the torch-function mode, also for single passes)."""
+    generator = torch.Generator
+    # (a type test: isinstance against torch.Generator goes through a slow metaclass check)
     return any(
-        isinstance(v, torch.Generator)
+        type(v) is generator
         for m in model.modules()
         if not isinstance(m, DropoutModule)
-        for v in vars(m).values()
+        for v in m.__dict__.values()
     )
 
 
@@ -501,9 +510,9 @@ def mc_predict(
     batch and can be slower (a convolutional network whose tiled activations leave the cache).
     With ``max_batch=None`` the tile is *measured*: the first calls for a model and an input
     shape time their own passes at 1, 2, 4, ... passes per call, up to all of them (one untimed
-    warm-up pass first, two timed calls per tile; process CPU time on a CPU with one torch
-    thread, wall time otherwise), double the tile while both timings are at least 5% faster per
-    pass than the best so far, and keep the best; the choice is cached per model, input shapes, dtype, device,
+    warm-up pass first, the fastest of three timed calls per tile; process CPU time on a CPU with
+    one torch thread, wall time otherwise), double the tile while that is at least 5% faster per
+    pass than the best so far (two misses in a row end the search), and keep the best; the choice is cached per model, input shapes, dtype, device,
     ``batch_dim``, ``exact`` and torch thread count (:func:`tile_choice` reads it,
     :func:`clear_tile_choices` forgets it). The measured passes are part of the result, so
     measuring costs no extra pass, and the results do not depend on the tile (see below).
