@@ -121,13 +121,12 @@ def rate_param_groups(
         model: the model (any ``nn.Module``).
         rate_lr: learning rate of the rate group; ``None`` keeps the optimiser's default.
         rate_weight_decay: weight decay of the rate group (default 0).
-        **options: options of the other group (e.g. ``weight_decay=1e-4``); the rate group
+        \*\*options: options of the other group (e.g. ``weight_decay=1e-4``); the rate group
             does not inherit them.
 
     Returns:
-        ``[{"params": others, **options}, {"params": rates, "lr": rate_lr,
-        "weight_decay": rate_weight_decay, "name": "rates"}]``; the first group is named
-        ``"weights"``. The rate group is omitted when the model has no rate parameters, and
+        Two dicts, ``{"params": others, "name": "weights", **options}`` and
+        ``{"params": rates, "lr": rate_lr, "weight_decay": rate_weight_decay, "name": "rates"}``. The rate group is omitted when the model has no rate parameters, and
         ``"lr"`` is omitted from it when ``rate_lr`` is ``None``.
 
     Example:
