@@ -39,6 +39,13 @@ def test_rates_fall_as_the_training_set_grows() -> None:
     # the trace starts at the initial rate and the tail statistics are finite
     assert large["rate_trace"][0] == pytest.approx([INIT_P] * 4)
     assert all(0 <= s < 0.1 for s in large["rates_tail_std"])
+    # the tracker's drift (settling criterion) from the per-step trace (stride 1 at 300 steps):
+    # mean |p(end) - p(start)| with start the first record of the last quarter
+    trace = torch.tensor(large["rate_trace"], dtype=torch.float64)
+    assert large["trace_steps"] == list(range(301))
+    start = int(301 * 0.75)
+    for k, (name, d) in enumerate(large["tracker_drift"].items()):
+        assert d == pytest.approx(float((trace[-1, k] - trace[start, k]).abs()), abs=1e-6), name
 
 
 def test_rates_vs_size_rejects_bad_fractions_and_steps() -> None:
