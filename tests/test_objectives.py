@@ -512,3 +512,41 @@ def test_common_random_numbers_keep_the_estimate_unbiased(estimator):
     assert rates.numel() == exact.numel()
     se = est.std(0) / 150**0.5
     assert (exact[rates].abs() > 6 * se[rates]).sum() >= 2  # the check has power on the rates
+
+
+def test_sync_batchnorm_sums_the_whole_batch_difference_over_processes(monkeypatch):
+    """Under DistributedDataParallel with SyncBatchNorm every process's loss depends on every
+    process's masks: the whole-batch difference is summed over the W processes (DDP's gradient
+    average divides by W). Simulated here with W = 2 identical processes (no process group)."""
+    import torch.distributed as dist
+
+    def rate_grad(net):
+        net.zero_grad()
+        u = torch.tensor([[0.05, 0.62, 0.93], [0.71, 0.2, 0.47]], dtype=torch.float64)
+        net[0]._uniforms = lambda shape, bd, dtype, x: u.reshape(shape).to(dtype)
+        net.train()
+        objective(net, X2, Y2, sq_err, 10, kl_weight=0.0).backward()
+        return net[0].logit_p.grad.clone()
+
+    torch.manual_seed(5)
+    net = nn.Sequential(
+        LearnableBernoulliDropout(nn.Linear(3, 4)), nn.SyncBatchNorm(4), nn.Tanh(), nn.Linear(4, 1)
+    ).double()
+    with torch.no_grad():
+        net[0].logit_p.copy_(LOGIT_P3)
+        net[3].weight.mul_(5.0)
+    monkeypatch.setattr(nn.SyncBatchNorm, "forward", nn.BatchNorm1d.forward)  # local statistics
+    single = rate_grad(net)  # no process group: no reduction
+    reduced = []
+    monkeypatch.setattr(dist, "is_initialized", lambda: True)
+    monkeypatch.setattr(dist, "get_world_size", lambda group=None: 2)
+    monkeypatch.setattr(dist, "all_reduce", lambda t, *a, **k: reduced.append(t) or t.mul_(2))
+    double = rate_grad(net)
+    assert len(reduced) == 1 and reduced[0].dim() == 0
+    # rate gradient = pathwise part + ARM/DisARM part; only the latter doubles
+    monkeypatch.setattr(
+        LearnableBernoulliDropout, "rate_surrogate", lambda self, delta: self.logit_p.sum() * 0
+    )
+    pathwise = rate_grad(net)
+    assert torch.allclose(double - pathwise, 2 * (single - pathwise), rtol=1e-12, atol=1e-15)
+    assert (single - pathwise).abs().max() > 1e-4, (single, pathwise)  # the ARM part is not zero
