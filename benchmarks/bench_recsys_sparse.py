@@ -79,9 +79,12 @@ def _floor_step(model, optimizer, x, h1: torch.Tensor, beta: float) -> float:
     z = mu + torch.exp(0.5 * logvar) * torch.randn_like(mu)
     loss = (multinomial_nll(model.decode(z), x) + beta * gaussian_kl(mu, logvar)).mean()
     loss.backward()
+    # Adam updates the whole input layer whatever its gradient; a zero gradient kept from one
+    # step to the next (Adam never writes to gradients) adds no work of its own.
     w = model.input_layer
-    w.weight.grad = torch.zeros_like(w.weight)  # the dense gradient Adam needs from any path
-    w.bias.grad = torch.zeros_like(w.bias)
+    if not hasattr(w, "_zero_grads"):
+        w._zero_grads = (torch.zeros_like(w.weight), torch.zeros_like(w.bias))
+    w.weight.grad, w.bias.grad = w._zero_grads
     optimizer.step()
     return float(loss.detach())
 
