@@ -30,12 +30,12 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from bayesdrop import dropout_rates, metrics
+from bayesdrop import RateTracker, dropout_rates, metrics
 from bayesdrop.nn import ConcreteDropout, LearnableBernoulliDropout, MCDropout, VariationalDropout
 from bayesdrop.uncertainty import MCClassification, mc_predict
 
 from ._common import image_split, train
-from ._framework import Result, RunConfig, progress
+from ._framework import SETTLE_FRACTION, Result, RunConfig, progress, rate_settling
 
 __all__ = ["NAME", "TITLE", "METHODS", "PAPER", "build", "predict", "evaluate", "run"]
 
@@ -52,6 +52,8 @@ PAPER = {
     "MC Dropout": (91.57, 52.08),
     "Regular Dropout": (91.61, 56.81),
 }
+#: The methods whose drop rates are learned (their trajectories are recorded).
+LEARNED = ("LBD", "Concrete", "Gaussian")
 P = 0.5  # the hand-tuned rate of the paper's regular and MC dropout, and every initial rate
 
 
@@ -128,16 +130,20 @@ def run(cfg: RunConfig) -> Result:
     """Train every method on ``seeds`` seeds (same initial weights across methods per seed)."""
     data = image_split(cfg, n_train=cfg.pick(None, None, 500), n_test=cfg.pick(None, 1000, 297))
     hidden = cfg.pick(512, 256, 32)
-    epochs = cfg.pick(30, 8, 2)
+    epochs = cfg.pick(30, 8, 2, medium=24)
     seeds = cfg.pick(3, 3, 1)
     batch_size, lr, rate_lr = 64, 1e-3, 5e-2
     samples = 10
     ts = torch.linspace(0, 1, 21, dtype=torch.float64)
     per_seed: dict[str, list[dict[str, Any]]] = {m: [] for m in METHODS}
+    trackers: dict[str, list[RateTracker]] = {m: [] for m in LEARNED}
     jobs = [(s, m) for s in range(seeds) for m in METHODS]
     for s, method in progress(jobs, cfg, f"{NAME} seed × method"):
         torch.manual_seed(cfg.seed + s)  # the same initial weights for every method
         model = build(method, data.in_features, hidden).to(cfg.device)
+        tracker = RateTracker(model) if method in LEARNED else None
+        if tracker is not None:
+            tracker.record(0)
         t = train(
             model,
             data.x_train,
@@ -149,11 +155,15 @@ def run(cfg: RunConfig) -> Result:
             rate_lr=rate_lr,
             desc=f"{method} (seed {s})",
             offset=s,
+            on_step=None if tracker is None else tracker.record,
         )
         probs = predict(model, method, data.x_test, samples, cfg.seed + 100 * s + 1)
         row = evaluate(probs, data.y_test, ts)
         row["drop_rates"] = {name: r.tolist() for name, r in dropout_rates(model).items()}
         row["train_seconds"] = t["seconds"]
+        if tracker is not None:
+            trackers[method].append(tracker)
+            row["rate_drift_last_quarter"] = tracker.drift(SETTLE_FRACTION)
         per_seed[method].append(row)
 
     summary: dict[str, dict[str, Any]] = {}
@@ -208,6 +218,25 @@ def run(cfg: RunConfig) -> Result:
             return "one seed, no standard error"
         return "more than 2 SE" if abs(mean) > 2 * se else "within 2 SE"
 
+    settling = {m: rate_settling(trackers[m], what=m) for m in LEARNED}
+    rates_settled = rate_settling(
+        [t for m in LEARNED for t in trackers[m]],
+        what=f"{', '.join(LEARNED)} rates of both dropout layers, {seeds} seed(s) each",
+    )
+    table.append(
+        {
+            "method": "learned rates",
+            "quantity": "settled: mean |change| over the last quarter of training < 0.01 "
+            "(largest drift)",
+            "paper": "trained to convergence",
+            "ours": "; ".join(
+                f"{m} {'yes' if v['settled'] else 'no'} ({v['max_drift']:.3f})"
+                for m, v in settling.items()
+            )
+            + f" ({cfg.mode} budget)",
+        }
+    )
+
     learned_better = all(
         mean_of(m, "mean_pavpu") > mean_of("MC Dropout", "mean_pavpu") for m in ("LBD", "Concrete")
     )
@@ -221,7 +250,10 @@ def run(cfg: RunConfig) -> Result:
         f"({significance(acc_gap)}), mean PAvPU {100 * pav_gap[0]:+.2f} ± {100 * pav_gap[1]:.2f} "
         f"vs {rival_pavpu} ({significance(pav_gap)}). Learned-rate methods (LBD, Concrete) "
         f"{'beat' if learned_better else 'do not both beat'} MC dropout on mean PAvPU. Absolute "
-        f"PAvPU is not comparable with the paper's (a small MLP on a far easier data set)."
+        f"PAvPU is not comparable with the paper's (a small MLP on a far easier data set). "
+        f"The learned rates {'settled' if rates_settled['settled'] else 'did not all settle'} "
+        f"by the suite's criterion (largest mean |change| over the last quarter of training "
+        f"{rates_settled['max_drift']:.3f}, threshold {rates_settled['tol']}; {cfg.mode} budget)."
     )
     settings = {
         "architecture": f"{data.in_features}-{hidden}-{hidden}-10, dropout before Linear 2 and 3",
@@ -245,6 +277,7 @@ def run(cfg: RunConfig) -> Result:
             "mean_pavpu": {"other": rival_pavpu, "mean": pav_gap[0], "se": pav_gap[1]},
         },
         "paper": PAPER,
+        "rates_settled": {"all": rates_settled, **settling},
     }
     return Result(
         name=NAME,
@@ -255,17 +288,18 @@ def run(cfg: RunConfig) -> Result:
         metrics=metrics_out,
         table=table,
         verdict=verdict,
-        figure=_figure(ts, summary),
+        figure=_figure(ts, summary, {m: trackers[m][0] for m in LEARNED}),
+        rates=rates_settled,
     )
 
 
-def _figure(ts: Tensor, summary: dict[str, dict[str, Any]]) -> Any:
+def _figure(ts: Tensor, summary: dict[str, dict[str, Any]], trackers: dict[str, Any]) -> Any:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, (ax, bx) = plt.subplots(1, 2, figsize=(12, 4.2))
+    fig, (ax, bx, cx) = plt.subplots(1, 3, figsize=(18, 4.2))
     for m in METHODS:
         ax.plot(ts.numpy(), summary[m]["pavpu_curve"], marker=".", label=m)
     ax.set(
@@ -287,4 +321,21 @@ def _figure(ts: Tensor, summary: dict[str, dict[str, Any]]) -> Any:
         title="learned rates per layer (mean over seeds)",
     )
     bx.legend(fontsize=8)
+    for k, (m, tracker) in enumerate(trackers.items()):
+        for j, h in enumerate(tracker.history.values()):
+            cx.plot(
+                tracker.steps,
+                h.double().mean(1).numpy(),
+                color=f"C{k}",
+                ls=("-", "--")[j % 2],
+                label=f"{m} dropout {j + 1}",
+            )
+    last = max(t.steps[-1] for t in trackers.values())
+    cx.axvspan(last * (1 - SETTLE_FRACTION), last, color="0.9", zorder=0)
+    cx.set(
+        xlabel="step (last quarter shaded)",
+        ylabel="drop rate",
+        title="how the learned rates moved (seed 0)",
+    )
+    cx.legend(fontsize=7)
     return fig

@@ -12,6 +12,7 @@ from bayesdrop import metrics
 from bayesdrop.uncertainty import mc_sampling, sample_seeds
 from bayesdrop_reproduce.experiments._framework import RunConfig
 from bayesdrop_reproduce.experiments.classification_uncertainty import (
+    LEARNED,
     METHODS,
     build,
     evaluate,
@@ -114,3 +115,12 @@ def test_tiny_run_summary_is_consistent(tmp_path: Path) -> None:
         assert all(0.0 < p < 1.0 for p in summary[m]["drop_rates"])
     for m in ("Regular Dropout", "MC Dropout"):
         assert summary[m]["drop_rates"] == pytest.approx([0.5, 0.5])
+    # the learned methods' rates were tracked from the initial 0.5; the settling verdict is
+    # the largest drift over the last quarter against the stated threshold
+    drifts = [
+        d for m in LEARNED for r in per_seed[m] for d in r["rate_drift_last_quarter"].values()
+    ]
+    assert len(drifts) == 2 * len(LEARNED)
+    assert res.rates is not None and res.rates["max_drift"] == pytest.approx(max(drifts))
+    assert res.rates["settled"] == (max(drifts) < res.rates["tol"])
+    assert "rate_drift_last_quarter" not in per_seed["MC Dropout"][0]
