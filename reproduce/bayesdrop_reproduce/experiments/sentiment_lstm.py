@@ -31,11 +31,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from bayesdrop import RateTracker
 from bayesdrop.nn.concrete import ConcreteDropout
 
 from ..datasets.text import load_text
 from . import _training
-from ._framework import Result, RunConfig, cpu_timer, progress
+from ._framework import SETTLE_FRACTION, Result, RunConfig, cpu_timer, progress, rate_settling
 from ._training import shuffled_epochs
 
 __all__ = ["NAME", "TITLE", "tokenize", "encode", "SentimentLSTM", "fit", "rt_split", "run"]
@@ -146,12 +147,14 @@ def fit(
     generator: torch.Generator,
     evals_per_epoch: int = 1,
     train_subset: Tensor | None = None,
+    tracker: RateTracker | None = None,
 ) -> tuple[dict[str, list], Tensor]:
     """Adam on :func:`bayesdrop.objective`; validation accuracy ``evals_per_epoch`` times an epoch.
 
     Returns the curves (``epoch``, ``test_accuracy``, ``train_accuracy`` on ``train_subset``
     — by default the first ``len(y_val)`` training rows —, ``rate``) and the per-snippet
-    correctness of the best validation evaluation.
+    correctness of the best validation evaluation. A ``tracker`` records the rates before the
+    first step and after every step (:meth:`bayesdrop.RateTracker.record` with the step count).
     """
     n = len(y_train)
     sub = torch.arange(min(n, len(y_val))) if train_subset is None else train_subset
@@ -162,8 +165,13 @@ def fit(
     curve: dict[str, list] = {"epoch": [], "test_accuracy": [], "train_accuracy": [], "rate": []}
     best_right = torch.zeros(len(y_val), dtype=torch.bool)
 
+    if tracker is not None:
+        tracker.record(0)
+
     def evaluate(steps: int) -> None:
         nonlocal best_right
+        if tracker is not None:
+            tracker.record(steps)
         epoch, step = divmod(steps - 1, steps_per_epoch)
         step += 1
         if step not in eval_at:
@@ -213,7 +221,7 @@ def rt_split(
 def run(cfg: RunConfig) -> Result:
     """Train the fixed-rate and the Concrete LSTM; accuracy curves and the converged rate."""
     hidden = cfg.pick(256, 128, 16)
-    epochs = cfg.pick(20, 3, 1)
+    epochs = cfg.pick(20, 3, 1, medium=10)
     max_len = cfg.pick(50, 24, 12)
     n_train = cfg.pick(None, None, 200)
     n_test = cfg.pick(None, 2000, 100)
@@ -233,9 +241,12 @@ def run(cfg: RunConfig) -> Result:
 
     results: dict[str, dict] = {}
     best_right: dict[str, Tensor] = {}
+    trackers: dict[str, RateTracker] = {}
     for k, method in enumerate(progress(("fixed", "concrete"), cfg, f"{NAME} methods")):
         torch.manual_seed(cfg.seed + 17)  # the same initial weights for both
         model = SentimentLSTM(n_vocab, method, hidden=hidden, embed=embed, n_data=n).to(dev)
+        if method == "concrete":
+            trackers[method] = RateTracker(model)
         with cpu_timer(cfg) as t:
             curve, best_right[method] = fit(
                 model,
@@ -249,6 +260,7 @@ def run(cfg: RunConfig) -> Result:
                 generator=cfg.generator(40 + k),
                 evals_per_epoch=evals_per_epoch,
                 train_subset=sub,
+                tracker=trackers.get(method),
             )
         best = max(range(len(curve["test_accuracy"])), key=curve["test_accuracy"].__getitem__)
         results[method] = {
@@ -268,6 +280,14 @@ def run(cfg: RunConfig) -> Result:
     se = float(paired.std() / math.sqrt(m)) if m > 1 else 0.0
     rates = c["rate"]
     still_moving = len(rates) > 1 and abs(rates[-1] - rates[-2]) > 0.01
+    tracker = trackers["concrete"]
+    settled = rate_settling(tracker, what="Concrete rate of the LSTM inputs")
+    c["rate_drift_last_quarter"] = settled["max_drift"]
+    steps_per_epoch = -(-n // batch_size)
+    c["rate_trace"] = {
+        "epoch": [s / steps_per_epoch for s in tracker.steps],
+        "rate": tracker.history[next(iter(tracker.history))][:, 0].tolist(),
+    }
     table = [
         {
             "quantity": "best validation accuracy (epoch)",
@@ -290,6 +310,12 @@ def run(cfg: RunConfig) -> Result:
             + "); at epochs "
             + ", ".join(f"{e:.1f}: {r:.3f}" for e, r in zip(c["epoch"], rates)),
         },
+        {
+            "quantity": "rate settled: |change| over the last quarter of training < 0.01",
+            "paper": "—",
+            "ours": f"{'yes' if settled['settled'] else 'no'} "
+            f"(change {settled['max_drift']:.4f}; {cfg.mode} budget)",
+        },
     ]
     surpasses = diff > 2 * se
     if surpasses:
@@ -305,6 +331,9 @@ def run(cfg: RunConfig) -> Result:
         f"on {m} validation snippets. The Concrete rate went from {FIXED_P} to "
         f"{c['converged_rate']:.3f} in {epochs} epoch(s)"
         + (" and was still falling (not converged)." if still_moving else ".")
+        + f" By the suite's criterion (|change| over the last quarter of training < "
+        f"{settled['tol']}) it {'settled' if settled['settled'] else 'did not settle'} "
+        f"(change {settled['max_drift']:.4f}, {cfg.mode} budget)."
         + (
             " Both models were still improving at the last evaluation, so this compares "
             "learning speed, not converged accuracy."
@@ -346,6 +375,7 @@ def run(cfg: RunConfig) -> Result:
         table=table,
         verdict=verdict,
         figure=_figure(results),
+        rates=settled,
     )
 
 
@@ -360,10 +390,20 @@ def _figure(results: dict):  # type: ignore[no-untyped-def]
         ep = r["epoch"]
         (line,) = axes[0].plot(ep, r["test_accuracy"], "o-", ms=3, label=f"{method} validation")
         axes[0].plot(ep, r["train_accuracy"], "--", color=line.get_color(), label=f"{method} train")
-        axes[1].plot(ep, r["rate"], "o-", ms=3, label=method)
+        axes[1].plot(ep, r["rate"], "o", ms=3, color=line.get_color(), label=method)
+        if "rate_trace" in r:
+            tr = r["rate_trace"]
+            axes[1].plot(tr["epoch"], tr["rate"], "-", lw=1, color=line.get_color())
+            axes[1].axvspan(
+                tr["epoch"][-1] * (1 - SETTLE_FRACTION), tr["epoch"][-1], color="0.9", zorder=0
+            )
     axes[0].set(xlabel="epoch", ylabel="accuracy", title="learning curves (cf. Fig. 11)")
     axes[0].legend(fontsize=7)
-    axes[1].set(xlabel="epoch", ylabel="drop probability of the LSTM inputs", ylim=(0, 1))
+    axes[1].set(
+        xlabel="epoch (line: every step; last quarter shaded)",
+        ylabel="drop probability of the LSTM inputs",
+        ylim=(0, 1),
+    )
     axes[1].legend()
     fig.tight_layout()
     return fig

@@ -10,6 +10,7 @@ import pytest
 import torch
 from torch import Tensor, nn
 
+from bayesdrop import RateTracker
 from bayesdrop.nn import ConcreteDropout
 from bayesdrop.objectives import kl_divergence
 from bayesdrop_reproduce.experiments.sentiment_lstm import (
@@ -93,7 +94,16 @@ def test_rate_falls_and_the_model_learns_on_rotten_tomatoes() -> None:
         batch_size=64,
         lr=1e-2,
         generator=torch.Generator().manual_seed(0),
+        tracker=(tracker := RateTracker(model)),
     )
     assert len(curve["rate"]) == 6 and best.shape == y_va.shape
+    # the tracker saw the initial rate and every step; at each epoch's end it holds the rate
+    # the curve recorded there
+    steps_per_epoch = -(-len(y_tr) // 64)
+    assert tracker.steps == list(range(6 * steps_per_epoch + 1))
+    (trace,) = tracker.history.values()
+    assert float(trace[0, 0]) == pytest.approx(0.5)
+    for k, r in enumerate(curve["rate"]):
+        assert float(trace[(k + 1) * steps_per_epoch, 0]) == pytest.approx(r, abs=1e-6)
     assert curve["rate"][-1] < 0.4 and curve["rate"][-1] < curve["rate"][0] - 0.1
     assert curve["train_accuracy"][-1] > 0.75
