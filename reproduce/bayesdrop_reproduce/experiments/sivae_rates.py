@@ -397,6 +397,7 @@ def run(cfg: RunConfig) -> Result:
                 "tracker": sivae_runs[0]["tracker"],
                 "selection": selection,
                 "chosen": chosen,
+                "fastest": (max(grid), sel_runs[max(grid)]["rates"]),
             }
             table += _table_rows(key, per_data[key], seeds)
             verdicts.append(_verdict(key, per_data[key], seeds))
@@ -500,6 +501,13 @@ def _verdict(key: str, d: dict[str, Any], seeds: int) -> str:
         f"{lr}: {100 * v['val_ndcg@100']:.2f}% (mean rate {v['mean']:.3f})" for lr, v in sel.items()
     )
     settled = r["settled_seeds"]
+    fast_lr = max(sel, key=float)
+    fast = sel[fast_lr]
+    trivial = (
+        " (met trivially: the rates hardly left 0.5, so there was little to settle)"
+        if r["mean_abs_move_from_0.5"] < 2 * SETTLE_TOL
+        else ""
+    )
     return (
         f"{key}: validation NDCG@100 by rate lr {grid_txt}; chosen {d['chosen_rate_lr']:g}. "
         f"With it the learned rates moved from 0.5 to mean {r['mean']:.3f} (mean |p - 0.5| "
@@ -507,7 +515,14 @@ def _verdict(key: str, d: dict[str, Any], seeds: int) -> str:
         f"with log popularity {r['spearman_vs_log_popularity']:+.2f}) in {r['updates']} updates, "
         f"and {'settled' if settled == seeds else 'did not settle'} by the stated criterion "
         f"(drift over the last quarter < {SETTLE_TOL}) in {settled}/{seeds} seeds (largest drift "
-        f"{max(r['drift_last_quarter_per_seed']):.4f}). Test NDCG@100: SIVAE-LBD "
+        f"{max(r['drift_last_quarter_per_seed']):.4f}){trivial}. At the largest rate lr "
+        f"({fast_lr}) the rates moved further (mean |p - 0.5| {fast['mean_abs_move_from_0.5']:.3f}, "
+        f"mean {fast['mean']:.3f}, Spearman with log popularity "
+        f"{fast['spearman_vs_log_popularity']:+.2f}; "
+        f"{'settled' if fast['settled'] else 'not settled'}, drift "
+        f"{fast['drift_last_quarter']:.4f}) at a validation NDCG@100 "
+        f"{100 * (fast['val_ndcg@100'] - sel[str(d['chosen_rate_lr'])]['val_ndcg@100']):+.2f} "
+        f"points from the chosen one. Test NDCG@100: SIVAE-LBD "
         f"{100 * s['sivae-lbd']['ndcg@100']:.2f}%, Mult-VAE {100 * s['mult-vae']['ndcg@100']:.2f}%, "
         f"Mult-DAE {100 * s['mult-dae']['ndcg@100']:.2f}%, EASE {100 * s['ease']['ndcg@100']:.2f}%; "
         f"over {seeds} seeds SIVAE-LBD is {gap('mult-vae')}, {gap('mult-dae')} and "
@@ -540,7 +555,12 @@ def _figure(data: dict[str, Any]):  # noqa: ANN202 - plotting only
         idx = np.clip(np.searchsorted(edges, logpop, side="right") - 1, 0, 9)
         centers = [logpop[idx == b].mean() for b in range(10) if (idx == b).any()]
         binned = [mean_rates[idx == b].mean() for b in range(10) if (idx == b).any()]
-        ax.plot(centers, binned, "o-", color="C3", label="decile means")
+        ax.plot(centers, binned, "o-", color="C3", label=f"chosen rate lr {d['chosen']:g}, deciles")
+        fast_lr, fast = d["fastest"]
+        if fast_lr != d["chosen"]:
+            fb = [fast[idx == b].mean() for b in range(10) if (idx == b).any()]
+            ax.scatter(logpop, fast, s=3, alpha=0.15, color="C2")
+            ax.plot(centers, fb, "s-", color="C2", label=f"rate lr {fast_lr:g} (seed 0), deciles")
         ax.axhline(0.5, color="k", ls=":", lw=1, label="initial 0.5")
         ax.set(xlabel="log10 popularity (training users per item)", ylabel="learned drop rate")
         ax.set_title(f"{key}: item rates (mean over seeds) vs popularity", fontsize=9)
