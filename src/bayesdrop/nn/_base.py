@@ -1,6 +1,6 @@
 """The base class every bayesdrop dropout module derives from.
 
-It fixes the contract of DESIGN.md: ``p`` is a read-only tensor of drop probabilities, ``kl()``
+It fixes the library's module contract: ``p`` is a read-only tensor of drop probabilities, ``kl()``
 is a 0-dim sum over the module's own parameters (never scaled by the data-set size), and noise is
 sampled when the module is in training mode *or* when MC sampling has been switched on
 (``mc_sampling``), so that ``model.eval()`` is deterministic while MC prediction is not.
