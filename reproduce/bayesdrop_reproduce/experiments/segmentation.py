@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from bayesdrop import dropout_rates
+from bayesdrop import RateTracker, dropout_rates
 from bayesdrop.metrics.segmentation import mean_iou, patch_pavpu_curve, pixel_accuracy
 from bayesdrop.nn.concrete import ConcreteDropout
 from bayesdrop.nn.learnable_bernoulli import LearnableBernoulliDropout
@@ -42,7 +42,15 @@ from bayesdrop.nn.variational import VariationalDropout
 from bayesdrop.uncertainty import mc_predict
 
 from ..datasets.scenes import SCENE_CLASSES, make_scenes
-from ._framework import Result, RunConfig, cpu_timer, progress, single_thread
+from ._framework import (
+    SETTLE_FRACTION,
+    Result,
+    RunConfig,
+    cpu_timer,
+    progress,
+    rate_settling,
+    single_thread,
+)
 from ._training import fit, shuffled_epochs
 
 __all__ = ["NAME", "TITLE", "METHODS", "SegmentationFCN", "run"]
@@ -55,6 +63,8 @@ TITLE = (
 
 #: Dropout families compared, in the order of the paper's Table 1.
 METHODS = ("lbd", "concrete", "gaussian", "mc", "regular")
+#: The families whose rates are learned (their trajectories are recorded).
+LEARNED = ("lbd", "concrete", "gaussian")
 
 #: The paper's CamVid column of Table 1 (%): accuracy, mean IoU, mean PAvPU.
 PAPER = {
@@ -134,12 +144,16 @@ def _train(
     batch_size: int,
     lr: float,
     offset: int,
+    tracker: RateTracker | None = None,
 ) -> None:
     opt = torch.optim.Adam(model.parameters(), lr=lr)
     gen = cfg.generator(500 + offset)
     n = len(x)
     batches = shuffled_epochs(n, batch_size, epochs, gen, x.device)
-    fit(model, opt, x, y, batches, nll=_pixel_nll, n_data=n * y[0].numel())
+    if tracker is not None:
+        tracker.record(0)
+    on_step = None if tracker is None else tracker.record
+    fit(model, opt, x, y, batches, nll=_pixel_nll, n_data=n * y[0].numel(), on_step=on_step)
 
 
 @torch.no_grad()
@@ -156,7 +170,7 @@ def run(cfg: RunConfig) -> Result:
     """Train each family on the synthetic scenes; accuracy, mIoU, patch PAvPU curve, rates."""
     n_train = cfg.pick(2000, 512, 16)
     n_test = cfg.pick(400, 128, 8)
-    epochs = cfg.pick(40, 12, 1)
+    epochs = cfg.pick(40, 12, 1, medium=30)
     size, batch_size, lr, samples = 32, 16, 3e-3, 10
     dev = torch.device(cfg.device)
     x_train, y_train = make_scenes(n_train, size, seed=cfg.seed)
@@ -169,12 +183,23 @@ def run(cfg: RunConfig) -> Result:
 
     results: dict[str, dict] = {}
     curves = {}
+    trackers: dict[str, RateTracker] = {}
     for k, method in enumerate(progress(METHODS, cfg, f"{NAME} methods")):
         torch.manual_seed(cfg.seed + 11)  # the same initial weights for every family
         model = SegmentationFCN(method, classes).to(dev)
+        if method in LEARNED:
+            trackers[method] = RateTracker(model)
         with cpu_timer(cfg) as t:
             _train(
-                model, x_train, y_train, cfg, epochs=epochs, batch_size=batch_size, lr=lr, offset=k
+                model,
+                x_train,
+                y_train,
+                cfg,
+                epochs=epochs,
+                batch_size=batch_size,
+                lr=lr,
+                offset=k,
+                tracker=trackers.get(method),
             )
         with single_thread(cfg):
             probs = _predict(model, x_test, method, samples, cfg)
@@ -193,6 +218,8 @@ def run(cfg: RunConfig) -> Result:
             "rates": rates,
             "train_seconds": t["s"],
         }
+        if method in LEARNED:
+            results[method]["rate_drift_last_quarter"] = trackers[method].drift(SETTLE_FRACTION)
 
     table = []
     for method in METHODS:
@@ -217,6 +244,24 @@ def run(cfg: RunConfig) -> Result:
                 "ours": ", ".join(f"{v[0]:.3f}" for v in rates.values()),
             }
         )
+
+    settling = {m: rate_settling(trackers[m], what=m) for m in LEARNED}
+    rates_settled = rate_settling(
+        list(trackers.values()), what=f"{', '.join(LEARNED)}: one rate per layer, 5 layers"
+    )
+    table.append(
+        {
+            "method": "learned rates",
+            "quantity": "settled: mean |change| over the last quarter of training < 0.01 "
+            "(largest drift)",
+            "paper": "—",
+            "ours": "; ".join(
+                f"{m} {'yes' if v['settled'] else 'no'} ({v['max_drift']:.3f})"
+                for m, v in settling.items()
+            )
+            + f" ({cfg.mode} budget)",
+        }
+    )
 
     def best(key: str) -> str:
         return max(METHODS, key=lambda m: results[m][key])
@@ -243,7 +288,10 @@ def run(cfg: RunConfig) -> Result:
         "better PAvPU than MC and regular dropout "
         + ("holds" if claims["bayesian_learned_pavpu_above_fixed"] else "does not hold")
         + f" (lowest learned {100 * learned_pavpu:.1f}% vs highest fixed {100 * fixed_pavpu:.1f}%)."
-        " One seed per family at this scale."
+        " One seed per family at this scale. The learned rates "
+        + ("settled" if rates_settled["settled"] else "did not all settle")
+        + f" by the suite's criterion (largest mean |change| over the last quarter of training "
+        f"{rates_settled['max_drift']:.3f}, threshold {rates_settled['tol']}; {cfg.mode} budget)."
     )
     settings = {
         "n_train": n_train,
@@ -269,20 +317,25 @@ def run(cfg: RunConfig) -> Result:
         stand_in=f"synthetic scenes generated in code ({n_train} train / {n_test} test, "
         f"{size}×{size}, {classes} classes), small U-Net-like FCN",
         settings=settings,
-        metrics={"per_method": results, "claims": claims},
+        metrics={
+            "per_method": results,
+            "claims": claims,
+            "rates_settled": {"all": rates_settled, **settling},
+        },
         table=table,
         verdict=verdict,
-        figure=_figure(curves, results),
+        figure=_figure(curves, results, trackers),
+        rates=rates_settled,
     )
 
 
-def _figure(curves: dict, results: dict):  # type: ignore[no-untyped-def]
+def _figure(curves: dict, results: dict, trackers: dict):  # type: ignore[no-untyped-def]
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
+    fig, axes = plt.subplots(1, 3, figsize=(15, 3.6))
     for method, curve in curves.items():
         axes[0].plot(curve.t.tolist(), curve.pavpu.tolist(), "o-", ms=3, label=method)
     axes[0].set(xlabel="threshold t (fraction of the entropy range)", ylabel="patch PAvPU (2×2)")
@@ -297,5 +350,24 @@ def _figure(curves: dict, results: dict):  # type: ignore[no-untyped-def]
     axes[1].set_xticks(list(xs), names)
     axes[1].set_ylim(0, 1)
     axes[1].legend()
+    for k, (method, tracker) in enumerate(trackers.items()):
+        layers = torch.stack([h.double().mean(1) for h in tracker.history.values()], 1)
+        axes[2].plot(tracker.steps, layers.mean(1).tolist(), color=f"C{k}", label=method)
+        axes[2].fill_between(
+            tracker.steps,
+            layers.min(1).values.tolist(),
+            layers.max(1).values.tolist(),
+            color=f"C{k}",
+            alpha=0.2,
+        )
+    if trackers:
+        last = max(t.steps[-1] for t in trackers.values())
+        axes[2].axvspan(last * (1 - SETTLE_FRACTION), last, color="0.9", zorder=0)
+    axes[2].set(
+        xlabel="step (last quarter shaded)",
+        ylabel="drop rate (mean and range over layers)",
+        title="how the learned rates moved",
+    )
+    axes[2].legend(fontsize=8)
     fig.tight_layout()
     return fig

@@ -6,15 +6,18 @@ import pytest
 import torch
 from torch import nn
 
+from bayesdrop import RateTracker
 from bayesdrop.metrics.segmentation import mean_iou, patch_statistics
 from bayesdrop.objectives import objective
 from bayesdrop.uncertainty import mc_predict, mc_sampling
 from bayesdrop_reproduce.datasets.scenes import make_scenes
 from bayesdrop_reproduce.experiments.segmentation import (
+    LEARNED,
     METHODS,
     SegmentationFCN,
     _dropped,
     _pixel_nll,
+    _train,
 )
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -77,3 +80,22 @@ def test_uncertainty_flags_the_errors() -> None:
     assert certain > 0.95 and uncertain < certain - 0.1
     background_only = mean_iou(torch.zeros_like(yt), yt, 5)
     assert mean_iou(probs.argmax(1), yt, 5) > background_only + 0.05
+
+
+@pytest.mark.parametrize("method", LEARNED)
+def test_training_records_every_steps_rates(method: str, tmp_path) -> None:
+    from bayesdrop_reproduce.experiments._framework import RunConfig
+
+    cfg = RunConfig(quick=False, seed=0, device="cpu", out=tmp_path, tiny=True, progress=False)
+    x, y = make_scenes(10, 32, seed=0)
+    torch.manual_seed(0)
+    model = SegmentationFCN(method, 5)
+    tracker = RateTracker(model)
+    _train(model, x, y, cfg, epochs=2, batch_size=4, lr=3e-3, offset=0, tracker=tracker)
+    assert tracker.steps == list(range(2 * 3 + 1))  # the initial rates, then 3 steps per epoch
+    hist = tracker.history
+    assert len(hist) == 5
+    for h in hist.values():
+        assert float(h[0].double().mean()) == pytest.approx(0.2, abs=1e-6)  # initial rate
+    for name, d in tracker.drift().items():  # 7 records: the last quarter starts at record 5
+        assert d == pytest.approx(float((hist[name][-1] - hist[name][5]).abs().mean()))
