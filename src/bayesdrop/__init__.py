@@ -12,11 +12,13 @@ from .nn import (
     VariationalDropout,
 )
 from .objectives import (
+    batch_coupled_modules,
     dropout_rates,
     kl_divergence,
     objective,
     rate_param_groups,
     rate_parameters,
+    register_batch_coupled,
 )
 from .tracking import RateTracker
 from .uncertainty import mc_predict, mc_sampling
@@ -35,6 +37,8 @@ __all__ = [
     "dropout_rates",
     "rate_param_groups",
     "rate_parameters",
+    "register_batch_coupled",
+    "batch_coupled_modules",
     "RateTracker",
     "LearnableBernoulliDropout",
     "ConcreteDropout",
