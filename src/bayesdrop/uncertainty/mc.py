@@ -294,6 +294,10 @@ def _sampling_layers(model: nn.Module) -> list[str]:
 _MARGIN = 0.05
 #: Outputs of passes are turned into probabilities and entropies in blocks of this many elements.
 _BLOCK = 1 << 16
+#: Short calls are timed more often (up to ``_MAX_REPS``) until their total reaches this many
+#: seconds, so that timer and scheduler noise do not decide for small models.
+_MIN_SECONDS = 2e-3
+_MAX_REPS = 8
 #: Consecutive candidate tiles that are not faster after which the search stops.
 _MISSES = 2
 #: Timed calls per candidate tile (the fastest counts, so one pre-empted call does not decide).
@@ -306,10 +310,14 @@ class _TilePlan:
 
     The choice is measured on the passes :func:`mc_predict` runs anyway (their results are kept,
     so measuring costs no extra forward pass): one untimed warm-up pass, then tiles of 1, 2, 4,
-    ... passes (the last candidate is all the passes of a call), each timed in ``_REPS`` calls.
+    ... passes (the last candidate is all the passes of a call), each timed in ``_REPS`` calls
+    (more, up to ``_MAX_REPS``, while they add up to less than ``_MIN_SECONDS``).
     A tile replaces the best so far only when its fastest time per pass (the least disturbed by
-    other work on the machine) is at least ``_MARGIN`` below the best one's fastest; ``_MISSES`` tiles in a row that do not end the
-    search (a small model may gain nothing from 2 passes per call but much from 8). A
+    other work on the machine) is at least ``_MARGIN`` below the best one's fastest; the last
+    candidate, all the passes of a call, replaces it when it is faster than the calls the best
+    tile needs for them, the remainder's call included. ``_MISSES`` tiles in a row that are not
+    faster end the search (a small model may gain nothing from 2 passes per call but much from
+    8). A
     measurement may continue over several :func:`mc_predict` calls (a tile larger than the
     passes left in a call is measured in a later call that has room for it).
     """
@@ -322,6 +330,8 @@ class _TilePlan:
     misses: int = 0
     tried_all: bool = False
     times: list[float] = field(default_factory=list)
+    spent: float = 0.0
+    measured: dict[int, float] = field(default_factory=dict)
 
     def next(self, remaining: int, total: int) -> tuple[int, bool]:
         """Passes for the next forward call (``remaining`` of ``total`` left) and whether to
@@ -345,12 +355,18 @@ class _TilePlan:
         if seconds is None or self.chosen is not None or passes != self.trying:
             return
         self.times.append(seconds / passes)
-        if len(self.times) < _REPS:
+        self.spent += seconds
+        if len(self.times) < _REPS or (self.spent < _MIN_SECONDS and len(self.times) < _MAX_REPS):
             return
-        fastest, self.times = min(self.times), []
+        fastest, self.times, self.spent = min(self.times), [], 0.0
+        self.measured[passes] = fastest
         if passes == 1:
             self.best_time, self.trying = fastest, 2
-        elif fastest < self.best_time * (1.0 - _MARGIN):
+        elif fastest < self.best_time * (1.0 - _MARGIN) or (
+            # all the passes of a call in one: compare with the calls the best tile needs for
+            # them, its remainder included (16 + 4 passes for 20 with a best tile of 16)
+            self.tried_all and passes * fastest < self._cost(self.best, passes)
+        ):
             self.best, self.best_time, self.misses = passes, fastest, 0
             self.trying = 2 * passes
         else:
@@ -358,6 +374,17 @@ class _TilePlan:
             if self.misses == _MISSES:
                 self.chosen = self.best
             self.trying = 2 * passes
+
+    def _cost(self, tile: int, total: int) -> float:
+        """Estimated time of ``total`` passes in calls of ``tile`` (the remainder's call at the
+        time per pass of the largest measured tile that fits it)."""
+        cost, left = 0.0, total
+        while left > 0:
+            c = min(tile, left)
+            fits = [k for k in self.measured if k <= c]
+            cost += c * self.measured[max(fits)] if fits else c * self.best_time
+            left -= c
+        return cost
 
     def settle(self, passes: int) -> None:
         """Fix the tile at ``passes`` (after a failure of a larger one)."""
