@@ -38,11 +38,12 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
+from bayesdrop import RateTracker
 from bayesdrop.nn import ARDDropout, SparseVariationalDropout
 from bayesdrop.sparsity import compression_report
 
 from ._common import evaluate_classifier, image_split, train
-from ._framework import Result, RunConfig, progress
+from ._framework import SETTLE_FRACTION, Result, RunConfig, progress, rate_settling
 
 __all__ = [
     "NAME",
@@ -220,13 +221,18 @@ def fit(
     offset: int = 0,
     batch_size: int = 100,
     lr: float = 1e-3,
+    tracker: RateTracker | None = None,
 ) -> dict:
     """Train ``model`` on Appendix A's schedule and measure error and compression both ways.
 
     Returns ``error``, ``compression`` (:math:`\\log\\alpha > 3`), ``per_layer_sparsity`` and
     ``per_layer_compression`` (by :func:`layer_labels`), ``weights``, ``nonzero``, ``trimmed``
-    (:func:`trimmed`), ``epochs`` and ``train_seconds``.
+    (:func:`trimmed`), ``epochs`` and ``train_seconds``; with a ``tracker`` (which records the
+    drop rates :math:`\alpha/(1+\alpha)` before the first and after every step) also
+    ``rate_drift_last_quarter`` (:meth:`bayesdrop.RateTracker.drift`).
     """
+    if tracker is not None:
+        tracker.record(0)
     t = train(
         model,
         x_train,
@@ -239,6 +245,7 @@ def fit(
         offset=offset,
         kl_warmup_epochs=max(epochs / 10, 0.5),
         lr_decay_from=0.5,
+        on_step=None if tracker is None else tracker.record,
     )
     ev = evaluate_classifier(model, x_test, y_test)
     rep = compression_report(model)
@@ -253,6 +260,7 @@ def fit(
         "trimmed": trimmed(model, x_test, y_test),
         "epochs": epochs,
         "train_seconds": t["seconds"],
+        **({} if tracker is None else {"rate_drift_last_quarter": tracker.drift(SETTLE_FRACTION)}),
     }
 
 
@@ -356,11 +364,12 @@ def run(cfg: RunConfig) -> Result:
     runs = [("LeNet-300-100", m) for m in ("Dense", "Sparse VD", "ARD", *gamma)]
     runs += [("LeNet-5", m) for m in cfg.pick(lenet5_full, ("Sparse VD", "ARD"), ("ARD",))]
     epochs = {
-        "LeNet-300-100": cfg.pick(200 if gpu else 30, 3, 1),
-        "LeNet-5": cfg.pick(200 if gpu else 10, 1, 1),
+        "LeNet-300-100": cfg.pick(200 if gpu else 30, 3, 1, medium=10),
+        "LeNet-5": cfg.pick(200 if gpu else 10, 1, 1, medium=3),
     }
     lenet5_size = cfg.pick(((20, 50), 500), ((10, 20), 100), ((4, 8), 16))
     results: dict[str, dict[str, dict]] = {"LeNet-300-100": {}, "LeNet-5": {}}
+    trackers: dict[tuple[str, str], RateTracker] = {}
     for k, (net, method) in enumerate(progress(runs, cfg, f"{NAME} runs")):
         torch.manual_seed(cfg.seed)  # the same initialisation for every method (Appendix A)
         if net == "LeNet-300-100":
@@ -371,8 +380,16 @@ def run(cfg: RunConfig) -> Result:
             xs = images.x_train, images.y_train, images.x_test, images.y_test
         init_log_sigma2(model, cfg.generator(17))
         model = model.to(cfg.device)
+        if method != "Dense":
+            trackers[net, method] = RateTracker(model, seed=cfg.seed)
         results[net][method] = fit(
-            model, *xs, cfg, epochs=epochs[net], desc=f"{net} {method}", offset=k
+            model,
+            *xs,
+            cfg,
+            epochs=epochs[net],
+            desc=f"{net} {method}",
+            offset=k,
+            tracker=trackers.get((net, method)),
         )
     table = []
     for net, per_method in results.items():
@@ -390,8 +407,33 @@ def run(cfg: RunConfig) -> Result:
                     ),
                 }
             )
+    settling = {f"{n} | {m}": rate_settling(t, what=f"{n} {m}") for (n, m), t in trackers.items()}
+    rates_settled = rate_settling(
+        list(trackers.values()),
+        what="per-weight drop rates alpha/(1+alpha) of every sparse run (at most 4096 sampled "
+        "per layer)",
+    )
+    table.append(
+        {
+            "network": "all",
+            "method": "learned rates",
+            "paper": "200 epochs",
+            "ours": "settled (mean |change| of the per-weight rates over the last quarter < 0.01): "
+            + "; ".join(
+                f"{k} {'yes' if v['settled'] else 'no'} ({v['max_drift']:.3f})"
+                for k, v in settling.items()
+            )
+            + f" ({cfg.mode} budget)",
+        }
+    )
     verdict = " ".join(
         _network_verdict(net, per_method) for net, per_method in results.items() if per_method
+    )
+    verdict += (
+        f" The per-weight rates {'settled' if rates_settled['settled'] else 'did not all settle'} "
+        f"by the suite's criterion (largest mean |change| over the last quarter of training "
+        f"{rates_settled['max_drift']:.3f}, threshold {rates_settled['tol']}; {cfg.mode} budget; "
+        "the learning rate decays to zero over the second half, which slows the last quarter)."
     )
     dense = results["LeNet-300-100"].get("Dense")
     if images.name == "fashion-mnist" and dense is not None:
@@ -424,21 +466,23 @@ def run(cfg: RunConfig) -> Result:
         metrics={
             "runs": results,
             "paper": {f"{k[0]} | {k[1]}": v for k, v in PAPER.items()},
+            "rates_settled": {"all": rates_settled, **settling},
         },
         table=table,
         verdict=verdict,
-        figure=_figure(results),
+        figure=_figure(results, trackers),
+        rates=rates_settled,
     )
 
 
-def _figure(results: dict[str, dict[str, dict]]):  # noqa: ANN202 - a matplotlib Figure
+def _figure(results: dict[str, dict[str, dict]], trackers: dict):  # noqa: ANN202 - a Figure
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     nets = [n for n, r in results.items() if r]
-    fig, axes = plt.subplots(1, 1 + len(nets), figsize=(6 * (1 + len(nets)), 4.2))
+    fig, axes = plt.subplots(1, 2 + len(nets), figsize=(6 * (2 + len(nets)), 4.2))
     ax = axes[0]
     for net in nets:
         for method, r in results[net].items():
@@ -453,7 +497,23 @@ def _figure(results: dict[str, dict[str, dict]]):  # noqa: ANN202 - a matplotlib
         title="error vs compression",
     )
     ax.legend(fontsize=6)
-    for bx, net in zip(axes[1:], nets):
+    cx = axes[-1]
+    for k, ((net, method), tracker) in enumerate(trackers.items()):
+        hist = tracker.history
+        share = torch.stack([(h > 0.5).double().mean(1) for h in hist.values()], 1).mean(1)
+        mean = torch.stack([h.double().mean(1) for h in hist.values()], 1).mean(1)
+        line = cx.plot(tracker.steps, mean.tolist(), color=f"C{k}", label=f"{net} {method}: mean p")
+        cx.plot(tracker.steps, share.tolist(), ls="--", color=line[0].get_color())
+    if trackers:
+        last = max(t.steps[-1] for t in trackers.values())
+        cx.axvspan(last * (1 - SETTLE_FRACTION), last, color="0.9", zorder=0)
+    cx.set(
+        xlabel="step (last quarter shaded)",
+        ylabel="mean drop rate (solid), share with p > 0.5 (dashed)",
+        title="how the per-weight rates moved",
+    )
+    cx.legend(fontsize=6)
+    for bx, net in zip(axes[1:-1], nets):
         methods = [m for m in results[net] if m != "Dense"]
         width = 0.8 / max(len(methods), 1)
         for k, method in enumerate(methods):

@@ -97,3 +97,28 @@ def test_orderings_of_tables_1_and_2_on_digits() -> None:
     )
     low, high = res["Gamma a=0.505"]["trimmed"], res["Gamma a=0.52"]["trimmed"]
     assert high["compression"] > 1.15 * low["compression"] > 1.15
+
+
+def test_fit_records_the_per_weight_rates_at_every_step() -> None:
+    from bayesdrop import RateTracker, dropout_rates
+
+    data = image_split(CFG, tiny="digits")
+    torch.manual_seed(0)
+    model = mlp("ARD", 64, (16,))
+    init_log_sigma2(model, CFG.generator(17))
+    tracker = RateTracker(model, max_rates=500, seed=0)
+    res = fit(
+        model, data.x_train, data.y_train, data.x_test, data.y_test, CFG, epochs=2, tracker=tracker
+    )
+    steps_per_epoch = -(-len(data.y_train) // 100)
+    assert tracker.steps == list(range(2 * steps_per_epoch + 1))
+    hist = tracker.history
+    # the first layer has 64 * 16 = 1024 > 500 weights: a fixed subset of 500 is recorded
+    first, last = list(hist)
+    assert hist[first].shape == (len(tracker.steps), 500)
+    assert hist[last].shape == (len(tracker.steps), 16 * 10)
+    final = dropout_rates(model)[last].reshape(-1).float()
+    torch.testing.assert_close(hist[last][-1], final)
+    start = int(len(tracker.steps) * 0.75)
+    for name, d in res["rate_drift_last_quarter"].items():
+        assert d == pytest.approx(float((hist[name][-1] - hist[name][start]).abs().mean()))
