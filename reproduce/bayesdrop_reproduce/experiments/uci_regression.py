@@ -48,13 +48,13 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import Tensor, nn
 
-from bayesdrop import objective
+from bayesdrop import RateTracker, objective
 from bayesdrop.nn.concrete import ConcreteDropout
 from bayesdrop.nn.mc_dropout import MCDropout
 from bayesdrop.uncertainty import MCRegression, mc_predict
 
 from ..datasets.regression import kfold_indices, load_regression
-from ._framework import Result, RunConfig, cpu_timer, progress
+from ._framework import SETTLE_FRACTION, Result, RunConfig, cpu_timer, progress, rate_settling
 from ._training import fit, shuffled_epochs
 
 __all__ = [
@@ -235,6 +235,7 @@ def train_split(
     rate_lr: float,
     generator: torch.Generator,
     rate_pass: bool = True,
+    tracker: RateTracker | None = None,
 ) -> None:
     r"""The alternating (MAP-)EM scheme: per epoch one pass over the data for each of
 
@@ -244,7 +245,8 @@ def train_split(
        replication's addition.
 
     Every pass minimises the same per-example loss (:func:`bayesdrop.objective` plus the Gamma
-    prior on τ divided by ``N``) with respect to its own parameters.
+    prior on τ divided by ``N``) with respect to its own parameters. A ``tracker`` records the
+    rates before training and after every epoch (step number = epochs done).
     """
     groups = [model.weight_parameters(), [model.log_tau]]
     lrs = [lr, tau_lr]
@@ -259,10 +261,14 @@ def train_split(
     def loss(idx: Tensor) -> Tensor:
         return _loss(model, x[idx], y[idx], n)
 
-    for _ in range(epochs):
+    if tracker is not None:
+        tracker.record(0)
+    for epoch in range(epochs):
         for opt, params in zip(optimisers, groups):  # one pass over the data per group
             batches = shuffled_epochs(n, batch_size, 1, generator, x.device)
             fit(model, opt, x, y, batches, loss=loss, params=params)
+        if tracker is not None:
+            tracker.record(epoch + 1)
 
 
 @torch.no_grad()
@@ -316,6 +322,7 @@ def fit_split(
     rate_pass: bool = True,
     regularizers: str = "replication",
     device: str = "cpu",
+    track: bool = False,
 ) -> tuple[RegressionMLP, dict[str, float]]:
     """Standardise one CV split on its training part, train ``family``, score on the test part.
 
@@ -324,7 +331,9 @@ def fit_split(
     with :math:`N` the training size, times :math:`\tau/2` (the Gaussian NLL is the squared
     error times :math:`\tau/2`). The weights are initialised from ``torch.manual_seed(seed)``
     (the same for every family); minibatches and MC noise come from generators seeded with
-    ``seed``.
+    ``seed``. With ``track`` (Concrete), the scores also hold ``rate_drift_last_quarter``, the
+    largest mean absolute change of a layer's rate over the last quarter of the epochs
+    (:meth:`bayesdrop.RateTracker.drift`), and ``rate_trace``, the rates after every epoch.
     """
     if regularizers not in ("replication", "rule-of-thumb"):
         raise ValueError(
@@ -358,9 +367,14 @@ def fit_split(
         rate_lr=rate_lr,
         generator=torch.Generator().manual_seed(seed),
         rate_pass=rate_pass,
+        tracker=(tracker := RateTracker(model) if track and family == "concrete" else None),
     )
     gen = torch.Generator().manual_seed(seed + 1)
-    return model, evaluate(model, x_te, y_te, float(y_sd), samples, gen)
+    scores: dict = evaluate(model, x_te, y_te, float(y_sd), samples, gen)
+    if tracker is not None:
+        scores["rate_drift_last_quarter"] = max(tracker.drift(SETTLE_FRACTION).values())
+        scores["rate_trace"] = torch.cat(list(tracker.history.values()), 1).tolist()
+    return model, scores
 
 
 def _se(v: Tensor) -> float:
@@ -379,7 +393,7 @@ def run(cfg: RunConfig) -> Result:
     the replication's reason for adding it.
     """
     folds = cfg.pick({"boston": 10, "concrete": 10}, {"boston": 5, "concrete": 3}, {"boston": 2})
-    epochs = cfg.pick(300, 25, 2)
+    epochs = cfg.pick(300, 25, 2, medium=100)
     samples = cfg.pick(200, 50, 5)
     batch = cfg.pick(
         {"boston": 32, "concrete": 32}, {"boston": 64, "concrete": 128}, {"boston": 64}
@@ -424,6 +438,7 @@ def run(cfg: RunConfig) -> Result:
                         rate_pass=third,
                         regularizers=regs,
                         device=cfg.device,
+                        track=family == "concrete" and third,
                         **lrs,
                     )
                     if family == "mc":
@@ -574,6 +589,27 @@ def run(cfg: RunConfig) -> Result:
             f"{', '.join(f'{v:.3f}' for v in rule_mean.tolist())} (sd over splits at most "
             f"{float(rule_sd.max()):.3f}), RMSE {r['rmse_mean']:.2f}, LL {r['ll_mean']:.2f}"
         )
+    drifts = {
+        f"{name} {kind} split {s}": scores["rate_drift_last_quarter"]
+        for name, rec in per_set.items()
+        for kind in ("concrete", "rule")
+        for s, scores in enumerate(rec[kind])
+    }
+    rates_settled = rate_settling(
+        drifts, what="Concrete rate of each layer, every split, both sets of constants"
+    )
+    metrics["rate_drift_last_quarter"] = drifts
+    metrics["rates_settled"] = rates_settled
+    table.append(
+        {
+            "data set": "all",
+            "quantity": "rates settled: largest mean |change| of a layer's rate over the last "
+            "quarter of the epochs (< 0.01)",
+            "paper": "—",
+            "ours": f"{'yes' if rates_settled['settled'] else 'no'} "
+            f"({rates_settled['max_drift']:.4f}; {cfg.mode} budget, {epochs} epochs)",
+        }
+    )
     final = torch.tensor([r for rec in per_set.values() for r in rec["rates"]])
     start = torch.tensor([r for rec in per_set.values() for r in rec["init"]])
     towards_half = float(((final - 0.5).abs() < (start - 0.5).abs()).double().mean())
@@ -599,6 +635,10 @@ def run(cfg: RunConfig) -> Result:
         "of unit scale, shows every rate at 0.4999–0.5002 (Likhosherstov & de la Fuente, "
         "'Concrete Dropout: Experiments Replication and Extensions', 2018, Fig. 1b). With Gal's "
         "rule of thumb (Gal, Hron & Kendall 2017) the layers learn distinct rates, as listed."
+        + f" By the suite's criterion (mean |change| of a rate over the last quarter of the epochs "
+        f"< {rates_settled['tol']}) the rates "
+        + ("settled" if rates_settled["settled"] else "did not all settle")
+        + f" (largest {rates_settled['max_drift']:.4f}; {cfg.mode} budget, {epochs} epochs)."
     )
     settings = {
         "folds": folds,
@@ -631,6 +671,7 @@ def run(cfg: RunConfig) -> Result:
         table=table,
         verdict=verdict,
         figure=_figure(metrics, list(per_set)),
+        rates=rates_settled,
     )
 
 
@@ -640,7 +681,7 @@ def _figure(metrics: dict, names: list[str]):  # type: ignore[no-untyped-def]
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, len(names), figsize=(4.2 * len(names), 3.4), squeeze=False)
+    fig, axes = plt.subplots(2, len(names), figsize=(4.2 * len(names), 6.8), squeeze=False)
     for ax, name in zip(axes[0], names):
         rates = torch.tensor(metrics[name]["rates_per_split"])
         start = torch.tensor(metrics[name]["initial_rates"])
@@ -660,6 +701,21 @@ def _figure(metrics: dict, names: list[str]):  # type: ignore[no-untyped-def]
             ylabel="converged drop probability",
             xticks=xs,
             ylim=(0, 0.6),
+        )
+    for ax, name in zip(axes[1], names):
+        for kind, style in (("concrete", "-"), ("rule_of_thumb", "--")):
+            per_split = metrics[name][kind]["per_split"]
+            trace = torch.tensor(per_split[0]["rate_trace"])  # (epochs + 1, layers), split 1
+            for layer in range(trace.shape[1]):
+                ax.plot(trace[:, layer].tolist(), style, color=f"C{layer}", lw=1)
+        ax.axvspan((1 - SETTLE_FRACTION) * (len(trace) - 1), len(trace) - 1, color="0.9", zorder=0)
+        ax.plot([], [], "k-", label="replication's constants")
+        ax.plot([], [], "k--", label="rule of thumb")
+        ax.legend(fontsize=7)
+        ax.set(
+            title=f"{name}: rates during training (split 1; layers by colour)",
+            xlabel="epoch (last quarter shaded)",
+            ylabel="drop probability",
         )
     fig.suptitle("Concrete dropout rates per layer across cross-validation splits")
     fig.tight_layout()

@@ -180,3 +180,45 @@ def test_boston_rule_of_thumb_learns_distinct_rates_per_layer() -> None:
     assert 1.2 * p1 < p2 and 1.2 * p2 < p3
     assert p3 < 0.25
     assert scores["rmse"] < 0.7 * float(data.y[test].std())
+
+
+def test_tracked_fit_reports_the_rate_trace_and_its_drift() -> None:
+    gen = torch.Generator().manual_seed(1)
+    x, y = torch.randn(60, 4, generator=gen), torch.randn(60, generator=gen)
+    train, test = torch.arange(45), torch.arange(45, 60)
+    start = [0.1, 0.2, 0.3]
+    model, scores = fit_split(
+        x,
+        y,
+        train,
+        test,
+        "concrete",
+        init_p=start,
+        epochs=8,
+        batch_size=16,
+        samples=2,
+        seed=0,
+        track=True,
+    )
+    trace = torch.tensor(scores["rate_trace"])  # the initial rates, then one row per epoch
+    assert trace.shape == (9, 3)
+    assert trace[0].tolist() == pytest.approx(start, abs=1e-6)
+    assert trace[-1].tolist() == pytest.approx(model.rates(), abs=1e-6)
+    # drift over the last quarter: records 6 -> 8 (start index int(9 * 0.75) = 6), per layer
+    assert scores["rate_drift_last_quarter"] == pytest.approx(
+        float((trace[-1] - trace[6]).abs().max()), abs=1e-7
+    )
+    _, mc = fit_split(
+        x,
+        y,
+        train,
+        test,
+        "mc",
+        init_p=start,
+        epochs=1,
+        batch_size=16,
+        samples=2,
+        seed=0,
+        track=True,
+    )
+    assert "rate_trace" not in mc  # the fixed rate of MC dropout is not tracked
