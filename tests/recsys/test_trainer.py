@@ -287,3 +287,60 @@ def test_evaluate_standard_errors_match_per_user_metrics(split):
         assert r[f"{name}_se"] == pytest.approx(
             per_user.std(ddof=1) / np.sqrt(len(per_user)), rel=1e-9
         )
+
+
+def _without_seconds(result):
+    return {k: v for k, v in result.items() if k != "seconds"}
+
+
+def test_on_step_sees_every_update_and_leaves_the_run_bit_identical(split):
+    from bayesdrop import RateTracker
+    from bayesdrop.recsys import SIVAE
+
+    cfg = _cfg(model="sivae-lbd", epochs=2, rate_lr=0.05)
+    plain = train(split, cfg)
+    steps, models, rates = [], [], []
+
+    def on_step(step, model):
+        steps.append(step)
+        models.append(model)
+        rates.append(model.p.detach().clone())
+
+    watched = train(split, cfg, on_step=on_step)
+    assert json.dumps(_without_seconds(watched)) == json.dumps(_without_seconds(plain))
+    per_epoch = -(-split.train.shape[0] // cfg.batch_size)
+    assert steps == list(range(2 * per_epoch + 1))  # 0: before the first update
+    assert isinstance(models[0], SIVAE) and all(m is models[0] for m in models)
+    assert float((rates[-1] - rates[0]).abs().max()) > 1e-3  # the rates moved under rate_lr
+
+    # the use it is made for: a RateTracker fed by the callback, same run again
+    trackers = []
+
+    def track(step, model):
+        if not trackers:
+            trackers.append(RateTracker(model, seed=0))
+        trackers[0].record(step)
+
+    tracked = train(split, cfg, on_step=track)
+    assert json.dumps(_without_seconds(tracked)) == json.dumps(_without_seconds(plain))
+    assert trackers[0].steps == steps
+    (history,) = trackers[0].history.values()
+    torch.testing.assert_close(history[-1], rates[-1].float().reshape(-1))
+
+
+def test_on_step_must_be_callable(split):
+    with pytest.raises(TypeError, match="on_step must be callable"):
+        train(split, _cfg(), on_step=3)
+
+
+def test_progress_without_tqdm_prints_the_epoch_lines_and_gives_the_same_run(
+    split, monkeypatch, capsys
+):
+    quiet = train(split, _cfg(epochs=2))
+    monkeypatch.setitem(sys.modules, "tqdm", None)  # import tqdm -> ImportError
+    monkeypatch.setitem(sys.modules, "tqdm.auto", None)
+    shown = train(split, _cfg(epochs=2, progress=True))
+    err = capsys.readouterr().err
+    assert "epoch 1: loss" in err and "epoch 2: loss" in err
+    assert json.dumps(_without_seconds(shown)["test"]) == json.dumps(quiet["test"])
+    assert shown["history"] == quiet["history"]

@@ -35,12 +35,12 @@ import numpy as np
 from bayesdrop.recsys.baselines import EASE
 from bayesdrop.recsys.data import (
     CFSplit,
-    load_recbole_ml100k,
     prepare_liang,
     synthetic_interactions,
 )
 from bayesdrop.recsys.trainer import TrainConfig, evaluate, train
 
+from ..datasets.movielens import load_ml100k
 from ._framework import Result, RunConfig, progress, single_thread
 
 __all__ = ["NAME", "TITLE", "PAPER_ML20M", "VARIANTS", "load_split", "select_ease_l2", "run"]
@@ -79,7 +79,7 @@ def load_split(cfg: RunConfig) -> tuple[CFSplit, str]:
         inter = synthetic_interactions(240, 90, rank=4, mean_items=14, seed=cfg.seed)
         split = prepare_liang(inter, 25)
         return split, "synthetic low-rank clicks (tiny smoke setting), 25 validation/25 test users"
-    split = prepare_liang(load_recbole_ml100k(), 100)
+    split = prepare_liang(load_ml100k(), 100)
     s = split.summary()
     return split, (
         f"MovieLens-100K (RecBole 1.2.1 wheel): {s['train_users']} train users, "

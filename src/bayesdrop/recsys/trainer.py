@@ -22,6 +22,7 @@ import math
 import os
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -31,7 +32,6 @@ import scipy.sparse as sp
 import torch
 import torch.distributed as dist
 from torch import Tensor, nn
-from tqdm.auto import tqdm
 
 from .._validation import check_choice, check_int, check_positive, check_probability
 from ..metrics.ranking import ndcg_at_k, recall_at_k
@@ -171,7 +171,8 @@ class TrainConfig:
         checkpoint: file written atomically after every epoch (and locked during the run).
         resume: continue the run saved in ``checkpoint`` (which must exist and be the same run).
         allow_change: fields of :data:`RESUMABLE_CHANGES` that may differ from the checkpoint.
-        progress: show a progress bar on stderr.
+        progress: show a progress bar on stderr (needs the optional ``tqdm`` package; without
+            it the per-epoch lines are printed and there is no bar).
     """
 
     model: str = "mult-vae"
@@ -526,8 +527,20 @@ def _checkpoint_dict(
 
 
 # --------------------------------------------------------------------------------------- train
-def train(split: CFSplit, cfg: TrainConfig) -> dict[str, Any]:
+def train(
+    split: CFSplit,
+    cfg: TrainConfig,
+    *,
+    on_step: Callable[[int, nn.Module], None] | None = None,
+) -> dict[str, Any]:
     """Train ``cfg.model`` on ``split`` and return the result dictionary (the CLI's JSON).
+
+    ``on_step(step, model)``, when given, is called with ``step = 0`` before the first update of
+    a fresh run (not of a resumed one) and then after every optimiser step with the number of
+    updates done so far (counted across resumes) and the model being trained (e.g. to record
+    its drop rates with :class:`bayesdrop.RateTracker`). It is called on every process, is not
+    called for the non-neural baselines, and must not change the model or draw random numbers
+    from torch's global generator: it then leaves the run exactly as it is without it.
 
     Keys: ``model``, ``config`` (:meth:`TrainConfig.run_config`), ``anneal_steps`` (resolved),
     ``data``, ``best_epoch``, ``val`` (best validation metrics), ``test`` (Recall@20, Recall@50,
@@ -552,15 +565,19 @@ def train(split: CFSplit, cfg: TrainConfig) -> dict[str, Any]:
         raise TypeError(f"split must be a CFSplit, but got {type(split).__name__}")
     if not isinstance(cfg, TrainConfig):
         raise TypeError(f"cfg must be a TrainConfig, but got {type(cfg).__name__}")
+    if on_step is not None and not callable(on_step):
+        raise TypeError(f"on_step must be callable or None, but got {type(on_step).__name__}")
     created = _init_distributed(cfg.device)
     try:
-        return _train(split, cfg)
+        return _train(split, cfg, on_step)
     finally:
         if created:
             dist.destroy_process_group()
 
 
-def _train(split: CFSplit, cfg: TrainConfig) -> dict[str, Any]:
+def _train(
+    split: CFSplit, cfg: TrainConfig, on_step: Callable[[int, nn.Module], None] | None = None
+) -> dict[str, Any]:
     check_device(cfg.device)
     if cfg.rate_lr is not None and not cfg.model.startswith("sivae"):
         raise ValueError(
@@ -578,11 +595,41 @@ def _train(split: CFSplit, cfg: TrainConfig) -> dict[str, Any]:
                     error = exc
             if not _all_agree(error is None):
                 raise error or RunLockedError(f"checkpoint {cfg.checkpoint} is not usable")
-        return _train_locked(split, cfg, rank, world)
+        return _train_locked(split, cfg, rank, world, on_step)
     raise AssertionError("unreachable")  # pragma: no cover
 
 
-def _train_locked(split: CFSplit, cfg: TrainConfig, rank: int, world: int) -> dict[str, Any]:
+def _progress_bar(n: int, desc: str, show: bool) -> Any:
+    """A ``tqdm`` bar over ``range(n)`` on stderr when ``show`` and tqdm is installed (it is an
+    optional dependency), else the plain range."""
+    if show:
+        try:
+            from tqdm.auto import tqdm
+        except ImportError:
+            return range(n)
+        return tqdm(
+            range(n), desc=desc, file=sys.stderr, leave=False, dynamic_ncols=True, disable=False
+        )
+    return range(n)
+
+
+def _write_line(msg: str) -> None:
+    """Print ``msg`` on stderr without breaking a tqdm bar (when tqdm is installed)."""
+    try:
+        from tqdm.auto import tqdm
+    except ImportError:
+        print(msg, file=sys.stderr)
+        return
+    tqdm.write(msg, file=sys.stderr)
+
+
+def _train_locked(
+    split: CFSplit,
+    cfg: TrainConfig,
+    rank: int,
+    world: int,
+    on_step: Callable[[int, nn.Module], None] | None = None,
+) -> dict[str, Any]:
     t0 = time.perf_counter()
     device = cfg.device
     if device == "cuda" and world > 1:  # one GPU per process under torchrun
@@ -667,6 +714,8 @@ def _train_locked(split: CFSplit, cfg: TrainConfig, rank: int, world: int) -> di
             logger.info("resumed from %s after epoch %d", cfg.checkpoint, state["epoch"])
 
     show = cfg.progress and rank == 0
+    if on_step is not None and state["update"] == 0:
+        on_step(0, model)
     for epoch in range(state["epoch"] + 1, cfg.epochs + 1):
         model.train()
         # Same user order on every process, its own noise stream; reproducible on resume.
@@ -676,14 +725,7 @@ def _train_locked(split: CFSplit, cfg: TrainConfig, rank: int, world: int) -> di
         torch.manual_seed(_derived_seed(cfg.seed, epoch, rank, 1))
         n_batches = math.ceil(n_train / cfg.batch_size)
         total, count = 0.0, 0
-        bar = tqdm(
-            range(n_batches),
-            desc=f"{cfg.model} epoch {epoch}/{cfg.epochs}",
-            disable=not show,
-            file=sys.stderr,
-            leave=False,
-            dynamic_ncols=True,
-        )
+        bar = _progress_bar(n_batches, f"{cfg.model} epoch {epoch}/{cfg.epochs}", show)
         for b in bar:
             rows = order[b * cfg.batch_size : (b + 1) * cfg.batch_size]
             mine = rows[rank::world]
@@ -700,7 +742,8 @@ def _train_locked(split: CFSplit, cfg: TrainConfig, rank: int, world: int) -> di
                 else:
                     bad = 1.0
             if _average_gradients(model, len(mine) / len(rows), bad):
-                bar.close()
+                if hasattr(bar, "close"):
+                    bar.close()
                 raise TrainingDivergedError(
                     f"loss became non-finite at epoch {epoch} (update {state['update'] + 1}, "
                     f"beta {beta:.3g}); the run diverged: lower the learning rate (lr={cfg.lr:g},"
@@ -708,9 +751,12 @@ def _train_locked(split: CFSplit, cfg: TrainConfig, rank: int, world: int) -> di
                 )
             optimizer.step()
             state["update"] += 1
-            if show and b % 10 == 0:
+            if on_step is not None:
+                on_step(state["update"], model)
+            if b % 10 == 0 and hasattr(bar, "set_postfix"):
                 bar.set_postfix(loss=f"{total / max(count, 1):.2f}", beta=f"{beta:.3f}")
-        bar.close()
+        if hasattr(bar, "close"):
+            bar.close()
         if not all(bool(torch.isfinite(q).all()) for q in model.parameters()):
             raise TrainingDivergedError(
                 f"loss became non-finite at epoch {epoch}: the parameters hold NaN or inf after "
@@ -749,7 +795,7 @@ def _train_locked(split: CFSplit, cfg: TrainConfig, rank: int, world: int) -> di
                 f"{state['best_epoch']})"
             )
             if cfg.progress:
-                tqdm.write(msg, file=sys.stderr)
+                _write_line(msg)
             logger.info(msg)
             if cfg.checkpoint:
                 save_atomic(
