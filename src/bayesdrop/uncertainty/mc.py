@@ -79,15 +79,14 @@ class MCClassification:
             class dimension at ``class_dim``).
         samples: per-pass probabilities, shape ``(S, *probs.shape)``; ``None`` when
             ``keep_samples=False`` or when the answer came from moments.
-        predictive_entropy: :math:`H[\\bar p]`, the output shape without the class dimension.
-        expected_entropy: :math:`\\frac1S\\sum_s H[p_s]` (aleatoric part).
-        mutual_information: predictive minus expected entropy (epistemic part), ``>= 0``.
         num_samples: ``S`` (0 when the answer came from moments without sampling).
         class_dim: the class dimension of :attr:`probs`.
 
-    When the passes are kept, the three entropies are computed from :attr:`samples` the first
-    time they are read (one vectorised pass over the samples), so a caller who needs only the
-    probabilities does not pay for them; they are then cached.
+    The properties :attr:`predictive_entropy`, :attr:`expected_entropy` and
+    :attr:`mutual_information` have the output shape without the class dimension. When the
+    passes are kept they are computed from :attr:`samples` the first time they are read (one
+    vectorised pass over the samples), so a caller who needs only the probabilities does not pay
+    for them; they are then cached.
     """
 
     def __init__(
