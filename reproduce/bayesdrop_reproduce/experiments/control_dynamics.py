@@ -43,11 +43,12 @@ from collections.abc import Callable
 import torch
 from torch import Tensor, nn
 
+from bayesdrop import RateTracker
 from bayesdrop.nn.concrete import ConcreteDropout
 from bayesdrop.uncertainty import MCRegression, mc_predict
 
 from ..datasets.cartpole import cartpole_transitions
-from ._framework import Result, RunConfig, cpu_timer, progress
+from ._framework import SETTLE_FRACTION, Result, RunConfig, cpu_timer, progress, rate_settling
 from ._training import fit, sampled_batches
 
 __all__ = ["NAME", "TITLE", "NOISE_STD", "DynamicsModel", "fit_dynamics", "epistemic", "run"]
@@ -125,12 +126,15 @@ def fit_dynamics(
     noise_std: float | None = NOISE_STD,
     rate_lr: float = 1e-2,
     tau_lr: float = 3e-2,
+    trackers: list[RateTracker] | None = None,
 ) -> DynamicsModel:
     """Fit a :class:`DynamicsModel` to standardised inputs ``x`` and targets ``y``.
 
     ``steps`` Adam steps on minibatches drawn with replacement. The dropout logits and a learned
     ``log_tau`` get their own, larger steps ``rate_lr`` and ``tau_lr``: they have to travel
     several nats within the run, and Adam moves a parameter by at most about its rate per step.
+    Given a list ``trackers``, a :class:`bayesdrop.RateTracker` of the new model is appended to
+    it and records the rates before the first and after every step.
     """
     torch.manual_seed(int(torch.randint(0, 2**31 - 1, (), generator=generator)))
     model = DynamicsModel(hidden, noise_std=noise_std).to(x.device)
@@ -143,6 +147,11 @@ def fit_dynamics(
         groups.append({"params": [model.log_tau], "lr": tau_lr})
     opt = torch.optim.Adam(groups)
     n = len(x)
+    tracker = None
+    if trackers is not None:
+        tracker = RateTracker(model)
+        tracker.record(0)
+        trackers.append(tracker)
     fit(
         model,
         opt,
@@ -151,6 +160,7 @@ def fit_dynamics(
         sampled_batches(n, batch_size, steps, generator, x.device),
         nll=nll,
         n_data=n,
+        on_step=None if tracker is None else tracker.record,
     )
     return model
 
@@ -205,7 +215,7 @@ def run(cfg: RunConfig) -> Result:
     sizes = cfg.pick(
         [30, 100, 300, 1000, 3000, 10000, 30000], [30, 100, 300, 1000, 3000], [30, 300]
     )
-    steps = cfg.pick(4000, 800, 40)
+    steps = cfg.pick(4000, 800, 40, medium=3000)
     n_test = cfg.pick(2000, 1000, 100)
     samples = cfg.pick(200, 100, 10)
     batch_size, lr, hidden = 128, 3e-3, 64
@@ -223,6 +233,7 @@ def run(cfg: RunConfig) -> Result:
 
     variants = {"fixed_noise": NOISE_STD, "learned_tau": None}
     per_variant: dict[str, list[dict]] = {}
+    trackers: dict[str, list[RateTracker]] = {v: [] for v in variants}
     with cpu_timer(cfg) as t_all:
         for v, (variant, noise_std) in enumerate(variants.items()):
             gen = cfg.generator(3 + 10 * v)
@@ -239,9 +250,13 @@ def run(cfg: RunConfig) -> Result:
                     generator=gen,
                     hidden=hidden,
                     noise_std=noise_std,
+                    trackers=trackers[variant],
                 )
                 scores = epistemic(model, x_test, y_test, samples, cfg.generator(4))
-                rows.append({"n": n, "rates": model.rates(), **scores})
+                drift = max(trackers[variant][-1].drift(SETTLE_FRACTION).values())
+                rows.append(
+                    {"n": n, "rates": model.rates(), "rate_drift_last_quarter": drift, **scores}
+                )
             per_variant[variant] = rows
 
     summary: dict[str, dict] = {}
@@ -289,6 +304,22 @@ def run(cfg: RunConfig) -> Result:
             }
         )
     ok = main["rates_fall"] and main["mi_falls"]
+    rates_settled = rate_settling(
+        [t for ts in trackers.values() for t in ts],
+        what="Concrete rate of both layers, every data size, both noise models",
+    )
+    metrics["rates_settled"] = rates_settled
+    table.append(
+        {
+            "transitions N": "all",
+            "quantity": "rates settled: largest mean |change| of a layer's rate over the last "
+            "quarter of the steps (< 0.01)",
+            "paper": "—",
+            "ours": f"{'yes' if rates_settled['settled'] else 'no'} "
+            f"({rates_settled['max_drift']:.4f}; {cfg.mode} budget, {steps} steps per size)",
+            "ours, learned τ": "",
+        }
+    )
 
     def trend(s: dict, mr: list[float], rws: list[dict]) -> str:
         return (
@@ -308,6 +339,10 @@ def run(cfg: RunConfig) -> Result:
         + f"; its learned noise sd goes {alt_rows[0]['noise_std']:.3f} → "
         f"{alt_rows[-1]['noise_std']:.3f}: the dynamics are deterministic, so the learned noise "
         "shrinks together with the dropout variance it absorbs, and the bound compares the two."
+        + f" By the suite's criterion (mean |change| of a rate over the last quarter of the steps "
+        f"< {rates_settled['tol']}) the rates "
+        + ("settled" if rates_settled["settled"] else "did not all settle")
+        + f" (largest {rates_settled['max_drift']:.4f}; {cfg.mode} budget)."
     )
     settings = {
         "sizes": sizes,
@@ -335,18 +370,19 @@ def run(cfg: RunConfig) -> Result:
         metrics=metrics,
         table=table,
         verdict=verdict,
-        figure=_figure(rows, alt_rows),
+        figure=_figure(rows, alt_rows, trackers["fixed_noise"]),
+        rates=rates_settled,
     )
 
 
-def _figure(rows: list[dict], alt_rows: list[dict]):  # type: ignore[no-untyped-def]
+def _figure(rows: list[dict], alt_rows: list[dict], trackers: list):  # type: ignore[no-untyped-def]
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     ns = [r["n"] for r in rows]
-    fig, axes = plt.subplots(1, 2, figsize=(9, 3.4))
+    fig, axes = plt.subplots(1, 3, figsize=(13.5, 3.4))
     layers = len(rows[0]["rates"])
     for k in range(layers):
         (line,) = axes[0].plot(
@@ -362,6 +398,24 @@ def _figure(rows: list[dict], alt_rows: list[dict]):  # type: ignore[no-untyped-
     axes[1].plot(ns, [r["mutual_information"] for r in alt_rows], "x:", label="MI bound, learned τ")
     axes[1].set(xscale="log", yscale="log", xlabel="transitions N", ylabel="epistemic uncertainty")
     axes[1].legend(fontsize=7)
+    for k, (r, tracker) in enumerate(zip(rows, trackers)):
+        for j, h in enumerate(tracker.history.values()):
+            axes[2].plot(
+                tracker.steps,
+                h[:, 0].tolist(),
+                ("-", "--")[j % 2],
+                color=f"C{k}",
+                lw=1,
+                label=f"N = {r['n']}" if j == 0 else None,
+            )
+    last = trackers[0].steps[-1]
+    axes[2].axvspan(last * (1 - SETTLE_FRACTION), last, color="0.9", zorder=0)
+    axes[2].set(
+        xlabel="step (last quarter shaded)",
+        ylabel="drop probability (layer 1 solid, 2 dashed)",
+        title="rates during training",
+    )
+    axes[2].legend(fontsize=6)
     fig.suptitle("cart-pole dynamics: Concrete dropout versus data size")
     fig.tight_layout()
     return fig

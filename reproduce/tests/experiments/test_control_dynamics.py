@@ -86,3 +86,28 @@ def test_rates_and_uncertainty_fall_with_more_transitions() -> None:
     assert large["model_variance"] < 0.7 * small["model_variance"]
     assert large["mutual_information"] < 0.8 * small["mutual_information"]
     assert large["test_rmse"] < 0.5 * small["test_rmse"]
+
+
+def test_fit_dynamics_tracks_the_rates_at_every_step() -> None:
+    pool = cartpole_transitions(200, seed=0, simulator="equations")
+    x = _inputs(pool.states, pool.actions)
+    y = pool.next_states - pool.states
+    x, y = (x - x.mean(0)) / x.std(0), (y - y.mean(0)) / y.std(0)
+    trackers: list = []
+    model = fit_dynamics(
+        x,
+        y,
+        steps=30,
+        batch_size=64,
+        lr=3e-3,
+        generator=torch.Generator().manual_seed(3),
+        trackers=trackers,
+    )
+    (tracker,) = trackers
+    assert tracker.steps == list(range(31))
+    hist = list(tracker.history.values())
+    assert [float(h[0, 0]) for h in hist] == pytest.approx([0.3, 0.3], abs=1e-6)  # init_p
+    assert [float(h[-1, 0]) for h in hist] == pytest.approx(model.rates(), abs=1e-6)
+    # 31 records: the last quarter starts at record int(31 * 0.75) = 23
+    for h, d in zip(hist, tracker.drift().values()):
+        assert d == pytest.approx(float((h[-1, 0] - h[23, 0]).abs()))
