@@ -177,7 +177,7 @@ def test_one_pass_several_passes_all_passes_and_measured_tiles_agree(model_fn):
     ref = explicit_loop(model, x, S, seed=3)
     results = [mc_predict(model, x, S, generator=gen(3), max_batch=m) for m in (b, 4 * b, S * b)]
     clear_tile_choices(model)
-    for _ in range(20):  # the calls that measure the tile (each tries other tiles)
+    for _ in range(40):  # the calls that measure the tile (each tries other tiles)
         results.append(mc_predict(model, x, S, generator=gen(3)))
         if tile_choice(model, x) is not None:
             break

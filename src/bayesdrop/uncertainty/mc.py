@@ -295,10 +295,10 @@ _MARGIN = 0.05
 _BLOCK = 1 << 16
 #: Short calls are timed more often (up to ``_MAX_REPS``) until their total reaches this many
 #: seconds, so that timer and scheduler noise do not decide for small models.
-_MIN_SECONDS = 2e-3
-_MAX_REPS = 8
+_MIN_SECONDS = 1e-3
+_MAX_REPS = 5
 #: Consecutive candidate tiles that are not faster after which the search stops.
-_MISSES = 2
+_MISSES = 3
 #: Timed calls per candidate tile (the fastest counts, so one pre-empted call does not decide).
 _REPS = 3
 
@@ -315,8 +315,8 @@ class _TilePlan:
     other work on the machine) is at least ``_MARGIN`` below the best one's fastest; the last
     candidate, all the passes of a call, replaces it when it is faster than the calls the best
     tile needs for them, the remainder's call included. ``_MISSES`` tiles in a row that are not
-    faster end the search (a small model may gain nothing from 2 passes per call but much from
-    8). A
+    faster end the search (a small model on a CPU loses with 2 passes per call, whose random
+    streams cost more than the call they save, and gains from 4 or more). A
     measurement may continue over several :func:`mc_predict` calls (a tile larger than the
     passes left in a call is measured in a later call that has room for it).
     """
@@ -536,10 +536,12 @@ def mc_predict(
     batch and can be slower (a convolutional network whose tiled activations leave the cache).
     With ``max_batch=None`` the tile is *measured*: the first calls for a model and an input
     shape time their own passes at 1, 2, 4, ... passes per call, up to all of them (one untimed
-    warm-up pass first, the fastest of three timed calls per tile; process CPU time on a CPU with
-    one torch thread, wall time otherwise), double the tile while that is at least 5% faster per
-    pass than the best so far (two misses in a row end the search), and keep the best; the choice is cached per model, input shapes, dtype, device,
-    ``batch_dim``, ``exact`` and torch thread count (:func:`tile_choice` reads it,
+    warm-up pass first, the fastest of three or more timed calls per tile; process CPU time on a
+    CPU with one torch thread, wall time otherwise), keep a larger tile when it is at least 5%
+    faster per pass than the best so far (three tiles in a row that are not end the search; all
+    the passes in one call win when they beat the best tile's calls, remainder included), and
+    use the best (the search takes about ten calls for a small model); the choice is cached per
+    model, input shapes, dtype, device, ``batch_dim``, ``exact`` and torch thread count (:func:`tile_choice` reads it,
     :func:`clear_tile_choices` forgets it). The measured passes are part of the result, so
     measuring costs no extra pass, and the results do not depend on the tile (see below).
     ``max_batch`` fixes the tile instead: at most that many rows per call (at least one pass,
