@@ -24,7 +24,8 @@ def ml100k():
 def test_tiny_run_bookkeeping(tmp_path):
     res = run(RunConfig(quick=False, seed=0, device="cpu", out=tmp_path, tiny=True, progress=False))
     summary, runs = res.metrics["summary"], res.metrics["runs"]
-    assert [row["quantity"].split(":")[0] for row in res.table] == [v[0] for v in VARIANTS]
+    labels = [row["quantity"].split(":")[0] for row in res.table]
+    assert labels == [v[0] for v in VARIANTS] + ["SIVAE rates settled"]
     for label, entry in summary.items():
         for m in ("recall@20", "recall@50", "ndcg@100"):
             values = [r["test"][m] for r in runs[label]]
@@ -44,6 +45,12 @@ def test_tiny_run_bookkeeping(tmp_path):
     }
     # the learned-rate models report their rates, the others do not
     assert "mean_drop_rate" in summary["sivae-gaussian"] and "mean_drop_rate" not in summary["ease"]
+    # every SIVAE run's rates were tracked; the report's settling verdict is their largest drift
+    drifts = [r["rate_drift_last_quarter"] for lab, rs in runs.items() for r in rs]
+    tracked = [d for d in drifts if d is not None]
+    assert len(tracked) == sum(len(rs) for lab, rs in runs.items() if lab.startswith("sivae"))
+    assert res.rates is not None and res.rates["max_drift"] == pytest.approx(max(tracked))
+    assert res.rates["settled"] == (max(tracked) < res.rates["tol"])
 
 
 def test_ease_weight_selection_is_the_validation_argmax(ml100k):
