@@ -21,20 +21,26 @@ Models: an MLP 784-512-512-10 with ``nn.Dropout`` and LBD (batch 64), a small CN
 32x32 segmentation maps with BatchNorm, ``Dropout2d`` and LBD (batch 16), and a tiny MLP
 4-8-3 (batch 5) where the cost of a call, not of an example, dominates.
 
-Measured on the 2-core development CPU (one thread, process CPU time, S = 20, torch 2.11, a
-machine shared with other jobs, so ratios carry a few per cent of noise),
-time / loop time:
+Measured on the 2-core development CPU (one thread, process CPU time, S = 20, torch 2.13, a
+machine shared with other jobs, so ratios carry a few per cent of noise), time / loop time:
 
-==========================  ========================  ==========  ========  ===========
-model, batch                mc_predict before (tiled  mc_predict  tile all  exact=False
-                            into one call)            (measured)
-==========================  ========================  ==========  ========  ===========
-MLP 784-512-512-10, 64      1.01                      see below   ...       ...
-CNN 3x32x32, 16             3.44                      see below   ...       ...
-==========================  ========================  ==========  ========  ===========
+========================  ==========  ==========  ===========  ========  ===========  ======
+model, batch              before      mc_predict  + entropies  tile all  exact=False  tile
+========================  ==========  ==========  ===========  ========  ===========  ======
+MLP 784-512-512-10, 64    1.01        1.01        1.01         1.08      see below    1
+CNN 3x32x32, 16           3.44        1.03        1.07         3.08      see below    1
+tiny MLP 4-8-3, 5         0.9-1.3     0.99        1.07         0.92      see below    20
+========================  ==========  ==========  ===========  ========  ===========  ======
 
-The "before" column is the previous default (all passes tiled into one call, entropies
-computed with ``xlogy``), measured the same way before the change.
+"before" is the previous default (all passes tiled into one call, entropies of every pass
+computed with ``xlogy``), measured the same way before the change; "tile" is the tile that
+``mc_predict`` chose. Over three runs of the final code ``mc_predict`` / loop was 0.99-1.06
+(MLP), 1.03-1.05 (CNN) and 0.99-1.00 (tiny model, once it had finished measuring). One pass per
+call wins for the two larger models on a CPU; the tiny model gains from all passes in one call.
+``exact=False`` (one random stream per call, all passes in one call) and naive tiling are
+0.8-0.9 (MLP), 2.4-3.3 (CNN) and 0.2-0.5 (tiny) of the loop. On a GPU tiling pays (a previous
+measurement on one H100 found all passes in one call 2.3-3.3x faster than the loop for these
+models at these batch sizes); there the measured tile is the largest that keeps gaining.
 
 Run: ``python benchmarks/bench_mc_predict.py [--device cpu|cuda] [--samples S] [--threads T]
 [--scale K]`` (``--scale`` multiplies the batch sizes; ``--threads`` defaults to 1 on a CPU).
