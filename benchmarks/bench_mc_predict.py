@@ -37,10 +37,11 @@ computed with ``xlogy``), measured the same way before the change; "tile" is the
 ``mc_predict`` chose. Over three runs of the final code ``mc_predict`` / loop was 0.99-1.06
 (MLP), 1.03-1.05 (CNN) and 0.99-1.00 (tiny model, once it had finished measuring). One pass per
 call wins for the two larger models on a CPU; the tiny model gains from all passes in one call.
-``exact=False`` (one random stream per call, all passes in one call) and naive tiling are
-0.8-0.9 (MLP), 2.4-3.3 (CNN) and 0.2-0.5 (tiny) of the loop. On a GPU tiling pays (a previous
-measurement on one H100 found all passes in one call 2.3-3.3x faster than the loop for these
-models at these batch sizes); there the measured tile is the largest that keeps gaining.
+``exact=False`` (one random stream per call, all passes in one call) and naive tiling took
+0.8-1.0 (MLP), 2.4-3.3 (CNN) and 0.2-0.7 (tiny) of the loop's time over the runs. On a GPU
+tiling pays (a previous measurement on one H100 found all passes in one call 2.7x (MLP) and 3.3x
+(CNN) faster than the loop at these batch sizes); there the measured tile is the largest that
+keeps gaining. This session had no GPU to measure the tile search on.
 
 Run: ``python benchmarks/bench_mc_predict.py [--device cpu|cuda] [--samples S] [--threads T]
 [--scale K]`` (``--scale`` multiplies the batch sizes; ``--threads`` defaults to 1 on a CPU).
