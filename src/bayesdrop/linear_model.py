@@ -29,7 +29,7 @@ deterministic pass :math:`\sigma(\mu)`). With ``moments_method="quadrature"`` mc
 the same binary probabilities as ``predict_proba``; for several classes, ``covariance="diagonal"``
 makes the two agree (mc_predict ignores the correlation of the logits, which share the masks).
 :meth:`MCDropoutLogisticRegression.predict_proba` is the deterministic pass with the mean
-weights (the weight-scaling rule); ``mc_predict(est.to_module(), x, samples=S)`` averages
+weights (the weight-scaling rule); ``mc_predict(est.to_module(), x, num_samples=S)`` averages
 :math:`S` sampled masks instead.
 """
 
@@ -573,7 +573,7 @@ class MCDropoutLogisticRegression(_DropoutLogisticRegression):
     only the non-zero entries are masked (zeros stay zero either way), as in the paper.
     :meth:`predict_proba` is the deterministic pass with the mean weights (inverted dropout's
     weight-scaling rule); for the Monte Carlo predictive average use
-    ``bayesdrop.mc_predict(model.to_module(), x, samples=S)``.
+    ``bayesdrop.mc_predict(model.to_module(), x, num_samples=S)``.
 
     Args:
         p: drop probability of the inputs, in ``[0, 1)``.

@@ -93,7 +93,7 @@ def predict(model: nn.Module, method: str, x: Tensor, samples: int, seed: int) -
         model.eval()
         return torch.softmax(model(x), dim=1)
     gen = torch.Generator(x.device).manual_seed(seed)
-    out = mc_predict(model, x, samples=samples, generator=gen, keep_samples=False)
+    out = mc_predict(model, x, num_samples=samples, generator=gen, keep_samples=False)
     if not isinstance(out, MCClassification):
         raise TypeError("mc_predict returned a regression result for a classifier")
     return out.probs

@@ -185,7 +185,7 @@ def epistemic(
     pred = mc_predict(
         model,
         x,
-        samples=samples,
+        num_samples=samples,
         task="regression",
         noise_precision=tau,
         generator=generator,

@@ -162,7 +162,7 @@ def _predict(model: nn.Module, x: Tensor, method: str, samples: int, cfg: RunCon
     if method == "regular":
         model.eval()
         return torch.softmax(model(x), dim=1)
-    pred = mc_predict(model, x, samples=samples, generator=cfg.generator(9), keep_samples=False)
+    pred = mc_predict(model, x, num_samples=samples, generator=cfg.generator(9), keep_samples=False)
     return pred.probs  # type: ignore[union-attr]
 
 

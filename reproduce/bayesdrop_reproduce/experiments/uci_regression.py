@@ -290,7 +290,7 @@ def evaluate(
 
     (Gal & Ghahramani's UCI protocol).
     """
-    pred = mc_predict(model, x, samples=samples, task="regression", generator=generator)
+    pred = mc_predict(model, x, num_samples=samples, task="regression", generator=generator)
     assert isinstance(pred, MCRegression) and pred.samples is not None
     tau = float(model.log_tau.exp()) / y_scale**2
     err = (pred.samples - y.unsqueeze(0)) * y_scale  # (S, n)

@@ -71,7 +71,7 @@ def test_uncertainty_flags_the_errors() -> None:
             opt.zero_grad()
             loss.backward()
             opt.step()
-    pred = mc_predict(model, xt, samples=10, generator=torch.Generator().manual_seed(2))
+    pred = mc_predict(model, xt, num_samples=10, generator=torch.Generator().manual_seed(2))
     probs = pred.probs  # type: ignore[union-attr]
     unc, acc = patch_statistics(probs, yt, window=2)
     order = unc.argsort()
