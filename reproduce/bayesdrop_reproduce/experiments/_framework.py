@@ -91,9 +91,9 @@ class RunConfig:
             its numbers mean nothing beyond "the code path runs".
         progress: show tqdm progress bars.
         medium: the middle budget (``--budget medium``): the experiments that learn dropout
-            rates train until their rates settle by the stated criterion (:data:`SETTLE_TOL`),
-            the whole suite within about an hour on 2 CPU cores; the others run their quick
-            setting.
+            rates train longer, so that their rates settle by the stated criterion
+            (:data:`SETTLE_TOL`; each report says whether they did), aimed at about an hour for
+            the whole suite on 2 CPU cores; the others run their quick setting.
     """
 
     quick: bool

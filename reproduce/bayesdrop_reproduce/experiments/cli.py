@@ -5,9 +5,10 @@ Runs the named experiments (all by default) with progress bars and writes, in ``
 beside ours. A failing experiment, or one whose files cannot be written, is reported (a traceback
 goes into the experiment's JSON file, a failed write into ``report.md``), the others still run,
 and the command exits with status 1 at the end. ``--budget`` chooses the setting: ``quick`` (the
-same as ``--quick``: the whole suite within 15 minutes on 2 CPU cores), ``medium`` (the
-experiments that learn dropout rates train until their rates settle, the suite within about an
-hour on 2 CPU cores) or ``full`` (the papers' budgets; the default). A usage error (an ``--out`` that is a file or
+same as ``--quick``: the whole suite within 15 minutes on 2 CPU cores), ``medium`` (longer
+training for the experiments that learn dropout rates, so that their rates settle; aimed at about
+an hour for the suite on 2 CPU cores; ``report.md`` says per experiment whether they did) or
+``full`` (the papers' budgets; the default). A usage error (an ``--out`` that is a file or
 not writable, an unknown experiment, a seed out of range, ``--device cuda`` without CUDA) exits
 with status 2 before any work starts.
 """
@@ -49,8 +50,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--budget",
         choices=BUDGETS,
         default=None,
-        help="quick (= --quick), medium (learned rates trained until they settle: the suite "
-        "within ~1 h on 2 CPUs) or full (the papers' budgets; default)",
+        help="quick (= --quick), medium (longer training for the experiments whose learned "
+        "rates had not settled at quick; aimed at ~1 h on 2 CPUs) or full (the papers' "
+        "budgets; default)",
     )
     parser.add_argument(
         "--out",
