@@ -8,7 +8,7 @@ pre-activations of a minibatch :math:`x_{1..M}` are then sampled by
 * ``"lrt"`` — the local reparameterisation trick: draw the pre-activations directly,
   :math:`b_m \sim \mathcal N(\theta x_m + c,\ \alpha\theta^{\odot 2}x_m^{\odot 2})`
   (:func:`bayesdrop.functional.lrt_linear`; what :class:`bayesdrop.nn.VariationalDropout`
-  ``(kind="B")`` does): :math:`M \times \text{out}` normal draws;
+  ``(noise="B")`` does): :math:`M \times \text{out}` normal draws;
 * ``"per-example"`` — a separate weight matrix
   :math:`W_m = \theta + \sqrt\alpha\,|\theta|\odot\varepsilon_m` for every example (the slow,
   naive estimator with independent examples): :math:`M \times \text{out} \times \text{in}` draws;

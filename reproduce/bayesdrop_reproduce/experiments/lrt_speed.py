@@ -4,7 +4,7 @@ the local reparameterisation trick, time per training epoch and their ratio.
 The same MLP (three hidden ReLU layers, independent Gaussian weight noise, one α per layer) is
 trained through :func:`bayesdrop.objective` with
 
-* :class:`bayesdrop.nn.VariationalDropout` ``kind="B"`` (the library's layer, local
+* :class:`bayesdrop.nn.VariationalDropout` ``noise="B"`` (the library's layer, local
   reparameterisation),
 * the experiments' :class:`~bayesdrop_reproduce.experiments._weight_noise.WeightNoiseLinear` in its
   ``"lrt"`` mode (the same algorithm written plainly, so the two estimators below share one

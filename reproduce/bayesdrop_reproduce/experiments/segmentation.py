@@ -86,7 +86,7 @@ def _dropped(method: str, conv: nn.Conv2d) -> nn.Module:
     if method == "concrete":
         return ConcreteDropout(conv, init_p=RATE, granularity="layer")
     if method == "gaussian":
-        return VariationalDropout(conv, kind="A", granularity="layer", init_p=RATE)
+        return VariationalDropout(conv, noise="A", granularity="layer", init_p=RATE)
     if method == "mc":
         return nn.Sequential(MCDropout(RATE, channelwise=True), conv)
     if method == "regular":
