@@ -26,9 +26,10 @@ seeds, :math:`\mathrm{sd}_s(\bar m_{A,s} - \bar m_{B,s})/\sqrt S`, and (ii) over
 (ii) carries the test users' sampling noise, which (i) cannot see. A difference is called
 resolved when it exceeds twice the larger of the two.
 
-Every neural model is trained by :func:`bayesdrop.recsys.trainer.train` (users shuffled per
-epoch, KL weight annealed to its cap over 85.5% of the updates, Adam, best epoch kept by
-validation NDCG@100); its ``on_step`` callback lets the tracker see every update.
+Every neural model is trained by the same loop (the one of
+:func:`bayesdrop.recsys.trainer.train`: users shuffled per epoch, KL weight annealed to its cap
+over 85.5% of the updates, Adam, best epoch kept by validation NDCG@100), written out here so that
+the tracker sees every update.
 """
 
 from __future__ import annotations
@@ -42,7 +43,7 @@ import scipy.sparse as sp
 import torch
 from scipy import stats
 
-from bayesdrop import RateTracker
+from bayesdrop import RateTracker, rate_param_groups
 from bayesdrop.metrics import ndcg_at_k, recall_at_k
 from bayesdrop.recsys import SIVAE
 from bayesdrop.recsys.data import (
@@ -52,7 +53,12 @@ from bayesdrop.recsys.data import (
     synthetic_interactions,
 )
 from bayesdrop.recsys.models import csr_batch
-from bayesdrop.recsys.trainer import TrainConfig, build_model, train
+from bayesdrop.recsys.trainer import (
+    TrainConfig,
+    beta_at,
+    build_model,
+    resolve_anneal_steps,
+)
 
 from ..datasets.movielens import load_ml100k
 from ._framework import (
@@ -168,31 +174,49 @@ def fit(split: CFSplit, tc: TrainConfig, *, track: bool = False) -> dict[str, An
             "test": per_user_metrics(model, split.test_fold_in, split.test_heldout),
             "model": model,
         }
-    seen: dict[str, Any] = {}
-
-    def on_step(step: int, net: torch.nn.Module) -> None:
-        if not seen:  # step 0, before the first update: the initial rates
-            seen["model"] = net
-            if track and isinstance(net, SIVAE):
-                seen["tracker"] = RateTracker(net, max_rates=split.n_items)
-        seen["updates"] = step
-        if isinstance(net, SIVAE):
-            seen["rates"] = net.p.detach().clone()
-        if "tracker" in seen:
-            seen["tracker"].step()
-
-    sivae = tc.model.startswith("sivae")
-    result = train(split, replace(tc, rate_lr=tc.rate_lr if sivae else None), on_step=on_step)
-    curve = [h["val_ndcg@100"] for h in result["history"]]
-    out: dict[str, Any] = {"val_curve": curve, "updates": seen["updates"]}
-    if sivae:
-        out["rates"] = seen["rates"].cpu().double().numpy()  # after the last update
-        out["tracker"] = seen.get("tracker")
+    n_train = split.train.shape[0]
+    anneal = resolve_anneal_steps(tc, n_train)
+    rate_lr = tc.rate_lr if isinstance(model, SIVAE) else None
+    optimizer = torch.optim.Adam(rate_param_groups(model, rate_lr=rate_lr), lr=tc.lr)
+    tracker = (
+        RateTracker(model, max_rates=split.n_items) if track and isinstance(model, SIVAE) else None
+    )
+    if tracker is not None:
+        tracker.step()  # the initial rates
+    update, best, best_epoch, best_state = 0, -math.inf, 0, None
+    curve = []
+    for epoch in range(1, tc.epochs + 1):
+        model.train()
+        order = np.random.default_rng(np.random.SeedSequence([tc.seed, epoch, 0])).permutation(
+            n_train
+        )
+        torch.manual_seed(int(np.random.SeedSequence([tc.seed, epoch, 1]).generate_state(1)[0]))
+        for b in range(0, n_train, tc.batch_size):
+            x = csr_batch(split.train, order[b : b + tc.batch_size])
+            loss = model.training_loss(x, beta_at(update, anneal, tc.anneal_cap))
+            if not bool(torch.isfinite(loss.detach())):
+                raise FloatingPointError(f"{tc.model}: loss became non-finite at epoch {epoch}")
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            update += 1
+            if tracker is not None:
+                tracker.step()
+        score = float(per_user_metrics(model, split.val_fold_in, split.val_heldout)[-1].mean())
+        curve.append(score)
+        if score > best:
+            best, best_epoch = score, epoch
+            best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    out: dict[str, Any] = {"val_curve": curve, "updates": update}
+    if isinstance(model, SIVAE):
+        out["rates"] = model.p.detach().cpu().double().numpy()
+        out["tracker"] = tracker
+    assert best_state is not None
+    model.load_state_dict(best_state)
     out.update(
-        val_ndcg=max(curve),
-        best_epoch=result["best_epoch"],
-        # train() leaves the best epoch's weights in the model
-        test=per_user_metrics(seen["model"], split.test_fold_in, split.test_heldout),
+        val_ndcg=best,
+        best_epoch=best_epoch,
+        test=per_user_metrics(model, split.test_fold_in, split.test_heldout),
     )
     return out
 
