@@ -39,6 +39,7 @@ FURTHER: tuple[str, ...] = (
     "control-dynamics",
     "fast-dropout-network",
     "sivae-rates",
+    "ood-detection",
 )
 
 #: Every registered experiment, in run order.
