@@ -29,7 +29,7 @@ FAMILIES = {
     "lbd": lambda lin: bnn.LearnableBernoulliDropout(lin),
     "concrete": lambda lin: bnn.ConcreteDropout(lin),
     "gaussian": lambda lin: bnn.GaussianDropout(lin, p=0.5),
-    "variational": lambda lin: bnn.VariationalDropout(lin, kind="B"),
+    "variational": lambda lin: bnn.VariationalDropout(lin, noise="B"),
     "sparse": lambda lin: bnn.SparseVariationalDropout(lin),
 }
 

@@ -33,16 +33,16 @@ def _factories() -> dict[str, Callable[[torch.Generator | None], nn.Module]]:
         "lbd-disarm": lambda g: bnn.LearnableBernoulliDropout(nn.Linear(IN, OUT), generator=g),
         "concrete": lambda g: bnn.ConcreteDropout(nn.Linear(IN, OUT), generator=g),
         "gaussian-A": lambda g: bnn.GaussianDropout(
-            nn.Linear(IN, OUT), p=0.3, kind="A", generator=g
+            nn.Linear(IN, OUT), p=0.3, noise="A", generator=g
         ),
         "gaussian-B": lambda g: bnn.GaussianDropout(
-            nn.Linear(IN, OUT), p=0.3, kind="B", generator=g
+            nn.Linear(IN, OUT), p=0.3, noise="B", generator=g
         ),
         "variational-A": lambda g: bnn.VariationalDropout(
-            nn.Linear(IN, OUT), kind="A", generator=g
+            nn.Linear(IN, OUT), noise="A", generator=g
         ),
         "variational-B": lambda g: bnn.VariationalDropout(
-            nn.Linear(IN, OUT), kind="B", generator=g
+            nn.Linear(IN, OUT), noise="B", generator=g
         ),
         "sparse": lambda g: bnn.SparseVariationalDropout(nn.Linear(IN, OUT), generator=g),
         "ard": lambda g: bnn.ARDDropout(nn.Linear(IN, OUT), generator=g),
