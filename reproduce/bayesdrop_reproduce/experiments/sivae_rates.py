@@ -505,7 +505,7 @@ def _verdict(key: str, d: dict[str, Any], seeds: int) -> str:
     fast = sel[fast_lr]
     trivial = (
         " (met trivially: the rates hardly left 0.5, so there was little to settle)"
-        if r["mean_abs_move_from_0.5"] < 2 * SETTLE_TOL
+        if settled == seeds and r["mean_abs_move_from_0.5"] < 2 * SETTLE_TOL
         else ""
     )
     return (
