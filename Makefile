@@ -8,7 +8,7 @@ BIN := $(if $(VIRTUAL_ENV),,.venv/bin/)
 
 # The reproduction suite is an application beside the library (reproduce/, not in the wheel):
 # installed in editable mode after the library, with its own dependencies.
-INSTALL_REPRODUCE := $(PY) -m pip install --disable-pip-version-check -q -e reproduce
+INSTALL_REPRODUCE := py=$(PY) bash -c '. scripts/pip-install.sh && pip_install "[setup]" -e reproduce'
 
 reproduce:
 	bash scripts/setup.sh plot

@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import importlib.util
+import os
 import sys
 from collections.abc import Sequence
 
@@ -67,6 +68,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         sub.add_parser(name, help=help_text, add_help=False)
     if argv and argv[0] in _DELEGATED:
         module = importlib.import_module(_DELEGATED[argv[0]][0])
+        if int(os.environ.get("WORLD_SIZE", "1")) > 1 and hasattr(module, "run"):
+            module.run(argv[1:])  # a torchrun worker: ends the process itself (see its docstring)
         return int(module.main(argv[1:]) or 0)
     if argv and argv[0] in _MOVED:
         return _moved(argv[0], argv[1:])

@@ -906,5 +906,30 @@ def main(argv: Sequence[str] | None = None) -> int:
         _fail(args.command, f"interrupted{kept}", 130)
 
 
+def run(argv: Sequence[str] | None = None) -> NoReturn:
+    """Run :func:`main` and end the process with its exit status.
+
+    A worker started by ``torchrun`` (``WORLD_SIZE > 1``) ends with :func:`os._exit` once its
+    output is flushed, instead of finalising the interpreter: gloo's worker threads can outlive
+    ``destroy_process_group`` and free the last finished collective (whose saved thread-local
+    state holds a Python object) while the interpreter shuts down, which aborts the process
+    (SIGABRT, "terminate called without an active exception"). Every file the run writes is
+    written atomically and synced before this point, so nothing is lost.
+    """
+    try:
+        code: int | str | None = main(argv)
+    except SystemExit as exc:
+        code = exc.code
+    if isinstance(code, str):
+        print(code, file=sys.stderr)
+        code = 1
+    code = int(code or 0)
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    raise SystemExit(code)
+
+
 if __name__ == "__main__":
-    raise SystemExit(main())
+    run()
