@@ -12,7 +12,7 @@ from torch import nn
 
 from bayesdrop import ConcreteDropout, kl_divergence, objective
 from bayesdrop.functional import bernoulli_entropy, concrete_regularizer, concrete_regularizers
-from bayesdrop.functional.concrete import _layer_regularizer
+from bayesdrop.functional.concrete import layer_regularizer
 from bayesdrop.nn.wrapped_layers import input_weight_sq_norms, input_weights
 
 
@@ -117,7 +117,7 @@ def test_module_kl_and_its_gradients_match_the_functional_regularizer(make, gran
         assert torch.allclose(a, b, rtol=1e-10, atol=1e-12)
 
     def kl_of(logit_p, *weights):
-        return _layer_regularizer(
+        return layer_regularizer(
             logit_p, list(weights), getattr(layer, "groups", 1), 0.3, 0.8, m.units
         )
 

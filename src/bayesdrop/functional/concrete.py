@@ -37,6 +37,8 @@ __all__ = [
     "ConcreteRegularizers",
     "concrete_keep_mask",
     "concrete_dropout",
+    "concrete_dropout_from_uniforms",
+    "layer_regularizer",
     "concrete_regularizer",
     "concrete_regularizers",
 ]
@@ -165,7 +167,7 @@ class _LayerRegularizerFn(torch.autograd.Function):
         return (grad_logit, None, None, None, None, *grads_w)
 
 
-def _layer_regularizer(
+def layer_regularizer(
     logit_p: Tensor,
     weights: list[Tensor],
     groups: int,
@@ -173,7 +175,12 @@ def _layer_regularizer(
     dropout_regularizer: float,
     num_units: int,
 ) -> Tensor:
-    """Fused :func:`concrete_regularizer` of a layer from its input weights (module use)."""
+    """Fused :func:`concrete_regularizer` of a layer from its input weights.
+
+    The value of :func:`concrete_regularizer` for the weights ``weights`` that the dropped units
+    feed (``groups`` units share a rate when they are grouped, e.g. channels), with a one-pass
+    backward; :class:`~bayesdrop.nn.ConcreteDropout` calls it.
+    """
     return _LayerRegularizerFn.apply(
         logit_p, weight_regularizer, dropout_regularizer, num_units, groups, *weights
     )
@@ -252,13 +259,14 @@ def concrete_dropout(x: Tensor, logit_p: Tensor, temperature: float, u: Tensor) 
         >>> concrete_dropout(x, torch.tensor(0.0), 0.1, u).round(decimals=4)  # 1/(1-p) = 2
         tensor([[2., 1., 0.]])
     """
-    return _concrete_dropout(x, logit_p, temperature, u, overwrite_u=False)
+    return concrete_dropout_from_uniforms(x, logit_p, temperature, u, overwrite_u=False)
 
 
-def _concrete_dropout(
+def concrete_dropout_from_uniforms(
     x: Tensor, logit_p: Tensor, temperature: float, u: Tensor, overwrite_u: bool
 ) -> Tensor:
-    """:func:`concrete_dropout`; with ``overwrite_u`` the uniforms' storage is reused."""
+    """:func:`concrete_dropout` with given uniforms ``u``; with ``overwrite_u`` their storage is
+    reused for the relaxed mask (the module passes uniforms it has just drawn)."""
     t = _check_temperature(temperature)
     logit_p = logit_p.to(x.dtype).clamp(-LOGIT_BOUND, LOGIT_BOUND)
     if u.dtype != x.dtype:

@@ -32,7 +32,7 @@ from torch import Tensor, nn
 
 from .._validation import check_choice, check_positive, check_probability
 from ..functional.bernoulli import LOGIT_BOUND
-from ..functional.concrete import _concrete_dropout, _layer_regularizer
+from ..functional.concrete import concrete_dropout_from_uniforms, layer_regularizer
 from ._base import DropoutModule
 from .wrapped_layers import check_layer, input_weights, mask_shape
 
@@ -146,7 +146,7 @@ class ConcreteDropout(DropoutModule):
     def kl(self) -> Tensor:
         weights = input_weights(self.layer) if self.layer is not None else []
         groups = int(getattr(self.layer, "groups", 1)) if self.kind == "conv" else 1
-        return _layer_regularizer(
+        return layer_regularizer(
             self.logit_p,
             weights,
             groups,
@@ -169,4 +169,4 @@ class ConcreteDropout(DropoutModule):
         if self.kind == "conv" and self.granularity == "unit":
             logit_p = logit_p.reshape((-1,) + (1,) * (len(shape) - 2))
         u = torch.rand(shape, dtype=x.dtype, device=x.device, generator=self.generator)
-        return _concrete_dropout(x, logit_p, self.temperature, u, overwrite_u=True)
+        return concrete_dropout_from_uniforms(x, logit_p, self.temperature, u, overwrite_u=True)
