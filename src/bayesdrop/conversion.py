@@ -1009,12 +1009,7 @@ def _between_layers(
     p = float(stack.dropout)
     out: list[Replacement] = []
     for i in range(1, stack.num_layers):
-        kwargs: dict[str, Any] = {}
-        if "init_p" in params:
-            kwargs["init_p"] = p
-        elif "p" in params:
-            kwargs["p"] = p
-        kwargs.update(options)
+        kwargs = _rate_kwargs(params, p, options)
         layer = stack.rnns[i]
         original = f"{stack.mode}(dropout={p}) between layers {i - 1} and {i}"
         sub = f"{name}.rnns.{i}"
@@ -1043,6 +1038,19 @@ def _between_layers(
     return out
 
 
+def _rate_kwargs(
+    params: dict[str, inspect.Parameter], p: float, options: dict[str, Any]
+) -> dict[str, Any]:
+    """Constructor keywords carrying the dropout's rate ``p`` (``init_p`` or ``p``) and ``options``."""
+    kwargs: dict[str, Any] = {}
+    if "init_p" in params:
+        kwargs["init_p"] = p
+    elif "p" in params:
+        kwargs["p"] = p
+    kwargs.update(options)
+    return kwargs
+
+
 def _attention(
     cls: type,
     params: dict[str, inspect.Parameter],
@@ -1054,12 +1062,7 @@ def _attention(
     """Make ``mha`` (in the copy) a DropoutMultiheadAttention whose dropout is the family."""
     p = float(mha.dropout)
     original = f"{type(mha).__name__}(dropout={p}) attention probabilities"
-    kwargs: dict[str, Any] = {}
-    if "init_p" in params:
-        kwargs["init_p"] = p
-    elif "p" in params:
-        kwargs["p"] = p
-    kwargs.update(options)
+    kwargs = _rate_kwargs(params, p, options)
     module: nn.Module
     if "num_features" in params:
         kwargs["num_features"] = 1
