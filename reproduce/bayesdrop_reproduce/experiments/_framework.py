@@ -45,6 +45,7 @@ __all__ = [
     "BUDGETS",
     "SETTLE_TOL",
     "SETTLE_FRACTION",
+    "MEDIUM_DECAY_FROM",
     "rate_settling",
 ]
 
@@ -74,6 +75,10 @@ BUDGETS = ("quick", "medium", "full")
 #: (:meth:`bayesdrop.RateTracker.drift`) is below :data:`SETTLE_TOL` for every module.
 SETTLE_TOL = 0.01
 SETTLE_FRACTION = 0.25
+#: In the ``medium`` budget the experiments that learn rates decay their learning rates linearly
+#: to zero over the last half of training (:func:`._training.linear_decay`): with a constant step
+#: the rates jitter about their optimum by more than :data:`SETTLE_TOL` and never settle.
+MEDIUM_DECAY_FROM = 0.5
 
 _QUICK = object()  # RunConfig.pick: no medium value given, the quick one is used
 
@@ -125,6 +130,13 @@ class RunConfig:
         if self.medium:
             return quick if medium is _QUICK else medium
         return full
+
+    @property
+    def decay_from(self) -> float | None:
+        """Where the learning rates start their linear decay to zero, as a fraction of training
+        (:data:`MEDIUM_DECAY_FROM` in the medium budget, also with ``tiny`` so that the tests
+        reach it; ``None``, a constant step, otherwise)."""
+        return MEDIUM_DECAY_FROM if self.medium else None
 
     def generator(self, offset: int = 0) -> torch.Generator:
         """A CPU generator seeded with ``seed + offset``."""

@@ -156,6 +156,7 @@ def run(cfg: RunConfig) -> Result:
             desc=f"{method} (seed {s})",
             offset=s,
             on_step=None if tracker is None else tracker.record,
+            lr_decay_from=cfg.decay_from,
         )
         probs = predict(model, method, data.x_test, samples, cfg.seed + 100 * s + 1)
         row = evaluate(probs, data.y_test, ts)

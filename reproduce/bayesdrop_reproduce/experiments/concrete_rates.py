@@ -148,6 +148,7 @@ def rates_vs_size(
             offset=k,
             max_steps=steps,
             on_step=on_step,
+            lr_decay_from=cfg.decay_from,
         )
         recent_t = torch.tensor(recent, dtype=torch.float64)
         tail_t, before_t = recent_t[-tail_len:], recent_t[:-tail_len]
