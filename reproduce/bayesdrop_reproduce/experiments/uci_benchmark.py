@@ -517,62 +517,56 @@ def run(cfg: RunConfig) -> Result:
     checks: dict[str, dict[str, bool]] = {}
     for name, pub in PUBLISHED.items():
         g40, grid = pub["gal40"], pub["grid"]
+        paper40 = f"{_pm(g40[0], g40[1])} / {_pm(g40[2], g40[3])}"
+        paper_grid = f"{_pm(grid[0], grid[1])} / {_pm(grid[2], grid[3])}"
         if name not in per_set:
             table.append(
                 {
                     "data set": name,
-                    "method": "—",
-                    "RMSE (ours)": "not obtainable offline",
-                    "test LL (ours)": "—",
-                    "MC dropout, 40 epochs (Gal & Ghahramani 2016)": f"{_pm(g40[0], g40[1])} / "
-                    f"{_pm(g40[2], g40[3])}",
-                    "MC dropout, grid search, 4000 epochs (Gal's code)": f"{_pm(grid[0], grid[1])}"
-                    f" / {_pm(grid[2], grid[3])}",
+                    "method": "MC dropout",
+                    "quantity": "RMSE / test LL",
+                    "ours": "not obtainable offline",
+                    "paper": f"{paper40} (40 epochs); {paper_grid} (4000 epochs)",
                     "deep ensembles RMSE": f"{pub['ensembles']:.2f}",
                 }
             )
             continue
         summ = per_set[name]["summary"]
-        mc = summ["mc"]
+        mc, long = summ["mc"], summ["mc-long"]
         checks[name] = {
             "rmse_vs_40_epochs": _within(mc["rmse"], (g40[0], g40[1])),
             "ll_vs_40_epochs": _within(mc["log_likelihood"], (g40[2], g40[3])),
             "rmse_vs_grid_4000_epochs": _within(mc["rmse"], (grid[0], grid[1])),
             "ll_vs_grid_4000_epochs": _within(mc["log_likelihood"], (grid[2], grid[3])),
-            "long_rmse_vs_grid_4000_epochs": _within(summ["mc-long"]["rmse"], (grid[0], grid[1])),
-            "long_ll_vs_grid_4000_epochs": _within(
-                summ["mc-long"]["log_likelihood"], (grid[2], grid[3])
-            ),
+            "long_rmse_vs_grid_4000_epochs": _within(long["rmse"], (grid[0], grid[1])),
+            "long_ll_vs_grid_4000_epochs": _within(long["log_likelihood"], (grid[2], grid[3])),
         }
         for family in families:
             e = summ[family]
             row: dict[str, Any] = {
                 "data set": name,
-                "method": LABELS[family],
-                "RMSE (ours)": _pm(*e["rmse"]),
-                "test LL (ours)": _pm(*e["log_likelihood"]),
+                "method": f"{LABELS[family]}, {epochs} epochs, batch {BATCH}, grid search",
+                "quantity": "RMSE / test LL",
+                "ours": f"{_pm(*e['rmse'])} / {_pm(*e['log_likelihood'])}",
+                "paper": f"{paper40} (Gal & Ghahramani 2016, 40 epochs)"
+                if family == "mc"
+                else "not in the paper",
+                "deep ensembles RMSE": f"{pub['ensembles']:.2f}" if family == "mc" else "",
+                "learned rates (inputs / hidden)": ""
+                if family == "mc"
+                else " / ".join(f"{v:.3f}" for v in e["mean_rates"].values()),
             }
-            if family == "mc":
-                row["MC dropout, 40 epochs (Gal & Ghahramani 2016)"] = (
-                    f"{_pm(g40[0], g40[1])} / {_pm(g40[2], g40[3])}"
-                )
-                row["MC dropout, grid search, 4000 epochs (Gal's code)"] = (
-                    f"{_pm(grid[0], grid[1])} / {_pm(grid[2], grid[3])}"
-                )
-                row["deep ensembles RMSE"] = f"{pub['ensembles']:.2f}"
-            else:
-                row["learned rates (inputs / hidden)"] = " / ".join(
-                    f"{v:.3f}" for v in e["mean_rates"].values()
-                )
             table.append(row)
-        e = summ["mc-long"]
         table.append(
             {
                 "data set": name,
-                "method": f"MC dropout, {e['epochs']} epochs, batch {e['batch_size']} "
-                f"(p={e['p']:g}, tau={e['tau']:g} fixed)",
-                "RMSE (ours)": _pm(*e["rmse"]),
-                "test LL (ours)": _pm(*e["log_likelihood"]),
+                "method": f"MC dropout, {long['epochs']} epochs, batch {long['batch_size']}, "
+                f"p={long['p']:g}, tau={long['tau']:g}",
+                "quantity": "RMSE / test LL",
+                "ours": f"{_pm(*long['rmse'])} / {_pm(*long['log_likelihood'])}",
+                "paper": f"{paper_grid} (grid search re-run of Gal's code, 4000 epochs, batch 128)",
+                "deep ensembles RMSE": "",
+                "learned rates (inputs / hidden)": "",
             }
         )
 
