@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import importlib
 
 import pytest
 import torch
@@ -248,13 +249,12 @@ def test_lazy_modules_are_refused():
     assert isinstance(new[2], LearnableBernoulliDropout)
 
 
-def test_module_name_is_deprecated_alias():
+def test_convert_is_the_function_and_conversion_the_module():
     import bayesdrop.conversion as conversion
 
     assert bayesdrop.convert is conversion.convert  # the function, not a module
-    with pytest.warns(DeprecationWarning, match="renamed bayesdrop.conversion"):
-        from bayesdrop.convert import ConversionReport as Old  # noqa: F401
-    assert Old is ConversionReport
+    with pytest.raises(ModuleNotFoundError):
+        importlib.import_module("bayesdrop.convert")
 
 
 def test_family_resolution():

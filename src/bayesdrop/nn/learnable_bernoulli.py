@@ -28,8 +28,8 @@ from ..functional.bernoulli import (
     uniform_dtype,
 )
 from ._base import DropoutModule
-from ._layers import batch_dim as layer_batch_dim
-from ._layers import check_layer, input_weight_sq_norms, mask_shape
+from .wrapped_layers import batch_dim as layer_batch_dim
+from .wrapped_layers import check_layer, input_weight_sq_norms, mask_shape
 
 __all__ = ["LearnableBernoulliDropout", "AntitheticPair"]
 
