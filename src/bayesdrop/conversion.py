@@ -1,9 +1,9 @@
 """Turn an existing model's ``nn.Dropout*`` layers into a bayesdrop dropout family.
 
-:func:`convert` returns a **converted copy** of the model and a :class:`ConversionReport`; the
-original model is never modified, and the copy is trainable at once (every new parameter exists
-when :func:`convert` returns). Dropout layers are found by module type (``isinstance`` of
-``nn.Dropout``, ``nn.Dropout1d/2d/3d``), never by class-name text.
+:func:`~bayesdrop.convert` returns a **converted copy** of the model and a
+:class:`ConversionReport`; the original model is never modified, and the copy is trainable at once
+(every new parameter exists when :func:`~bayesdrop.convert` returns). Dropout layers are found by
+module type (``isinstance`` of ``nn.Dropout``, ``nn.Dropout1d/2d/3d``), never by class-name text.
 
 Where each dropout goes, and what it feeds, is read from the model:
 
@@ -33,20 +33,20 @@ Then each dropout becomes one of:
   ``single_rate=``: :class:`SingleRateDropout`, elementwise masks with one learned rate.
 
 ``nn.TransformerEncoderLayer`` and ``nn.TransformerEncoder`` take a fused "fast path" in eval mode
-that does not call their submodules; :func:`convert` switches it off on the converted copies
-(``activation_relu_or_gelu = 0`` and ``use_nested_tensor = False``, the flags that torch's own
-eligibility check reads) so that MC prediction samples the converted modules and sparse families'
-pruned weights are used. ``nn.MultiheadAttention`` applies its attention-probability dropout
-functionally (``F.dropout`` on the probabilities, ``dropout=`` in its constructor), which no module
-replacement can reach: :func:`convert` turns each such layer of the copy into a
+that does not call their submodules; :func:`~bayesdrop.convert` switches it off on the converted
+copies (``activation_relu_or_gelu = 0`` and ``use_nested_tensor = False``, the flags that torch's
+own eligibility check reads) so that MC prediction samples the converted modules and sparse
+families' pruned weights are used. ``nn.MultiheadAttention`` applies its attention-probability
+dropout functionally (``F.dropout`` on the probabilities, ``dropout=`` in its constructor), which no
+module replacement can reach: :func:`~bayesdrop.convert` turns each such layer of the copy into a
 :class:`DropoutMultiheadAttention` (the same computation and parameters, with the dropout as a
 module, ``attn_drop``), so that rate is learned too, with one rate per layer (``attention=False``
-keeps it functional). Likewise the dropout between the layers of a stacked ``nn.LSTM/GRU/RNN``
-(its ``dropout=`` argument): the RNN becomes a :class:`StackedRNN` of one-layer copies whose
-layers 1 to L-1 take the family as input dropout (``rnn=False`` keeps it functional). Dropout
-that stays functional is fixed, is not learned, and is *off* under :func:`bayesdrop.mc_predict`
-(the layer is in eval mode there); the report lists each such layer in
-:attr:`ConversionReport.fixed`.
+keeps it functional). Likewise the dropout between the layers of a stacked ``nn.LSTM/GRU/RNN`` (its
+``dropout=`` argument): the RNN becomes a :class:`StackedRNN` of one-layer copies whose layers 1 to
+L-1 take the family as input dropout (``rnn=False`` keeps it functional). Dropout that stays
+functional is fixed, is not learned, and is *off* under :func:`bayesdrop.mc_predict` (the layer is
+in eval mode there); the report lists each such layer in the ``fixed`` field of the
+:class:`ConversionReport`.
 
 A wrapped ``nn.LSTM/GRU/RNN`` draws one mask per sequence, shared over time steps (Gal &
 Ghahramani 2016, "A Theoretically Grounded Application of Dropout in Recurrent Neural
@@ -156,7 +156,7 @@ class Replacement:
 
 @dataclass
 class ConversionReport:
-    """What :func:`convert` did: the family, each replacement, and notes worth reading.
+    """What :func:`~bayesdrop.convert` did: the family, each replacement, and notes worth reading.
 
     ``fixed`` lists, by module name, the dropout that stays as it was because no module applies
     it (``nn.MultiheadAttention``'s attention dropout, the dropout between stacked RNN layers).
@@ -256,15 +256,15 @@ class DropoutMultiheadAttention(nn.MultiheadAttention):
     .. math::
         \mathrm{head}_h = \mathrm{drop}\bigl(\mathrm{softmax}(Q_h K_h^\top/\sqrt{d} + M)\bigr)\,V_h,
 
-    with the same projections, masks (``attn_mask``, ``key_padding_mask``; boolean ``True`` =
-    not attended, or float added to the scores), ``batch_first``, ``kdim``/``vdim`` and returned
-    weights as ``nn.MultiheadAttention``'s reference path, but ``drop`` is the module
-    ``attn_drop`` (for instance a :class:`SingleRateDropout` of a learned family) instead of the
-    functional ``F.dropout(p=dropout)``, so it can learn its rate and samples under
-    :func:`bayesdrop.mc_predict`. :func:`convert` turns every ``nn.MultiheadAttention`` with
-    ``dropout > 0`` into this class (same parameters and ``state_dict`` keys, plus those of
-    ``attn_drop``); ``add_bias_kv`` and ``add_zero_attn`` are not supported. The fused fast
-    path of ``nn.MultiheadAttention`` is not used.
+    with the same projections, masks (``attn_mask``, ``key_padding_mask``; boolean ``True`` = not
+    attended, or float added to the scores), ``batch_first``, ``kdim``/``vdim`` and returned weights
+    as ``nn.MultiheadAttention``'s reference path, but ``drop`` is the module ``attn_drop`` (for
+    instance a :class:`SingleRateDropout` of a learned family) instead of the functional
+    ``F.dropout(p=dropout)``, so it can learn its rate and samples under
+    :func:`bayesdrop.mc_predict`. :func:`~bayesdrop.convert` turns every ``nn.MultiheadAttention``
+    with ``dropout > 0`` into this class (same parameters and ``state_dict`` keys, plus those of
+    ``attn_drop``); ``add_bias_kv`` and ``add_zero_attn`` are not supported. The fused fast path of
+    ``nn.MultiheadAttention`` is not used.
     """
 
     attn_drop: nn.Module
@@ -350,11 +350,11 @@ class StackedRNN(nn.Module):
     """A multi-layer ``nn.LSTM/GRU/RNN`` as a stack of one-layer copies, with dropout modules between.
 
     ``rnns[i]`` is layer ``i`` (a one-layer RNN with the original's weights of that layer, or a
-    wrapper family around it) and ``drops[i]`` the module applied to its input (``nn.Identity``
-    for the first layer and for wrapped layers, whose wrapper drops the input itself). It takes
-    and returns what the original does: ``(x, h0)`` or ``(x, (h0, c0))`` with states stacked over
-    layers and directions, tensors or :class:`~torch.nn.utils.rnn.PackedSequence`. With every
-    dropout off it computes the original RNN's function. :func:`convert` builds it to turn the
+    wrapper family around it) and ``drops[i]`` the module applied to its input (``nn.Identity`` for
+    the first layer and for wrapped layers, whose wrapper drops the input itself). It takes and
+    returns what the original does: ``(x, h0)`` or ``(x, (h0, c0))`` with states stacked over layers
+    and directions, tensors or :class:`~torch.nn.utils.rnn.PackedSequence`. With every dropout off
+    it computes the original RNN's function. :func:`~bayesdrop.convert` builds it to turn the
     dropout *between* the layers (the RNN's ``dropout=`` argument, applied functionally) into a
     learned family.
 
@@ -660,13 +660,15 @@ def convert(
             element (for inputs whose last dimension is not a feature, e.g. a sequence position).
         attention: also convert the attention-probability dropout of every
             ``nn.MultiheadAttention`` with ``dropout > 0`` (it becomes a
-            :class:`DropoutMultiheadAttention` whose ``attn_drop`` is the family, one rate per
-            layer); ``False`` keeps it functional and fixed. ``exclude`` may name such a layer.
+            :class:`~bayesdrop.conversion.DropoutMultiheadAttention` whose ``attn_drop`` is the
+            family, one rate per layer); ``False`` keeps it functional and fixed. ``exclude``
+            may name such a layer.
         rnn: also convert the dropout between the layers of every stacked ``nn.LSTM/GRU/RNN``
-            with ``dropout > 0``: it becomes a :class:`StackedRNN` (one-layer copies with the
-            same weights; ``state_dict`` keys ``rnns.<i>...``) whose layers ``1..L-1`` take the
-            family as input dropout (wrapped: one mask per sequence, shared over time). ``False``
-            keeps it functional and fixed. ``exclude`` may name such an RNN.
+            with ``dropout > 0``: it becomes a :class:`~bayesdrop.conversion.StackedRNN`
+            (one-layer copies with the same weights; ``state_dict`` keys ``rnns.<i>...``) whose
+            layers ``1..L-1`` take the family as input dropout (wrapped: one mask per sequence,
+            shared over time). ``False`` keeps it functional and fixed. ``exclude`` may name
+            such an RNN.
         **options: passed to every family constructor (they override the carried-over ``p``).
 
     Returns:

@@ -214,7 +214,7 @@ def concrete_keep_mask(logit_p: Tensor, u: Tensor, temperature: float) -> Tensor
     :math:`P(\tilde z \le z) = \sigma(\mathrm{logit}\,p + t\,\mathrm{logit}\,z)`, which tends to
     the Bernoulli(1 - p) CDF as :math:`t \to 0`. ``logit_p`` is clamped to
     ``[-LOGIT_BOUND, LOGIT_BOUND]``; ``u`` equal to 0 or 1 gives a mask of exactly 1 or 0 (never
-    NaN); mask values below :data:`KEEP_FLOOR` are set to exactly 0.
+    NaN); mask values below :data:`.KEEP_FLOOR` are set to exactly 0.
 
     Args:
         logit_p: drop logits, broadcastable against ``u``; gradients flow pathwise to them.

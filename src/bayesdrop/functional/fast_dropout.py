@@ -559,7 +559,7 @@ def expected_softmax(
     depends on its own moments only); its error falls roughly like ``1/samples``.
     ``"quadrature"`` (two classes only) is exact to :math:`10^{-9}`: the softmax of two logits is
     :math:`\sigma(Y_2 - Y_1)`, and the difference is Gaussian with mean :math:`\mu_2-\mu_1` and
-    variance :math:`\Sigma_{11}+\Sigma_{22}-2\Sigma_{12}`, so :func:`expected_sigmoid` applies.
+    variance :math:`\Sigma_{11}+\Sigma_{22}-2\Sigma_{12}`, so :func:`.expected_sigmoid` applies.
 
     For two classes the unscented rule is coarse when one logit is known exactly, as for a
     binary model written as the class logits :math:`(0, Y)`: it averages

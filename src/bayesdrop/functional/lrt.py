@@ -246,7 +246,7 @@ def sample_gaussian(
     r"""Reparameterised draw :math:`\mu + \sqrt{\max(\sigma^2, 10^{-16})}\,\varepsilon`.
 
     :math:`\varepsilon \sim \mathcal N(0, 1)` has the shape of ``mean`` unless given. The floor
-    :data:`VAR_FLOOR` keeps the gradient finite where the variance is zero (e.g. all inputs zero,
+    :data:`.VAR_FLOOR` keeps the gradient finite where the variance is zero (e.g. all inputs zero,
     or all weight means zero); below it the gradient with respect to ``var`` is exactly zero.
 
     Args:
