@@ -64,9 +64,6 @@ import copy
 import dataclasses
 import inspect
 import math
-import sys
-import types
-import warnings
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from functools import partial
@@ -79,6 +76,7 @@ from torch.overrides import TorchFunctionMode
 from torch.utils._pytree import tree_leaves
 
 from ._validation import check_probability
+from .adapters.batches import call_model
 from .nn._base import DropoutModule
 from .nn.wrapped_layers import SUPPORTED_LAYERS
 
@@ -613,11 +611,11 @@ class _Tracer(TorchFunctionMode):
 
 
 def _call(model: nn.Module, inputs: Any) -> Any:
-    """``model(inputs)``; a Mapping as keywords, a tuple or list as positional arguments."""
-    if isinstance(inputs, Mapping):
-        return model(**inputs)
-    if isinstance(inputs, (tuple, list)):
-        return model(*inputs)
+    """``model(**inputs)`` for a mapping, ``model(*inputs)`` for a tuple or list, else
+    ``model(inputs)`` (:func:`bayesdrop.adapters.call_model`; other inputs, such as a
+    ``PackedSequence``, are passed as they are)."""
+    if isinstance(inputs, (Tensor, Mapping, tuple, list)):
+        return call_model(model, inputs)
     return model(inputs)
 
 
@@ -1568,25 +1566,3 @@ def _fixed_and_fast_paths(
             )
         if isinstance(m, nn.TransformerEncoder) and inside(name) and converted:
             m.use_nested_tensor = False
-
-
-class _RenamedModule(types.ModuleType):
-    """``bayesdrop.convert`` as a module name: forwards to :mod:`bayesdrop.conversion` with a warning.
-
-    ``bayesdrop.convert`` is the function; the module that holds it is ``bayesdrop.conversion``.
-    ``from bayesdrop.convert import ConversionReport`` keeps working for one release.
-    """
-
-    def __getattr__(self, name: str) -> Any:
-        if name.startswith("__"):
-            raise AttributeError(name)
-        warnings.warn(
-            "the module bayesdrop.convert is renamed bayesdrop.conversion (bayesdrop.convert is "
-            f"the function); import {name} from bayesdrop.conversion",
-            DeprecationWarning,
-            stacklevel=2,
-        )
-        return getattr(sys.modules[__name__], name)
-
-
-sys.modules.setdefault("bayesdrop.convert", _RenamedModule("bayesdrop.convert", __doc__))
