@@ -64,9 +64,6 @@ import copy
 import dataclasses
 import inspect
 import math
-import sys
-import types
-import warnings
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -1113,25 +1110,3 @@ def _fixed_and_fast_paths(
             )
         if isinstance(m, nn.TransformerEncoder) and inside(name) and converted:
             m.use_nested_tensor = False
-
-
-class _RenamedModule(types.ModuleType):
-    """``bayesdrop.convert`` as a module name: forwards to :mod:`bayesdrop.conversion` with a warning.
-
-    ``bayesdrop.convert`` is the function; the module that holds it is ``bayesdrop.conversion``.
-    ``from bayesdrop.convert import ConversionReport`` keeps working for one release.
-    """
-
-    def __getattr__(self, name: str) -> Any:
-        if name.startswith("__"):
-            raise AttributeError(name)
-        warnings.warn(
-            "the module bayesdrop.convert is renamed bayesdrop.conversion (bayesdrop.convert is "
-            f"the function); import {name} from bayesdrop.conversion",
-            DeprecationWarning,
-            stacklevel=2,
-        )
-        return getattr(sys.modules[__name__], name)
-
-
-sys.modules.setdefault("bayesdrop.convert", _RenamedModule("bayesdrop.convert", __doc__))

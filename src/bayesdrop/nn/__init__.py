@@ -22,12 +22,3 @@ __all__ = [
     "FastDropoutMLP",
     "VariationalDropout",
 ]
-
-
-def __getattr__(name: str) -> object:
-    # deprecated names, moved to bayesdrop.linear_model (the warning is raised there)
-    if name in ("FastDropoutLogisticRegression", "MCDropoutLogisticRegression"):
-        from . import fast_dropout
-
-        return getattr(fast_dropout, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -10,16 +10,12 @@ shape ``(N, K)``. :func:`bayesdrop.mc_predict` answers these modules from the mo
 sampling; ``forward`` returns the mean logits.
 
 The logistic-regression estimators (fast dropout and its Monte Carlo baseline) are
-scikit-learn estimators in :mod:`bayesdrop.linear_model`; the names
-``bayesdrop.nn.FastDropoutLogisticRegression`` and ``bayesdrop.nn.MCDropoutLogisticRegression``
-still work for one release, with a :class:`DeprecationWarning`.
+scikit-learn estimators in :mod:`bayesdrop.linear_model`.
 """
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Sequence
-from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -263,27 +259,3 @@ class FastDropoutMLP(DropoutModule):
         """Expected softmax probabilities ``(N, out_features)`` (unscented transform)."""
         mean, var = self.output_moments(x)
         return expected_softmax(mean, var, "unscented")
-
-
-_MOVED = {
-    "FastDropoutLogisticRegression": "_LegacyFastDropoutLogisticRegression",
-    "MCDropoutLogisticRegression": "_LegacyMCDropoutLogisticRegression",
-}
-
-
-def __getattr__(name: str) -> Any:
-    """The logistic-regression estimators moved to :mod:`bayesdrop.linear_model`."""
-    if name in _MOVED:
-        warnings.warn(
-            f"bayesdrop.nn.{name} is deprecated and will be removed in the next release: use "
-            f"bayesdrop.linear_model.{name}, a scikit-learn estimator "
-            f"({name}(p=...).fit(X, y), fit options in the constructor, labels of any type, "
-            "NumPy outputs). The old constructor (in_features, num_classes, p, ...) and fit "
-            "keywords still work here until then.",
-            DeprecationWarning,
-            stacklevel=2,
-        )
-        from .. import linear_model
-
-        return getattr(linear_model, _MOVED[name])
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
