@@ -107,8 +107,8 @@ def test_mlp_to_lbd_keeps_weights_and_rates():
 def test_cnn_channel_and_element_dropout():
     model = cnn()
     new, report = convert(model, LearnableBernoulliDropout, estimator="arm")
-    assert isinstance(new[3], LearnableBernoulliDropout) and new[3].kind == "conv"
-    assert isinstance(new[7], LearnableBernoulliDropout) and new[7].kind == "linear"
+    assert isinstance(new[3], LearnableBernoulliDropout) and new[3].layer_kind == "conv"
+    assert isinstance(new[7], LearnableBernoulliDropout) and new[7].layer_kind == "linear"
     assert new[3].estimator == "arm"
     torch.testing.assert_close(new[3].p, torch.full((4,), 0.25))
     x = torch.randn(2, 1, 5, 5)
@@ -120,7 +120,7 @@ def test_lstm_wrapped():
     model = Tagger()
     new, report = convert(model, "LBD", init_p=0.1)
     wrapped = new.encoder[1]
-    assert isinstance(wrapped, LearnableBernoulliDropout) and wrapped.kind == "rnn"
+    assert isinstance(wrapped, LearnableBernoulliDropout) and wrapped.layer_kind == "rnn"
     torch.testing.assert_close(wrapped.p, torch.full((3,), 0.1))  # options override the carried p
     x = torch.randn(2, 5, 3)
     torch.testing.assert_close(new.eval()(x), model.eval()(x))

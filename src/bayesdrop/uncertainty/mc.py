@@ -217,35 +217,12 @@ def mc_sampling(model: nn.Module) -> Iterator[nn.Module]:
 
 
 # --------------------------------------------------------------------------- helpers
-def _resolve_num_samples(num_samples: int | None, samples: int | None, where: str) -> int:
-    """``num_samples``, accepting the deprecated keyword ``samples=`` for one release."""
-    if samples is not None:
-        if num_samples is not None:
-            raise TypeError(f"{where}() got num_samples and samples; pass num_samples only")
-        warnings.warn(
-            f"{where}(samples=...) is deprecated and will be removed in the next release; use "
-            "num_samples=... (the name of the result's attribute)",
-            DeprecationWarning,
-            stacklevel=3,
-        )
-        num_samples = samples
-    return check_int("num_samples", 10 if num_samples is None else num_samples)
-
-
-def sample_seeds(
-    num_samples: int | None = None,
-    generator: torch.Generator | None = None,
-    *,
-    samples: int | None = None,
-) -> list[int]:
+def sample_seeds(num_samples: int, generator: torch.Generator | None = None) -> list[int]:
     """The per-pass seeds :func:`mc_predict` uses: ``torch.randint(0, 2**62, (num_samples,))``.
 
     Drawn on the CPU from ``generator`` (or from the global generator when ``None``).
-    ``samples=`` is the deprecated name of ``num_samples``.
     """
-    if num_samples is None and samples is None:
-        raise TypeError("sample_seeds() needs num_samples, the number of MC passes")
-    num_samples = _resolve_num_samples(num_samples, samples, "sample_seeds")
+    num_samples = check_int("num_samples", num_samples)
     dev = generator.device if generator is not None else "cpu"
     seeds = torch.randint(0, _SEED_HIGH, (num_samples,), generator=generator, device=dev)
     return [int(s) for s in seeds.tolist()]
@@ -528,7 +505,7 @@ class _TiledOutputMismatch(RuntimeError):
 def mc_predict(
     model: nn.Module,
     x: Tensor | Sequence[Tensor],
-    num_samples: int | None = None,
+    num_samples: int = 10,
     *,
     task: str = "classification",
     output: str = "logits",
@@ -541,7 +518,6 @@ def mc_predict(
     keep_samples: bool = True,
     moments_method: str = "unscented",
     exact: bool = True,
-    samples: int | None = None,
     output_key: str = "logits",
 ) -> MCClassification | MCRegression:
     r"""Predict with ``num_samples`` stochastic passes of ``model`` (MC dropout for any dropout model).
@@ -651,7 +627,6 @@ def mc_predict(
         moments_method: ``method=`` passed to ``expected_softmax`` for moment models.
         exact: per-pass random streams (tiling-invariant, the default) or one stream per
             tiled call (faster on GPUs, see above).
-        samples: deprecated name of ``num_samples`` (it warns; removed in the next release).
         output_key: the entry of a mapping output (``dict``, ``ModelOutput``) that is the
             prediction (default ``"logits"``); not used for outputs of other types.
 
@@ -676,7 +651,7 @@ def mc_predict(
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be an nn.Module, but got {type(model).__name__}")
-    num_samples = _resolve_num_samples(num_samples, samples, "mc_predict")
+    num_samples = check_int("num_samples", num_samples)
     check_choice("task", task, TASKS)
     check_choice("output", output, OUTPUTS)
     for name, dim in (("class_dim", class_dim), ("batch_dim", batch_dim)):
