@@ -219,8 +219,10 @@ def test_refusals_are_clear():
     new, report = convert(selu, "mc", exclude=["2"])
     assert isinstance(new[2], nn.AlphaDropout) and len(report) == 0
 
-    with pytest.raises(ValueError, match="init_p must be in"):
-        convert(nn.Sequential(nn.Dropout(0.0), nn.Linear(2, 2)), "lbd")
+    with pytest.raises(ValueError, match=r"zero_p must be in \(0, 1\)"):
+        convert(mlp(), "lbd", zero_p=1.0)
+    with pytest.raises(TypeError, match="zero_p must be 'keep' or a float"):
+        convert(mlp(), "lbd", zero_p="learn")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="form must be one of"):
         convert(mlp(), "lbd", form="inline")  # type: ignore[arg-type]
 
@@ -356,9 +358,11 @@ class Shared(nn.Module):
 def test_trace_shared_and_two_consumers():
     model = Shared()
     x = torch.randn(3, 4)
-    with pytest.raises(ValueError, match=r"'unused'.*not called.*exclude it"):
-        convert(model, "lbd", example_inputs=x)
+    # a layer the inputs never reach is left as it was and listed, never a refusal
+    new, report = convert(model, "lbd", example_inputs=x)
+    assert isinstance(new.unused, nn.Dropout) and "not called" in report.fixed["unused"]
     new, report = convert(model, "lbd", example_inputs=x, exclude=["unused"])
+    assert "unused" not in report.fixed
     forms = {r.name: r.form for r in report.replacements}
     assert forms == {"drop": "bare", "skip_drop": "bare"}  # two layers / layer + addition
     assert isinstance(new.a, nn.Linear) and isinstance(new.c, nn.Linear)
