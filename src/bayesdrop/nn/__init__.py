@@ -3,6 +3,7 @@
 from ._base import DropoutModule
 from .ard import ARDDropout
 from .concrete import ConcreteDropout
+from .drop_path import DropPath
 from .fast_dropout import FastDropoutLinear, FastDropoutMLP
 from .gaussian import GaussianDropout
 from .learnable_bernoulli import LearnableBernoulliDropout
@@ -15,6 +16,7 @@ __all__ = [
     "SparseVariationalDropout",
     "ConcreteDropout",
     "DropoutModule",
+    "DropPath",
     "LearnableBernoulliDropout",
     "MCDropout",
     "GaussianDropout",

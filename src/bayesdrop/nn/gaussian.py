@@ -125,6 +125,7 @@ class GaussianDropout(DropoutModule):
         """
         if self.noise == "B" and self.sampling and self.alpha != 0.0:
             assert self.units is not None and self.layer is not None
+            self._check_input(x)
             mask_shape(x, self.layer, self.units)  # shape check only
             weight: Tensor = self.layer.weight  # type: ignore[assignment]
             return lrt_sample(

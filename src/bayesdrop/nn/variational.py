@@ -227,6 +227,7 @@ class VariationalDropout(DropoutModule):
         """
         if self.noise == "B" and self.sampling:
             assert self.layer is not None
+            self._check_input(x)
             mask_shape(x, self.layer, self.units)  # shape check only
             log_alpha = self._log_alpha()
             weight = self._weight()
