@@ -989,7 +989,7 @@ def convert(
             feeds and how many features it sees, and the converted copy is run on it, in
             training and in eval mode, before :func:`convert` returns (the random state, the
             buffers and the modes the user sees are restored); a layer that fails there is
-            named in the error. The training-mode run lists in :attr:`ConversionReport.fixed`
+            named in the error. The training-mode run lists in the report's ``fixed``
             every dropout that still fires and is not a bayesdrop module. Without it only
             ``nn.Sequential`` neighbours are known.
         exclude: dotted names of dropout layers to leave as they are (they are not traced).
