@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import importlib
 
 import pytest
 import torch
@@ -106,8 +107,8 @@ def test_mlp_to_lbd_keeps_weights_and_rates():
 def test_cnn_channel_and_element_dropout():
     model = cnn()
     new, report = convert(model, LearnableBernoulliDropout, estimator="arm")
-    assert isinstance(new[3], LearnableBernoulliDropout) and new[3].kind == "conv"
-    assert isinstance(new[7], LearnableBernoulliDropout) and new[7].kind == "linear"
+    assert isinstance(new[3], LearnableBernoulliDropout) and new[3].layer_kind == "conv"
+    assert isinstance(new[7], LearnableBernoulliDropout) and new[7].layer_kind == "linear"
     assert new[3].estimator == "arm"
     torch.testing.assert_close(new[3].p, torch.full((4,), 0.25))
     x = torch.randn(2, 1, 5, 5)
@@ -119,7 +120,7 @@ def test_lstm_wrapped():
     model = Tagger()
     new, report = convert(model, "LBD", init_p=0.1)
     wrapped = new.encoder[1]
-    assert isinstance(wrapped, LearnableBernoulliDropout) and wrapped.kind == "rnn"
+    assert isinstance(wrapped, LearnableBernoulliDropout) and wrapped.layer_kind == "rnn"
     torch.testing.assert_close(wrapped.p, torch.full((3,), 0.1))  # options override the carried p
     x = torch.randn(2, 5, 3)
     torch.testing.assert_close(new.eval()(x), model.eval()(x))
@@ -218,8 +219,10 @@ def test_refusals_are_clear():
     new, report = convert(selu, "mc", exclude=["2"])
     assert isinstance(new[2], nn.AlphaDropout) and len(report) == 0
 
-    with pytest.raises(ValueError, match="init_p must be in"):
-        convert(nn.Sequential(nn.Dropout(0.0), nn.Linear(2, 2)), "lbd")
+    with pytest.raises(ValueError, match=r"zero_p must be in \(0, 1\)"):
+        convert(mlp(), "lbd", zero_p=1.0)
+    with pytest.raises(TypeError, match="zero_p must be 'keep' or a float"):
+        convert(mlp(), "lbd", zero_p="learn")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="form must be one of"):
         convert(mlp(), "lbd", form="inline")  # type: ignore[arg-type]
 
@@ -248,13 +251,12 @@ def test_lazy_modules_are_refused():
     assert isinstance(new[2], LearnableBernoulliDropout)
 
 
-def test_module_name_is_deprecated_alias():
+def test_convert_is_the_function_and_conversion_the_module():
     import bayesdrop.conversion as conversion
 
     assert bayesdrop.convert is conversion.convert  # the function, not a module
-    with pytest.warns(DeprecationWarning, match="renamed bayesdrop.conversion"):
-        from bayesdrop.convert import ConversionReport as Old  # noqa: F401
-    assert Old is ConversionReport
+    with pytest.raises(ModuleNotFoundError):
+        importlib.import_module("bayesdrop.convert")
 
 
 def test_family_resolution():
@@ -356,9 +358,11 @@ class Shared(nn.Module):
 def test_trace_shared_and_two_consumers():
     model = Shared()
     x = torch.randn(3, 4)
-    with pytest.raises(ValueError, match=r"'unused'.*not called.*exclude it"):
-        convert(model, "lbd", example_inputs=x)
+    # a layer the inputs never reach is left as it was and listed, never a refusal
+    new, report = convert(model, "lbd", example_inputs=x)
+    assert isinstance(new.unused, nn.Dropout) and "not called" in report.fixed["unused"]
     new, report = convert(model, "lbd", example_inputs=x, exclude=["unused"])
+    assert "unused" not in report.fixed
     forms = {r.name: r.form for r in report.replacements}
     assert forms == {"drop": "bare", "skip_drop": "bare"}  # two layers / layer + addition
     assert isinstance(new.a, nn.Linear) and isinstance(new.c, nn.Linear)

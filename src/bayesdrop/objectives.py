@@ -12,7 +12,7 @@ are plain sums that never see :math:`N`; the division happens here and only here
 from __future__ import annotations
 
 import numbers
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any, Literal
 
@@ -21,6 +21,7 @@ from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from ._validation import check_choice, check_positive
+from .adapters.batches import batch_size, call_model, check_batch, prediction, tile_batch
 from .functional.bernoulli import uniform_dtype
 from .nn._base import DropoutModule
 from .nn.learnable_bernoulli import AntitheticPair, LearnableBernoulliDropout, PairStreams
@@ -304,16 +305,6 @@ class _RandomState:
             g.set_state(state)
 
 
-def _concat(x: Any, dim: int, name: str) -> Any:
-    if x is None:
-        return None
-    if isinstance(x, Tensor):
-        return torch.cat([x, x], dim=dim)
-    if isinstance(x, (tuple, list)):
-        return type(x)(_concat(v, dim, name) for v in x)
-    raise TypeError(f"{name} must be a Tensor or a tuple/list of Tensors, got {type(x).__name__}")
-
-
 def _concat_targets(y: Any, dim: int, batch: int) -> Any:
     """Targets doubled along ``dim`` when they have it with the batch's size, else along dim 0."""
     if isinstance(y, Tensor):
@@ -327,17 +318,11 @@ def _concat_targets(y: Any, dim: int, batch: int) -> Any:
         )
     if isinstance(y, (tuple, list)):
         return type(y)(_concat_targets(v, dim, batch) for v in y)
-    return _concat(y, dim, "targets")
-
-
-def _batch_size(x: Any, dim: int, name: str) -> int:
-    if isinstance(x, Tensor):
-        if x.dim() <= dim:
-            raise ValueError(f"{name} has no batch dimension {dim}: shape {tuple(x.shape)}")
-        return int(x.shape[dim])
-    if isinstance(x, (tuple, list)) and x:
-        return _batch_size(x[0], dim, name)
-    raise TypeError(f"{name} must be a Tensor or a non-empty tuple/list of Tensors")
+    if y is None:
+        return None
+    raise TypeError(
+        f"targets must be a Tensor, a tuple/list of Tensors or None, got {type(y).__name__}"
+    )
 
 
 def _per_example(losses: Any, batch: int) -> Tensor:
@@ -433,6 +418,7 @@ def objective(
     coupled: bool | None = None,
     common_random_numbers: bool = True,
     split: tuple[Callable[[Any], Any], Callable[[Any], Any]] | Literal[False] | None = None,
+    output_key: str = "logits",
 ) -> Tensor:
     r"""Per-example training loss whose gradient is the right estimator for every module inside.
 
@@ -481,10 +467,16 @@ def objective(
 
     Args:
         model: any module (also a ``DistributedDataParallel`` wrapper).
-        inputs: a tensor, or tuple/list of tensors, passed as ``model(inputs)`` (a tuple/list is
-            unpacked: ``model(*inputs)``); at least one example.
+        inputs: the batch, at least one example: a tensor (``model(inputs)``), a mapping such
+            as a dict or a Hugging Face ``BatchEncoding`` (keyword batch, ``model(**inputs)``), or
+            a tuple/list (``model(*inputs)``). The batch size is that of the first tensor with
+            dimension ``batch_dim``; see :mod:`bayesdrop.adapters.batches`.
         targets: passed to ``nll`` (a tensor, a tuple/list of tensors, or ``None``).
         nll: ``nll(outputs, targets)`` returning per-example losses of shape ``(batch,)``.
+            ``outputs`` is the model's prediction: a tensor as returned, the entry
+            ``output_key`` of a mapping output (a Hugging Face ``ModelOutput``: its ``logits``
+            by default), and any other output as it is (a model returning several tensors, e.g.
+            a VAE's reconstruction, mean and log-variance, needs them all in its loss).
         n_data: data-set size :math:`N`, any positive integer (Python or NumPy); the KL is
             divided by it, once, here.
         kl_weight: multiplier of the KL term (e.g. for annealing); ``>= 0``.
@@ -513,6 +505,8 @@ def objective(
             ``head`` then runs once per step with ``pair="nograd"``. ``None`` splits a plain
             ``nn.Sequential`` automatically before its first child that holds an LBD module;
             ``False`` never splits.
+        output_key: the entry of a mapping output (``dict``, Hugging Face ``ModelOutput``) that
+            ``nll`` receives (default ``"logits"``); not used for outputs of other types.
 
     Returns:
         A 0-dim tensor.
@@ -543,7 +537,10 @@ def objective(
     if split is not None and split is not False:
         if not (isinstance(split, tuple) and len(split) == 2 and all(callable(f) for f in split)):
             raise TypeError("split must be None, False or a (head, tail) tuple of callables")
-    batch = _batch_size(inputs, batch_dim, "inputs")
+    check_batch(inputs, "inputs")
+    if not isinstance(output_key, str):
+        raise TypeError(f"output_key must be a string, but got {type(output_key).__name__}")
+    batch = batch_size(inputs, batch_dim, "inputs")
     if batch == 0:
         raise ValueError(
             f"inputs hold an empty batch (size 0 along batch_dim={batch_dim}); objective needs "
@@ -551,7 +548,8 @@ def objective(
         )
 
     def run(x: Any) -> Any:
-        return model(*x) if isinstance(x, (tuple, list)) else model(x)
+        out = call_model(model, x)
+        return prediction(out, output_key) if isinstance(out, Mapping) else out
 
     lbd = [m for m in model.modules() if isinstance(m, LearnableBernoulliDropout)]
     surrogate: Tensor | None = None
@@ -573,7 +571,7 @@ def objective(
                     "bias the rate gradient; use pair='nograd' (the default)"
                 )
             with _pair_context(lbd, "concat", batch_dim, batch, model):
-                out = run(_concat(inputs, batch_dim, "inputs"))
+                out = run(tile_batch(inputs, 2, batch_dim, batch))
                 both = _per_example(nll(out, _concat_targets(targets, batch_dim, batch)), 2 * batch)
                 f1, f2 = both[:batch], both[batch:]
                 dt = uniform_dtype(both.dtype)
@@ -639,7 +637,7 @@ def _nograd_pair(
     ):
         if parts is not None:
             head, tail = parts
-            x = head(*inputs) if isinstance(inputs, (tuple, list)) else head(inputs)
+            x = call_model(head, inputs)
             if any(m._pair is not None and m._pair.draws for m in lbd):
                 raise ValueError(
                     "the head of split called an LBD module; split before the first LBD module"

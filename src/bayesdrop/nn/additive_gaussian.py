@@ -216,6 +216,7 @@ class AdditiveGaussianDropout(DropoutModule):
 
     # ------------------------------------------------------------------ forward
     def forward(self, x: Tensor) -> Tensor:
+        self._check_input(x)
         layer = self.layer
         if not self.sampling:
             weight = self.theta * self.keep_mask()

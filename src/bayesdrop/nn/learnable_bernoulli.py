@@ -28,8 +28,8 @@ from ..functional.bernoulli import (
     uniform_dtype,
 )
 from ._base import DropoutModule
-from ._layers import batch_dim as layer_batch_dim
-from ._layers import check_layer, input_weight_sq_norms, mask_shape
+from .wrapped_layers import batch_dim as layer_batch_dim
+from .wrapped_layers import check_layer, input_weight_sq_norms, mask_shape
 
 __all__ = ["LearnableBernoulliDropout", "AntitheticPair", "PairStreams"]
 
@@ -200,7 +200,7 @@ class LearnableBernoulliDropout(DropoutModule):
         batch_dim: int | None = None,
     ) -> None:
         super().__init__(generator)
-        self.kind, self.units = check_layer(layer, num_features)
+        self.layer_kind, self.units = check_layer(layer, num_features)
         self.layer = layer
         init_p = check_probability("init_p", init_p)
         self.granularity = check_choice("granularity", granularity, ("unit", "layer"))
@@ -209,7 +209,7 @@ class LearnableBernoulliDropout(DropoutModule):
         if batch_dim is not None:
             if isinstance(batch_dim, bool) or not isinstance(batch_dim, int) or batch_dim < 0:
                 raise ValueError(f"batch_dim must be a non-negative int, but got {batch_dim!r}")
-            if self.kind in ("conv", "rnn"):
+            if self.layer_kind in ("conv", "rnn"):
                 raise ValueError(
                     f"batch_dim is fixed by the wrapped {type(layer).__name__} (convolutions: 0, "
                     "RNNs: their batch_first); it applies to nn.Linear and the bare form only"
@@ -230,7 +230,7 @@ class LearnableBernoulliDropout(DropoutModule):
 
     def _unit_view(self, t: Tensor, ndim: int) -> Tensor:
         """Reshape a per-unit vector to broadcast against a mask of ``ndim`` dims."""
-        if self.kind == "conv":
+        if self.layer_kind == "conv":
             return t.reshape((-1,) + (1,) * (ndim - 2))
         return t
 
@@ -261,9 +261,9 @@ class LearnableBernoulliDropout(DropoutModule):
 
     def _resolve_batch_dim(self, x: Tensor, pair: AntitheticPair | None) -> int:
         """The batch dimension of ``x`` for this module (see the class docstring)."""
-        if self.kind == "conv":
+        if self.layer_kind == "conv":
             return 0
-        if self.kind == "rnn":
+        if self.layer_kind == "rnn":
             return layer_batch_dim(self.layer)
         explicit = self.batch_dim is not None
         bd = self.batch_dim if self.batch_dim is not None else (pair.batch_dim if pair else 0)

@@ -346,6 +346,7 @@ class LearnedGaussianRates(DropoutModule):
         return f"num_features={self.num_features}"
 
     def forward(self, x: Tensor) -> Tensor:
+        self._check_input(x)
         if not self.sampling:
             return x
         alpha = torch.exp(self.log_alpha.clamp(-LOGIT_BOUND, LOGIT_BOUND)).to(x.dtype)
