@@ -14,7 +14,7 @@ additively (Molchanov et al. 2017) by the layer's own weight :math:`\theta` and 
 Training (and MC sampling) uses the local reparameterisation trick: pre-activations are drawn
 from :math:`\mathcal N(x\theta^\top + b,\ x^{2}\sigma^{2\top})` (the bias only shifts the mean).
 Eval mode is deterministic: the mean weights with the weights the pruning rule drops set to zero.
-The math lives in :mod:`bayesdrop.functional.additive_gaussian`.
+The math lives in ``bayesdrop.functional.additive_gaussian`` (:func:`bayesdrop.functional.fused_kl_sum`).
 """
 
 from __future__ import annotations
