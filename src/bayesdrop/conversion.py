@@ -123,11 +123,6 @@ _BARE_CONSEQUENCE = {
         "prior from it (keep weight decay on them), and its rates are set by the data fit and the "
         "entropy term -dropout_regularizer·K·H(p), which alone pulls p toward 0.5"
     ),
-    "VariationalDropout": (
-        "a bare layer counts the log-uniform KL once per unit instead of once per weight the unit "
-        "feeds (its fan-out is unknown), so the prior's pull on its rates is understated by that "
-        "factor"
-    ),
 }
 
 
@@ -1359,6 +1354,11 @@ def _needs_units(cls: type, params: dict[str, inspect.Parameter], site: _Site) -
 def _prior(cls: type, wrapped: str | None) -> str:
     if getattr(cls, "kl", None) is DropoutModule.kl:
         return "none (fixed rate, no prior term)"
+    if cls.__name__ == "VariationalDropout" and wrapped is None:
+        return (
+            "full: the log-uniform KL, one term per unit as in the wrapped form (the default "
+            "kl_terms='noise'; kl_terms='weight' needs the wrapped form)"
+        )
     if wrapped is not None:
         return f"full: rate term and weight term over the input weights of '{wrapped}'"
     return "rate term only: the weights it feeds are unknown, so no weight term"
@@ -1373,7 +1373,15 @@ def _wrap(
     p: float,
 ) -> Replacement:
     layer = modules[target]
+    if "init_max_log_alpha" in _params(cls):
+        # a trained layer: no weight starts as noise only because it is small (alpha <= 1, and
+        # log alpha at least 1 below the pruning threshold), and eval keeps every weight until
+        # the module is trained
+        threshold = float(kwargs.get("threshold", _params(cls)["threshold"].default))
+        kwargs = {"init_max_log_alpha": min(0.0, threshold - 1.0), **kwargs}
     module = cls(layer, **kwargs)
+    if hasattr(module, "keep_dense_until_trained"):
+        module.keep_dense_until_trained()
     ref = _ref_tensor(layer)
     if ref is not None:
         module.to(device=ref.device, dtype=ref.dtype)
