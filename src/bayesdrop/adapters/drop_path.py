@@ -115,13 +115,13 @@ def find_drop_paths(model: nn.Module) -> list[DropPathSite]:
 
 
 def replace_drop_paths(
-    model: nn.Module, build: Callable[[float], nn.Module], exclude: Iterable[str] = ()
+    model: nn.Module, build: Callable[[DropPathSite], nn.Module], exclude: Iterable[str] = ()
 ) -> tuple[list[DropPathSite], dict[str, str]]:
-    """Replace, in place, every drop-path module of ``model`` that can be learned by ``build(p)``.
+    """Replace, in place, every drop-path module of ``model`` that can be learned by ``build(site)``.
 
     Args:
         model: the model (changed in place).
-        build: makes the replacement from the module's drop probability.
+        build: makes the replacement for a site (its rate is ``site.p``).
         exclude: dotted names of drop-path modules to leave as they are.
 
     Returns:
@@ -138,7 +138,7 @@ def replace_drop_paths(
         if why is not None:
             fixed[site.name] = why
             continue
-        new = build(site.p)
+        new = build(site)
         for full in site.names:
             parent, _, key = full.rpartition(".")
             model.get_submodule(parent)._modules[key] = new
