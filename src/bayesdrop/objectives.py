@@ -24,7 +24,7 @@ from ._validation import check_choice, check_positive
 from .adapters.batches import batch_size, call_model, check_batch, prediction, tile_batch
 from .functional.bernoulli import uniform_dtype
 from .nn._base import DropoutModule
-from .nn.learnable_bernoulli import AntitheticPair, LearnableBernoulliDropout
+from .nn.learnable_bernoulli import AntitheticPair, LearnableBernoulliDropout, PairStreams
 
 __all__ = [
     "objective",
@@ -229,36 +229,73 @@ def _pair_context(
     mode: str,
     batch_dim: int,
     batch_size: int | None,
-    replay: bool,
-) -> Iterator[None]:
+    model: nn.Module | None = None,
+) -> Iterator[tuple[PairStreams, list[int]]]:
+    """Opens an :class:`AntitheticPair` on every LBD module, with the step's own streams of
+    uniforms (seeded now, before any other noise of the step) and a shared clock (both yielded);
+    ``model`` is searched for generators that other modules share with the LBD modules."""
+    shared: set[int] = set()
+    if model is not None and any(m.generator is not None for m in modules):
+        lbd_ids = {id(m) for m in modules}
+        shared = {id(g) for g in _held_generators(model, skip=lbd_ids)}
+    streams = PairStreams(list(modules), shared)
+    clock = [0]
     try:
         for m in modules:
             m._pair = AntitheticPair(
-                mode=mode, batch_dim=batch_dim, batch_size=batch_size, replay=replay
+                mode=mode,
+                batch_dim=batch_dim,
+                batch_size=batch_size,
+                streams=streams,
+                clock=clock,
             )
-        yield
+        yield streams, clock
     finally:
         for m in modules:
             m._pair = None
 
 
+def _held_generators(model: nn.Module, skip: set[int] | None = None) -> list[torch.Generator]:
+    """Every ``torch.Generator`` an attribute of a module of ``model`` holds, under any name,
+    directly or inside a list, tuple, set or dict (three levels deep), each once; modules whose
+    ``id`` is in ``skip`` are not searched (their children are)."""
+    found: dict[int, torch.Generator] = {}
+
+    def visit(value: Any, depth: int) -> None:
+        if isinstance(value, torch.Generator):
+            found.setdefault(id(value), value)
+        elif depth < 3 and isinstance(value, (list, tuple, set, frozenset)):
+            for v in value:
+                visit(v, depth + 1)
+        elif depth < 3 and isinstance(value, dict):
+            for v in value.values():
+                visit(v, depth + 1)
+
+    for m in model.modules():
+        if skip is not None and id(m) in skip:
+            continue
+        for name, value in vars(m).items():
+            if name not in ("_parameters", "_buffers", "_modules"):
+                visit(value, 0)
+    return list(found.values())
+
+
 class _RandomState:
     """Snapshot of every random stream the model draws from: the global CPU generator, the CUDA
-    generators (when CUDA is initialised) and each module's own ``generator``."""
+    generators (when CUDA is initialised) and every generator a module holds
+    (:func:`_held_generators`) but those in ``exclude`` (the LBD modules' dedicated generators,
+    which only the first evaluation draws from)."""
 
-    def __init__(self, model: nn.Module) -> None:
+    def __init__(self, model: nn.Module, exclude: set[int]) -> None:
         self.cpu = torch.get_rng_state()
         self.cuda = (
             torch.cuda.get_rng_state_all()
             if torch.cuda.is_available() and torch.cuda.is_initialized()
             else None
         )
-        gens: dict[int, torch.Generator] = {}
-        for m in model.modules():
-            g = getattr(m, "generator", None)
-            if isinstance(g, torch.Generator):
-                gens[id(g)] = g
-        self.generators = [(g, g.get_state()) for g in gens.values()]
+        self.generators = [
+            (g, g.get_state()) for g in _held_generators(model) if id(g) not in exclude
+        ]
 
     def restore(self) -> None:
         torch.set_rng_state(self.cpu)
@@ -411,11 +448,19 @@ def objective(
       ``pair="nograd"`` each evaluation of the pair sees its own batch statistics, which is
       exactly the function being differentiated.
 
-    The gradient-free evaluation leaves the model's buffers as it found them (BatchNorm running
-    statistics are updated once per step, by the evaluation that trains), and with
-    ``common_random_numbers`` it replays the random state of the first evaluation, so that other
-    noise in the model (``nn.Dropout``, Concrete masks, a VAE's :math:`\epsilon`) is the same in
-    both and only the LBD masks differ (unbiased, and lower variance). For a plain
+    The LBD uniforms come from streams that no other noise reads, so they are independent of all
+    other noise of the model whatever it does: a module's own ``generator`` when only LBD modules
+    hold it, else a stream of the step's own, seeded by one draw from the global generator (or
+    the shared generator) when the pair opens
+    (:class:`~bayesdrop.nn.learnable_bernoulli.PairStreams`). The gradient-free evaluation
+    leaves the model's buffers as it found them (BatchNorm running statistics are updated once
+    per step, by the evaluation that trains), and with ``common_random_numbers`` it replays the
+    random state of the first evaluation (the global CPU and CUDA generators and every
+    ``torch.Generator`` a module of ``model`` holds, under any attribute name, also inside a
+    list, tuple or dict), so that other noise in the model (``nn.Dropout``, Concrete masks, a VAE's
+    :math:`\epsilon`) is the same in both and only the LBD masks differ (lower variance). A
+    generator held elsewhere (a closure, a global variable) is not replayed: its noise then
+    differs between the two evaluations, which costs variance but no bias. For a plain
     ``nn.Sequential`` (or a ``split`` you declare) the layers before the first LBD module run
     once, and only the rest runs twice; the gradients are bit-identical to re-running the whole
     model.
@@ -453,7 +498,8 @@ def objective(
             that reshapes its batch) and always uses the whole-batch form, which is unbiased for
             every model; ``False`` asserts that no example's loss depends on another's masks.
         common_random_numbers: replay the random state for the second evaluation of
-            ``pair="nograd"`` (default ``True``); ``False`` draws other noise afresh.
+            ``pair="nograd"`` (default ``True``); ``False`` draws other noise afresh. Either way
+            the rate gradient is unbiased; the replay lowers its variance.
         split: ``(head, tail)`` with ``model(inputs) == tail(head(inputs))`` (``head`` receives
             ``inputs`` as the model would, ``tail`` one argument) and no LBD module in ``head``:
             ``head`` then runs once per step with ``pair="nograd"``. ``None`` splits a plain
@@ -524,7 +570,7 @@ def objective(
                     "batch would pool the statistics of both halves of the antithetic pair and "
                     "bias the rate gradient; use pair='nograd' (the default)"
                 )
-            with _pair_context(lbd, "concat", batch_dim, batch, False):
+            with _pair_context(lbd, "concat", batch_dim, batch, model):
                 out = run(tile_batch(inputs, 2, batch_dim, batch))
                 both = _per_example(nll(out, _concat_targets(targets, batch_dim, batch)), 2 * batch)
                 f1, f2 = both[:batch], both[batch:]
@@ -585,7 +631,10 @@ def _nograd_pair(
     if parts is None and split is None:
         parts = _sequential_split(model, inputs, lbd)
     whole_batch = coupled is not None
-    with _pair_context(lbd, "first", batch_dim, None if whole_batch else batch, replay):
+    with _pair_context(lbd, "first", batch_dim, None if whole_batch else batch, model) as (
+        streams,
+        clock,
+    ):
         if parts is not None:
             head, tail = parts
             x = call_model(head, inputs)
@@ -596,7 +645,7 @@ def _nograd_pair(
             forward: Callable[[Any], Any] = tail
         else:
             x, forward = inputs, run
-        state = _RandomState(model) if replay else None
+        state = _RandomState(model, streams.dedicated) if replay else None
         # Buffers the gradient-free pass updates in place (BatchNorm running statistics) are put
         # back, so that only the trained evaluation updates them. Only changed buffers are
         # written: an unchanged one (in a split's head) may be saved for backward already.
