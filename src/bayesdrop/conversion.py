@@ -1272,10 +1272,11 @@ def convert(
             "drop_path='fixed'" if drop_path_mode == "fixed" else f"{cls.__name__} has no bare form"
         )
         still = {dp.name: why for dp in drop_paths if not excluded & set(dp.names)}
+    by_name = {dp.name: dp for dp in drop_paths}
     for name, why in still.items():
         report.fixed[name] = (
-            f"drop path (stochastic depth) left as it was: {why}; its rate stays fixed, is not "
-            "learned, and is off under mc_predict"
+            f"{type(new.get_submodule(name)).__name__} (drop path, p={by_name[name].p:g}) left "
+            f"as it was: {why}; its rate stays fixed, is not learned, and is off under mc_predict"
         )
     _fixed_and_fast_paths(model, new, converted, {n for n, _ in split}, report)
     report.replacements = [_with_granularity(r, new) for r in report.replacements]

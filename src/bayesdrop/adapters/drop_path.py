@@ -4,7 +4,9 @@ Two conventions are recognised by their attributes, never by class names, and wi
 either library:
 
 * timm's ``DropPath``: attributes ``drop_prob`` (a number) and ``scale_by_keep`` (a bool); one
-  mask per example, scaled by ``1/keep`` when ``scale_by_keep``;
+  mask per example, scaled by ``1/keep`` when ``scale_by_keep``. The drop-path modules of
+  Hugging Face models (ConvNeXt, Swin, BEiT, ...) and of older timm hold ``drop_prob`` only and
+  always scale;
 * torchvision's ``StochasticDepth``: attributes ``p`` (a number) and ``mode`` (``"row"``: one
   mask per example, or ``"batch"``: one mask for the whole batch), always scaled by ``1/keep``.
 
@@ -76,8 +78,8 @@ def _site(m: nn.Module) -> tuple[float, bool, bool] | None:
     """``(p, per_example, scaled)`` if ``m`` is a drop-path module, else ``None``."""
     if m._parameters or m._modules:
         return None
-    drop_prob, scale_by_keep = getattr(m, "drop_prob", None), getattr(m, "scale_by_keep", None)
-    if _number(drop_prob) and isinstance(scale_by_keep, bool):  # timm
+    drop_prob, scale_by_keep = getattr(m, "drop_prob", None), getattr(m, "scale_by_keep", True)
+    if _number(drop_prob) and isinstance(scale_by_keep, bool):  # timm, transformers
         return float(drop_prob), True, scale_by_keep  # type: ignore[arg-type]
     p, mode = getattr(m, "p", None), getattr(m, "mode", None)
     if _number(p) and mode in ("row", "batch"):  # torchvision
