@@ -569,7 +569,7 @@ def test_read_not_called_functional_and_drop_path_are_listed():
     torch.manual_seed(0)
     model = Block()
     x = torch.randn(3, 5, 8)
-    new, report = convert(model, "lbd", example_inputs=x)
+    new, report = convert(model, "lbd", example_inputs=x, drop_path="fixed")
     assert {r.name: r.module for r in report.replacements} == {
         "attn.proj_drop": "attn.proj_drop",
         "drop": "fc2",
