@@ -160,9 +160,10 @@ def test_convert_hugging_face_model(hf_model, family):
     with torch.no_grad(), silenced(new, list(report.fixed)):
         torch.manual_seed(0)
         torch.testing.assert_close(new(**batch).logits, expected, rtol=0, atol=0)
-    with torch.no_grad():  # and without silencing, something does fire (the list is not empty)
-        torch.manual_seed(0)
-        assert not torch.equal(new(**batch).logits, expected)
+    if any("p = 0" not in why for why in report.fixed.values()):  # what is listed does fire
+        with torch.no_grad():
+            torch.manual_seed(0)
+            assert not torch.equal(new(**batch).logits, expected)
 
     # one training step
     new.train()
@@ -185,6 +186,8 @@ def test_convert_hugging_face_model(hf_model, family):
 def test_report_of_bert_names_what_stays_fixed():
     model, batch = build("bert")
     _, report = bayesdrop.convert(model, "lbd", example_inputs=batch)
+    assert not report.fixed  # attention dropout learned (attention="learned", the default)
+    _, report = bayesdrop.convert(model, "lbd", example_inputs=batch, attention="fixed")
     attention = "bert.encoder.layer.0.attention.self"
     assert report.fixed[f"{attention}.dropout"].startswith("Dropout(p=0.1) read, not called")
     assert "F.scaled_dot_product_attention(dropout_p=0.1)" in report.fixed[attention]

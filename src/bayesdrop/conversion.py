@@ -76,8 +76,11 @@ from torch.overrides import TorchFunctionMode
 from torch.utils._pytree import tree_leaves
 
 from ._validation import check_probability
+from .adapters.attention import AttentionRouting, route_attention_dropout
 from .adapters.batches import call_model
+from .adapters.drop_path import DropPathSite, find_drop_paths, replace_drop_paths
 from .nn._base import DropoutModule
+from .nn.drop_path import DropPath
 from .nn.wrapped_layers import SUPPORTED_LAYERS
 
 __all__ = [
@@ -122,11 +125,6 @@ _BARE_CONSEQUENCE = {
         "without the term weight_regularizer·‖W‖²/(1-p) the weights a bare layer feeds get no "
         "prior from it (keep weight decay on them), and its rates are set by the data fit and the "
         "entropy term -dropout_regularizer·K·H(p), which alone pulls p toward 0.5"
-    ),
-    "VariationalDropout": (
-        "a bare layer counts the log-uniform KL once per unit instead of once per weight the unit "
-        "feeds (its fan-out is unknown), so the prior's pull on its rates is understated by that "
-        "factor"
     ),
 }
 
@@ -242,6 +240,11 @@ class ChannelDropout(nn.Module):
         super().__init__()
         self.dropout = dropout
 
+    @property
+    def p(self) -> Tensor:
+        """The inner module's drop probabilities (model code may read a dropout's ``p``)."""
+        return self.dropout.p
+
     def forward(self, x: Tensor) -> Tensor:
         if x.dim() < 2:
             raise ValueError(f"channel dropout needs an (N, C, *) input, but got {tuple(x.shape)}")
@@ -263,6 +266,11 @@ class SingleRateDropout(nn.Module):
         super().__init__()
         self.dropout = dropout
 
+    @property
+    def p(self) -> Tensor:
+        """The inner module's drop probability (model code may read a dropout's ``p``)."""
+        return self.dropout.p
+
     def forward(self, x: Tensor) -> Tensor:
         return self.dropout(x.unsqueeze(-1)).squeeze(-1)
 
@@ -281,6 +289,11 @@ class ChannelRateDropout(nn.Module):
     def __init__(self, dropout: DropoutModule) -> None:
         super().__init__()
         self.dropout = dropout
+
+    @property
+    def p(self) -> Tensor:
+        """The inner module's drop probabilities (model code may read a dropout's ``p``)."""
+        return self.dropout.p
 
     def forward(self, x: Tensor) -> Tensor:
         if x.dim() < 3:
@@ -968,9 +981,10 @@ def convert(
     example_inputs: Any = None,
     exclude: Iterable[str] = (),
     single_rate: Iterable[str] = (),
-    attention: bool = True,
+    attention: Literal["learned", "fixed"] | bool = "learned",
     rnn: bool = True,
     zero_p: Literal["keep"] | float = "keep",
+    drop_path: Literal["learned", "fixed"] = "learned",
     **options: Any,
 ) -> tuple[nn.Module, ConversionReport]:
     """Return a copy of ``model`` whose ``nn.Dropout*`` layers are replaced by ``family``.
@@ -995,11 +1009,20 @@ def convert(
         exclude: dotted names of dropout layers to leave as they are (they are not traced).
         single_rate: dotted names of ``nn.Dropout`` layers that get one rate shared by every
             element (for inputs whose last dimension is not a feature, e.g. a sequence position).
-        attention: also convert the attention-probability dropout of every
-            ``nn.MultiheadAttention`` with ``dropout > 0`` (it becomes a
+        attention: ``"learned"`` (default; ``True`` is the same) also converts the
+            attention-probability dropout that no module applies: every
+            ``nn.MultiheadAttention`` with ``dropout > 0`` becomes a
             :class:`~bayesdrop.conversion.DropoutMultiheadAttention` whose ``attn_drop`` is the
-            family, one rate per layer); ``False`` keeps it functional and fixed. ``exclude``
-            may name such a layer.
+            family; Hugging Face
+            transformers models (found by duck typing; they need ``example_inputs``) and
+            timm-style attention with ``fused_attn`` are switched, on the copy, to an attention
+            path that calls a dropout module on the attention probabilities
+            (:func:`bayesdrop.adapters.route_attention_dropout`: the model's own dropout module, or
+            a new ``nn.Dropout`` named ``attn_drop`` where the model passes a float rate; eval
+            outputs of transformers models stay bit for bit the same), which is then converted
+            like any dropout, one rate per layer. ``"fixed"`` (or ``False``) keeps all of it
+            functional, fixed and listed in the report's ``fixed``. ``exclude`` may name
+            such a layer or its dropout module.
         rnn: also convert the dropout between the layers of every stacked ``nn.LSTM/GRU/RNN``
             with ``dropout > 0``: it becomes a :class:`~bayesdrop.conversion.StackedRNN`
             (one-layer copies with the same weights; ``state_dict`` keys ``rnns.<i>...``) whose
@@ -1010,6 +1033,14 @@ def convert(
             libraries as a placeholder): ``"keep"`` (default) leaves them as they are and lists
             them in the report's ``fixed``; a float in (0, 1) converts them with that
             starting rate (eval outputs are unchanged; training then learns the rate).
+        drop_path: ``"learned"`` (default) replaces every drop-path (stochastic depth) module,
+            found by duck typing (timm's ``DropPath``: ``drop_prob`` and ``scale_by_keep``;
+            torchvision's ``StochasticDepth``: ``p`` and ``mode``), by a
+            :class:`~bayesdrop.nn.DropPath` of the family (bare form, one unit: one learned rate
+            per residual block, one mask per example), starting at its rate; modules with
+            rate 0, ``mode="batch"`` or ``scale_by_keep=False`` stay and are listed in
+            :attr:`ConversionReport.fixed`, as are all of them with ``"fixed"`` or a family
+            without a bare form. ``exclude`` may name such a module.
         **options: passed to every family constructor (they override the carried-over ``p``).
 
     Returns:
@@ -1045,8 +1076,16 @@ def convert(
     if form == "bare" and not has_bare:
         raise ValueError(f"{cls.__name__} has no bare form (it needs a layer); use form='wrap'")
     wraps = can_wrap and form == "wrap"
+    attention_mode = _choice("attention", attention, bools=True)
+    drop_path_mode = _choice("drop_path", drop_path, bools=False)
 
     new = copy.deepcopy(model)
+    # attention dropout that is read, not called, becomes a called module before the trace
+    routing = (
+        route_attention_dropout(new, example_inputs)
+        if attention_mode == "learned"
+        else AttentionRouting()
+    )
     # every dropout module object, with all the names it is reachable under
     sites: list[_Site] = []
     index: dict[int, _Site] = {}
@@ -1070,8 +1109,10 @@ def convert(
         for name, m in new.named_modules()
         if isinstance(m, nn.RNNBase) and m.num_layers > 1 and m.dropout > 0
     ]
+    drop_paths = find_drop_paths(new)
     known = {n for s in sites for n in s.names} | set(alpha)
     known |= {n for n, _ in attentions} | {n for n, _ in stacked}
+    known |= {n for s in drop_paths for n in s.names}
     excluded = _check_names("exclude", exclude, known)
     single = _check_names("single_rate", single_rate, known)
     for full in alpha:
@@ -1096,12 +1137,12 @@ def convert(
     feeds: dict[str, str] = {}
     units: dict[str, int] = {}
     if traced:
-        layer_calls = _trace(model, example_inputs, active)
+        layer_calls = _trace(new, example_inputs, active)
     else:
         feeds, units = _adjacent(new, active)
 
-    if not isinstance(rnn, bool) or not isinstance(attention, bool):
-        raise TypeError("attention and rnn must be bools")
+    if not isinstance(rnn, bool):
+        raise TypeError(f"rnn must be a bool, but got {rnn!r}")
     report = ConversionReport(cls.__name__)
     split = [(n, m) for n, m in stacked if rnn and n not in excluded]
     for name, m in split:
@@ -1195,7 +1236,7 @@ def convert(
             raise type(err)(f"converting '{name}' to {cls.__name__}: {err}") from err
         converted.append(name)
     for name, mha in attentions:
-        if not attention or name in excluded:
+        if attention_mode == "fixed" or name in excluded:
             continue
         if not has_bare:
             report.notes.append(
@@ -1208,6 +1249,32 @@ def convert(
         except (TypeError, ValueError) as err:
             raise type(err)(f"converting '{name}' to {cls.__name__}: {err}") from err
         converted.append(f"{name}.attn_drop")
+    _report_routing(routing, report)
+    if drop_path_mode == "learned" and has_bare:
+        try:
+            replaced, still = replace_drop_paths(
+                new, partial(_learned_drop_path, cls, params, options), excluded
+            )
+        except (TypeError, ValueError) as err:
+            raise type(err)(f"converting a drop-path module to {cls.__name__}: {err}") from err
+        for dp in replaced:
+            report.replacements.append(
+                Replacement(
+                    dp.name, dp.original, dp.p, dp.name, None, "drop path", 1, _prior(cls, None)
+                )
+            )
+            converted.append(dp.name)
+    else:
+        why = (
+            "drop_path='fixed'" if drop_path_mode == "fixed" else f"{cls.__name__} has no bare form"
+        )
+        still = {dp.name: why for dp in drop_paths if not excluded & set(dp.names)}
+    by_name = {dp.name: dp for dp in drop_paths}
+    for name, why in still.items():
+        report.fixed[name] = (
+            f"{type(new.get_submodule(name)).__name__} (drop path, p={by_name[name].p:g}) left "
+            f"as it was: {why}; its rate stays fixed, is not learned, and is off under mc_predict"
+        )
     _fixed_and_fast_paths(model, new, converted, {n for n, _ in split}, report)
     report.replacements = [_with_granularity(r, new) for r in report.replacements]
     if traced:
@@ -1361,6 +1428,11 @@ def _needs_units(cls: type, params: dict[str, inspect.Parameter], site: _Site) -
 def _prior(cls: type, wrapped: str | None) -> str:
     if getattr(cls, "kl", None) is DropoutModule.kl:
         return "none (fixed rate, no prior term)"
+    if cls.__name__ == "VariationalDropout" and wrapped is None:
+        return (
+            "full: the log-uniform KL, one term per unit as in the wrapped form (the default "
+            "kl_terms='noise'; kl_terms='weight' needs the wrapped form)"
+        )
     if wrapped is not None:
         return f"full: rate term and weight term over the input weights of '{wrapped}'"
     return "rate term only: the weights it feeds are unknown, so no weight term"
@@ -1375,7 +1447,15 @@ def _wrap(
     p: float,
 ) -> Replacement:
     layer = modules[target]
+    if "init_max_log_alpha" in _params(cls):
+        # a trained layer: no weight starts as noise only because it is small (alpha <= 1, and
+        # log alpha at least 1 below the pruning threshold), and eval keeps every weight until
+        # the module is trained
+        threshold = float(kwargs.get("threshold", _params(cls)["threshold"].default))
+        kwargs = {"init_max_log_alpha": min(0.0, threshold - 1.0), **kwargs}
     module = cls(layer, **kwargs)
+    if hasattr(module, "keep_dense_until_trained"):
+        module.keep_dense_until_trained()
     ref = _ref_tensor(layer)
     if ref is not None:
         module.to(device=ref.device, dtype=ref.dtype)
@@ -1504,6 +1584,58 @@ def _rate_kwargs(
         kwargs["p"] = p
     kwargs.update(options)
     return kwargs
+
+
+def _choice(arg: str, value: Any, bools: bool) -> str:
+    """``"learned"`` or ``"fixed"`` from ``value`` (``True``/``False`` too when ``bools``)."""
+    if bools and isinstance(value, bool):
+        return "learned" if value else "fixed"
+    if isinstance(value, str) and value in ("learned", "fixed"):
+        return value
+    accepted = "'learned', 'fixed', True or False" if bools else "'learned' or 'fixed'"
+    raise ValueError(f"{arg} must be {accepted}, but got {value!r}")
+
+
+def _learned_drop_path(
+    cls: type, params: dict[str, inspect.Parameter], options: dict[str, Any], site: DropPathSite
+) -> nn.Module:
+    """A :class:`~bayesdrop.nn.DropPath` of the family, one unit, starting at the site's rate."""
+    kwargs = _rate_kwargs(params, site.p, options)
+    if "num_features" in params:
+        kwargs["num_features"] = 1
+    try:
+        module = DropPath(cls(**kwargs))
+    except (TypeError, ValueError) as err:
+        raise type(err)(f"'{site.name}': {err}") from err
+    return module
+
+
+def _report_routing(routing: AttentionRouting, report: ConversionReport) -> None:
+    """What :func:`route_attention_dropout` changed, in the report's notes and ``fixed``."""
+    for name, why in routing.fixed.items():
+        report.fixed.setdefault(
+            name or "<model>",
+            f"attention-probability dropout left as it was: {why}; its rate stays fixed, is not "
+            "learned, and is off under mc_predict",
+        )
+    if routing.implementation is not None:
+        report.notes.append(
+            f"transformers models switched to the attention implementation "
+            f"'{routing.implementation}': the same computation, with the attention probabilities "
+            "dropped by a called module in training and under mc_predict (eval outputs are bit "
+            "for bit the original's)"
+        )
+    for dotted, rate in routing.attached.items():
+        report.notes.append(
+            f"'{dotted}': nn.Dropout({rate:g}) added for the attention probabilities (the model "
+            "passed the rate as a number to its attention function)"
+        )
+    fused = routing.unfused
+    if fused:
+        report.notes.append(
+            f"fused_attn switched off in {fused} so that attn_drop is called (eval outputs agree "
+            "to rounding)"
+        )
 
 
 def _attention(
