@@ -34,9 +34,14 @@ def classifier(out: int = 3) -> nn.Module:
 X = torch.randn(B, 4, dtype=torch.float64)
 
 
-class Pair(nn.Module):
+class Words(nn.Module):
     def forward(self, x):
-        return x, x
+        return "logits"
+
+
+class Hidden(nn.Module):
+    def forward(self, x):
+        return {"hidden_states": x}
 
 
 class IntOut(nn.Module):
@@ -168,13 +173,13 @@ CASES = [
         "x list of numbers",
         lambda: mc_predict(classifier(), [1, 2], 2),
         TypeError,
-        "x must be a Tensor or a non-empty tuple/list",
+        "x must be a Tensor, a non-empty tuple/list",
     ),
     (
         "x empty tuple",
         lambda: mc_predict(classifier(), (), 2),
         TypeError,
-        "x must be a Tensor or a non-empty tuple/list",
+        "x must be a Tensor, a non-empty tuple/list",
     ),
     (
         "x numpy array",
@@ -263,10 +268,22 @@ CASES = [
         r"class_dim=0 is the batch dimension of the model output \(3, 3\)",
     ),
     (
-        "model returns a tuple",
-        lambda: mc_predict(Pair(), X, 20),
+        "model returns a string",
+        lambda: mc_predict(Words(), X, 20),
         TypeError,
-        "model must return a Tensor, but it returned tuple",
+        "model must return a Tensor, a mapping .* but it returned str",
+    ),
+    (
+        "mapping output without the key",
+        lambda: mc_predict(Hidden(), X, 20),
+        ValueError,
+        r"without an entry 'logits'; its entries are \['hidden_states'\]",
+    ),
+    (
+        "output_key not a string",
+        lambda: mc_predict(classifier(), X, 20, output_key=1),
+        TypeError,
+        "output_key must be a string",
     ),
     (
         "model returns integers",
@@ -326,7 +343,7 @@ def test_refused_clearly(call, exc, match):
 
 def test_number_of_cases():
     """The README's reliability section quotes this count."""
-    assert len(CASES) == 43
+    assert len(CASES) == 45
 
 
 class FunctionalDropout(nn.Module):

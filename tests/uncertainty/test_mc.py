@@ -552,12 +552,12 @@ def test_bad_arguments():
     with pytest.raises(ValueError, match="at least 2 classes"):
         mc_predict(nn.Linear(4, 1).double(), x, 2)
 
-    class Pair(nn.Module):
+    class Words(nn.Module):
         def forward(self, x):
-            return x, x
+            return "logits"
 
     with pytest.raises(TypeError, match="must return a Tensor"):
-        mc_predict(Pair(), x, 2)
+        mc_predict(Words(), x, 2)
     with pytest.raises(ValueError, match="output_batch_dim"):
         mc_predict(nn.Flatten(0), x, 2)
 

@@ -92,6 +92,31 @@ class DropoutModule(nn.Module):
         check_input_dtype(data, self._input_dtype(), owner=type(self).__name__)
 
     # ------------------------------------------------------------------ the wrapper form
+    def __getattr__(self, name: str) -> Any:
+        """Parameters, buffers and submodules; then, in the wrapper form, the wrapped layer's.
+
+        A wrapper stands where its layer stood, so code written for the layer keeps working on
+        it: ``wrapper.weight``, ``wrapper.bias``, ``wrapper.in_features``,
+        ``wrapper.kernel_size``, ``wrapper.weight.dtype``, ... are read from ``wrapper.layer``
+        (the same objects, not copies). Only reads are forwarded, and only names the wrapper
+        does not have itself; ``state_dict`` keys are unchanged (the layer's stay under
+        ``layer.``).
+        """
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            modules = self.__dict__.get("_modules")
+            layer = modules.get("layer") if modules is not None else None
+            if layer is None or name.startswith("__"):
+                raise
+            try:
+                return getattr(layer, name)
+            except AttributeError:
+                raise AttributeError(
+                    f"'{type(self).__name__}' object (wrapping {type(layer).__name__}) has no "
+                    f"attribute '{name}'"
+                ) from None
+
     def _drop(self, x: Tensor) -> Tensor:
         """Sample the input noise of the wrapper/bare form: ``x`` times a fresh mask.
 

@@ -25,7 +25,7 @@ import os
 import time
 import warnings
 import weakref
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -35,6 +35,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .._validation import check_choice, check_int, check_positive
+from ..adapters.batches import batch_size, call_model, check_batch, prediction, tensors, tile_batch
 from ..nn._base import DropoutModule
 from ._per_sample_streams import PerSampleRandomness, Untileable
 
@@ -228,18 +229,36 @@ def sample_seeds(num_samples: int, generator: torch.Generator | None = None) -> 
     return [int(s) for s in seeds.tolist()]
 
 
-def _check_inputs(x: Any) -> tuple[Tensor, ...]:
+#: A batch as the passes use it: the positional arguments (a tensor ``x`` is ``(x,)``) or the
+#: keyword arguments of the model.
+_Batch = tuple[Tensor, ...] | dict[str, Any]
+
+
+def _check_inputs(x: Any) -> _Batch:
     if isinstance(x, Tensor):
         return (x,)
     if isinstance(x, (tuple, list)) and x and all(isinstance(t, Tensor) for t in x):
         return tuple(x)
-    raise TypeError("x must be a Tensor or a non-empty tuple/list of Tensors")
+    if isinstance(x, Mapping):
+        check_batch(x, "x")
+        return dict(x)
+    raise TypeError(
+        "x must be a Tensor, a non-empty tuple/list of Tensors (model(*x)) or a mapping such as "
+        f"a dict or a Hugging Face BatchEncoding (model(**x)), but got {type(x).__name__}"
+    )
 
 
-def _tile(x: Tensor, copies: int, dim: int) -> Tensor:
-    if copies == 1:
-        return x
-    return torch.cat([x] * copies, dim=dim)
+def _entries(inputs: _Batch) -> list[tuple[str, Tensor]]:
+    """Every tensor of a batch with its name in the caller's terms (``x``, ``x[1]``, ``x['ids']``)."""
+    if isinstance(inputs, dict):
+        return [
+            (f"x[{k!r}]", t)
+            for k, v in inputs.items()
+            for t in ([v] if isinstance(v, Tensor) else tensors(v))
+        ]
+    if len(inputs) == 1:
+        return [("x", inputs[0])]
+    return [(f"x[{i}]", t) for i, t in enumerate(inputs)]
 
 
 def _is_oom(err: BaseException) -> bool:
@@ -374,8 +393,8 @@ _PLANS: weakref.WeakKeyDictionary[nn.Module, dict[tuple[Any, ...], _TilePlan]] =
 )
 
 
-def _plan_key(inputs: Sequence[Tensor], batch_dim: int, exact: bool) -> tuple[Any, ...]:
-    shapes = tuple((tuple(t.shape), t.dtype, str(t.device)) for t in inputs)
+def _plan_key(inputs: _Batch, batch_dim: int, exact: bool) -> tuple[Any, ...]:
+    shapes = tuple((name, tuple(t.shape), t.dtype, str(t.device)) for name, t in _entries(inputs))
     return (shapes, batch_dim, bool(exact), torch.get_num_threads())
 
 
@@ -389,7 +408,7 @@ def _plan_for(model: nn.Module, key: tuple[Any, ...]) -> _TilePlan:
 
 def tile_choice(
     model: nn.Module,
-    x: Tensor | Sequence[Tensor],
+    x: Tensor | Sequence[Tensor] | Mapping[str, Any],
     *,
     batch_dim: int = 0,
     exact: bool = True,
@@ -500,6 +519,7 @@ def mc_predict(
     keep_samples: bool = True,
     moments_method: str = "unscented",
     exact: bool = True,
+    output_key: str = "logits",
 ) -> MCClassification | MCRegression:
     r"""Predict with ``num_samples`` stochastic passes of ``model`` (MC dropout for any dropout model).
 
@@ -579,9 +599,16 @@ def mc_predict(
     ``var + 1/noise_precision``.
 
     Args:
-        model: the network; its forward takes ``x`` (a tuple/list is unpacked) and returns a
-            Tensor.
-        x: a batch, or a tuple/list of tensors sharing the batch dimension ``batch_dim``.
+        model: the network, called as ``model(x)`` for a tensor, ``model(*x)`` for a tuple/list
+            and ``model(**x)`` for a mapping (a keyword batch). Its prediction is what it
+            returns when that is a tensor, the entry ``output_key`` of a mapping output (a
+            Hugging Face ``ModelOutput``: ``logits`` by default) and the first element of a
+            tuple/list (see :mod:`bayesdrop.adapters.batches`).
+        x: a batch: a tensor, a tuple/list of tensors sharing the batch dimension
+            ``batch_dim``, or a mapping of keyword arguments (a dict, a Hugging Face
+            ``BatchEncoding``), whose entries with the batch size along ``batch_dim`` are the
+            batched ones (tiled with the passes; every other entry is passed unchanged); the
+            batch size is that of its first tensor with dimension ``batch_dim``.
         num_samples: number of passes :math:`S \ge 1` (10 when not given).
         task: ``"classification"`` or ``"regression"``.
         output: for classification, what the model returns: ``"logits"`` (softmax is applied
@@ -601,6 +628,8 @@ def mc_predict(
         moments_method: ``method=`` passed to ``expected_softmax`` for moment models.
         exact: per-pass random streams (tiling-invariant, the default) or one stream per
             tiled call (faster on GPUs, see above).
+        output_key: the entry of a mapping output (``dict``, ``ModelOutput``) that is the
+            prediction (default ``"logits"``); not used for outputs of other types.
 
     Returns:
         :class:`MCClassification` or :class:`MCRegression`.
@@ -645,10 +674,12 @@ def mc_predict(
         )
     if max_batch is not None:
         max_batch = check_int("max_batch", max_batch)
+    if not isinstance(output_key, str):
+        raise TypeError(f"output_key must be a string, but got {type(output_key).__name__}")
     inputs = _check_inputs(x)
-    for i, t in enumerate(inputs):
-        where = "x" if len(inputs) == 1 else f"x[{i}]"
-        if t.dim() <= batch_dim or t.dim() < -batch_dim:
+    entries = _entries(inputs)
+    for where, t in entries:
+        if isinstance(inputs, tuple) and (t.dim() <= batch_dim or t.dim() < -batch_dim):
             raise ValueError(
                 f"{where} has no batch dimension batch_dim={batch_dim}: shape {tuple(t.shape)}"
             )
@@ -659,10 +690,13 @@ def mc_predict(
             and not bool(torch.isfinite(t).all())
         ):
             raise ValueError(f"{where} must be finite, but it contains NaN or inf")
-    batch = int(inputs[0].shape[batch_dim])
+    if isinstance(inputs, dict):
+        batch = batch_size(inputs, batch_dim, "x")
+    else:
+        batch = int(inputs[0].shape[batch_dim])
     if batch < 1:
         raise ValueError("x must hold at least one example")
-    if any(int(t.shape[batch_dim]) != batch for t in inputs):
+    if isinstance(inputs, tuple) and any(int(t.shape[batch_dim]) != batch for t in inputs):
         raise ValueError(
             f"all tensors in x must share the batch size along batch_dim={batch_dim}, got "
             f"{[tuple(t.shape) for t in inputs]}"
@@ -681,7 +715,7 @@ def mc_predict(
     measure = max_batch is None and exact
     plan = _plan_for(model, _plan_key(inputs, batch_dim, exact)) if measure else None
     cap = num_samples if max_batch is None else max(1, max_batch // batch)
-    device = inputs[0].device
+    device = entries[0][1].device
     direct = not _foreign_generators(model)
     done = 0
     with (
@@ -699,7 +733,9 @@ def mc_predict(
             failed = False
             try:
                 start = _clock(device) if timed else 0.0
-                outs = _passes(model, inputs, chunk, batch, batch_dim, obd, exact, direct)
+                outs = _passes(
+                    model, inputs, chunk, batch, batch_dim, obd, exact, direct, output_key
+                )
                 elapsed = _clock(device) - start if timed else None
             except Untileable:
                 if c == 1:
@@ -724,7 +760,9 @@ def mc_predict(
                 # the tiled call failed: one pass reports a real error in the terms of x (its
                 # batch size and shapes, not the tiled ones); if one pass works, the model
                 # cannot run tiled batches and gets one pass per call
-                outs = _passes(model, inputs, chunk[:1], batch, batch_dim, obd, exact, direct)
+                outs = _passes(
+                    model, inputs, chunk[:1], batch, batch_dim, obd, exact, direct, output_key
+                )
                 cap = 1
                 acc.add(outs, done)
                 done += 1
@@ -735,13 +773,14 @@ def mc_predict(
 
 def _passes(
     model: nn.Module,
-    inputs: tuple[Tensor, ...],
+    inputs: _Batch,
     seeds: list[int],
     batch: int,
     batch_dim: int,
     obd: int,
     exact: bool,
     direct: bool,
+    output_key: str,
 ) -> Tensor:
     """Run ``len(seeds)`` passes in one call; the outputs as ``(passes, *one_pass_shape)``."""
     c = len(seeds)
@@ -749,15 +788,14 @@ def _passes(
         # one pass: seeding the default generators is the same stream as the per-sample one
         # and spares every op of the forward the dispatch through the torch-function mode
         # (the caller restores the default generators when the passes are done)
-        for g in _default_generators(inputs[0].device):
+        for g in _default_generators(_entries(inputs)[0][1].device):
             g.manual_seed(seeds[0])
-        out = model(*inputs)
+        raw = call_model(model, inputs)
     else:
-        tiled = [_tile(t, c, batch_dim) for t in inputs]
+        tiled = tile_batch(inputs, c, batch_dim, batch)
         with PerSampleRandomness(seeds, batch, batch_dim, split=exact):
-            out = model(*tiled)
-    if not isinstance(out, Tensor):
-        raise TypeError(f"model must return a Tensor, but it returned {type(out).__name__}")
+            raw = call_model(model, tiled)
+    out = prediction(raw, output_key if isinstance(raw, Mapping) else None)
     if out.dim() <= obd or out.dim() < -obd or out.shape[obd] != c * batch:
         if c > 1:
             raise _TiledOutputMismatch
@@ -975,7 +1013,7 @@ class _Accumulator:
 
 def _from_moments(
     model: nn.Module,
-    inputs: tuple[Tensor, ...],
+    inputs: _Batch,
     task: str,
     class_dim: int,
     noise_var: float,
@@ -985,7 +1023,7 @@ def _from_moments(
     model.eval()
     try:
         with torch.no_grad():
-            mean, var = model.output_moments(*inputs)  # type: ignore[operator]
+            mean, var = call_model(model.output_moments, inputs)  # type: ignore[arg-type]
     finally:
         for m, training in modes:
             m.training = training
