@@ -708,7 +708,7 @@ def mc_predict(
     if callable(moments):
         return _from_moments(model, inputs, task, class_dim, noise_var, moments_method)
 
-    _check_passes_fit(num_samples, batch, keep_samples, inputs[0].device)
+    _check_passes_fit(num_samples, batch, keep_samples, entries[0][1].device)
     seeds = sample_seeds(num_samples, generator)
     acc = _Accumulator(task, output, class_dim, keep_samples, batch, obd, num_samples)
     # exact=False results depend on the tile, so its tile is never measured (all passes at once)
