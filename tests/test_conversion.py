@@ -23,6 +23,7 @@ from bayesdrop.conversion import (
     resolve_family,
 )
 from bayesdrop.nn import ConcreteDropout, DropoutModule, LearnableBernoulliDropout, MCDropout
+from bayesdrop.nn.additive_gaussian import AdditiveGaussianDropout
 
 
 def mlp() -> nn.Sequential:
@@ -840,3 +841,49 @@ def test_keyword_batches_and_mapping_outputs():
     assert isinstance(new.fc, LearnableBernoulliDropout) and report.replacements[0].wrapped == "fc"
     model.eval(), new.eval()
     torch.testing.assert_close(new(**batch)["logits"], model(**batch)["logits"], rtol=0, atol=0)
+
+
+# ------------------------------------------------------------------ sparse families: eval unchanged
+@pytest.mark.parametrize("family", ["sparse", "ard"])
+@pytest.mark.parametrize("rule", ["log_alpha", "magnitude"])
+def test_sparse_families_leave_eval_outputs_unchanged_until_trained(family, rule):
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Linear(64, 40), nn.ReLU(), nn.Dropout(0.2), nn.Linear(40, 64), nn.Dropout(0.1)
+    )
+    model.append(nn.Linear(64, 3))
+    with torch.no_grad():
+        model[3].weight[0, :5] = torch.tensor([1e-3, -1e-4, 1e-6, 0.0, 5e-3])  # small weights
+    x = torch.randn(16, 64)
+    new, _ = convert(model, family, prune_rule=rule)
+    wrapped = [new[3], new[5]]
+    assert all(isinstance(m, AdditiveGaussianDropout) for m in wrapped)
+    # with the papers' constant initialisation these would be dropped at once
+    fresh = type(wrapped[0])(copy.deepcopy(model[3]), prune_rule=rule)
+    assert int((~fresh.keep_mask()).sum()) > 0
+    model.eval(), new.eval()
+    torch.testing.assert_close(new(x), model(x), rtol=0, atol=0)
+    for m in wrapped:
+        assert bool(m.keep_mask().all()) and bool(m.dense_until_trained)
+        nonzero = m.theta != 0
+        assert float(m.log_alpha[nonzero].max()) <= min(0.0, m.threshold - 1.0) + 1e-5
+    # state_dict round trip, and a checkpoint saved before the flag existed counts as trained
+    state = new.state_dict()
+    again, _ = convert(model, family, prune_rule=rule)
+    again.load_state_dict(state)
+    assert bool(again[3].dense_until_trained)
+    old = {k: v for k, v in state.items() if not k.endswith("dense_until_trained")}
+    again.load_state_dict(old)
+    assert not bool(again[3].dense_until_trained)
+    # one training step: the rule applies from then on
+    new.train()
+    loss = bayesdrop.objective(new, x, torch.zeros(16, dtype=torch.long), _ce, n_data=100)
+    loss.backward()
+    assert not any(bool(m.dense_until_trained) for m in wrapped)
+    if rule == "magnitude":
+        new.eval()
+        assert not bool(new[3].keep_mask()[0, :5].any())  # the small weights are dropped now
+
+
+def _ce(out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    return F.cross_entropy(out, y, reduction="none")

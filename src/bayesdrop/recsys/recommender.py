@@ -1,6 +1,6 @@
 """Top-k recommendations from a trained model, in the data's own user and item ids.
 
-A checkpoint written by :func:`~bayesdrop.recsys.train` (``bayesdrop recsys train
+A checkpoint written by :func:`~bayesdrop.recsys.trainer.train` (``bayesdrop recsys train
 --checkpoint``) holds the model, its best-epoch weights and the split with the data's ids, so it
 answers on its own::
 
@@ -45,7 +45,7 @@ class TrainedRun:
 
     Attributes:
         path: the checkpoint file.
-        config: the run's :class:`~bayesdrop.recsys.TrainConfig`.
+        config: the run's :class:`~bayesdrop.recsys.trainer.TrainConfig`.
         model: the model with its best-epoch weights.
         split: the split it was trained on, with the data's ids.
         best_epoch: the epoch whose weights these are (``None`` for EASE and popularity).
@@ -66,7 +66,7 @@ class TrainedRun:
 
 
 def load_run(path: str | os.PathLike[str], device: str = "cpu") -> TrainedRun:
-    """Open a checkpoint of :func:`~bayesdrop.recsys.train` (``weights_only=True``).
+    """Open a checkpoint of :func:`~bayesdrop.recsys.trainer.train` (``weights_only=True``).
 
     Raises:
         CheckpointError: the file is missing, corrupt, truncated or not such a checkpoint.
