@@ -498,6 +498,61 @@ def test_trace_sees_in_place_writes():
     assert report.replacements[0].form == "wrapped"
 
 
+@pytest.mark.parametrize("proj_size", [0, 3])
+@pytest.mark.parametrize("batch_first", [True, False])
+def test_stacked_bidirectional_lstm_with_initial_states_is_the_original(proj_size, batch_first):
+    """A 3-layer bidirectional LSTM given (h0, c0): each layer and direction must take its own
+    slice of both states (h0 has proj_size features, c0 hidden_size). Outputs, final states and
+    the gradients with respect to the input, both initial states and every weight equal the
+    original's; also on a packed, unsorted batch."""
+    torch.manual_seed(0)
+    layers, d, hidden = 3, 2, 6
+    rnn = nn.LSTM(
+        4,
+        hidden,
+        num_layers=layers,
+        bidirectional=True,
+        batch_first=batch_first,
+        proj_size=proj_size,
+        dropout=0.4,
+    ).double()
+    stack = StackedRNN(rnn).double()
+    rnn.eval(), stack.eval()
+    h_size = proj_size or hidden
+    x = torch.randn(3, 5, 4, dtype=torch.float64) if batch_first else torch.randn(5, 3, 4).double()
+    h0 = torch.randn(layers * d, 3, h_size, dtype=torch.float64)
+    c0 = torch.randn(layers * d, 3, hidden, dtype=torch.float64)
+    results = []
+    for model in (rnn, stack):
+        xs, hs, cs = (t.clone().requires_grad_() for t in (x, h0, c0))
+        out, (hn, cn) = model(xs, (hs, cs))
+        # a loss that weighs every output, final state and direction differently
+        w = torch.linspace(-1, 2, out.numel(), dtype=torch.float64).reshape(out.shape)
+        loss = (
+            (w * out).sum()
+            + (hn * hn.flip(0)).sum()
+            + 0.5 * (cn**2 * torch.arange(1, 7).double().view(6, 1, 1)).sum()
+        )
+        model.zero_grad()
+        loss.backward()
+        results.append((out.detach(), hn.detach(), cn.detach(), xs.grad, hs.grad, cs.grad))
+    for want, got in zip(*results):
+        torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+    for i, one in enumerate(stack.rnns):
+        for name, param in one.named_parameters():
+            ref = getattr(rnn, name.replace("_l0", f"_l{i}"))
+            torch.testing.assert_close(param.grad, ref.grad, rtol=1e-12, atol=1e-12)
+    lengths = torch.tensor([3, 5, 2])
+    packed = nn.utils.rnn.pack_padded_sequence(
+        x, lengths, batch_first=batch_first, enforce_sorted=False
+    )
+    with torch.no_grad():
+        (po, (ph, pc)), (qo, (qh, qc)) = rnn(packed, (h0, c0)), stack(packed, (h0, c0))
+    torch.testing.assert_close(qo.data, po.data, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(qh, ph, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(qc, pc, rtol=1e-12, atol=1e-12)
+
+
 # ------------------------------------------------------------------ models as libraries write them
 class FusedAttention(nn.Module):
     """Attention that reads its dropout module's rate and passes it to a fused kernel (as BERT,

@@ -21,6 +21,7 @@ For regression with homoscedastic noise precision :math:`\tau`,
 from __future__ import annotations
 
 import math
+import os
 import time
 import warnings
 import weakref
@@ -708,6 +709,7 @@ def mc_predict(
     if callable(moments):
         return _from_moments(model, inputs, task, class_dim, noise_var, moments_method)
 
+    _check_passes_fit(num_samples, batch, keep_samples, entries[0][1].device)
     seeds = sample_seeds(num_samples, generator)
     acc = _Accumulator(task, output, class_dim, keep_samples, batch, obd, num_samples)
     # exact=False results depend on the tile, so its tile is never measured (all passes at once)
@@ -1046,3 +1048,50 @@ def _from_moments(
     mi = (_entropy(p_sigma.mean(-2), -1) - exp_h).clamp_min(0.0)
     probs = probs.movedim(-1, class_dim)
     return MCClassification(probs, None, _entropy(probs, class_dim), exp_h, mi, 0, class_dim)
+
+
+def _available_bytes(device: torch.device) -> int | None:
+    """Free memory of ``device`` (host: ``MemAvailable``), or ``None`` when it cannot be told."""
+    if device.type == "cuda":
+        return int(torch.cuda.mem_get_info(device)[0])
+    if device.type != "cpu":
+        return None
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return int(os.sysconf("SC_AVPHYS_PAGES")) * int(os.sysconf("SC_PAGE_SIZE"))
+    except (AttributeError, OSError, ValueError):
+        return None
+
+
+#: Host bytes per pass for its seed: 8 in the seed tensor, 36 as a Python int in the list.
+_SEED_BYTES = 44
+
+
+def _check_passes_fit(num_samples: int, batch: int, keep: bool, device: torch.device) -> None:
+    """Refuse, before allocating anything, a number of passes whose bookkeeping cannot fit.
+
+    Every pass needs its seed on the host (:data:`_SEED_BYTES`) and, with ``keep_samples``, at
+    least one 4-byte value per example for its kept output on ``device``: a lower bound on the
+    memory :func:`mc_predict` must hold, compared with the memory free now.
+    """
+    host = _SEED_BYTES * num_samples
+    kept = 4 * num_samples * batch if keep else 0
+    needs = [(torch.device("cpu"), host + (kept if device.type == "cpu" else 0))]
+    if device.type != "cpu" and kept:
+        needs.append((device, kept))
+    for where, need in needs:
+        free = _available_bytes(where)
+        if free is not None and need > free:
+            hint = "; or keep_samples=False (running sums only)" if keep else ""
+            raise ValueError(
+                f"num_samples={num_samples} cannot fit: the passes need at least "
+                f"{need / 2**30:.3g} GiB of {where.type} memory (a seed per pass"
+                f"{', and its kept output' if keep else ''}) but {free / 2**30:.3g} GiB are "
+                f"free; use fewer passes{hint}"
+            )
