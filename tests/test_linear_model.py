@@ -1,6 +1,6 @@
 """Dropout logistic-regression estimators: scikit-learn's own checks, scikit-learn's reference
 solution at p = 0, the dropout objectives and predictive probabilities against exact enumeration
-of the masks and quadrature, and the deprecated ``bayesdrop.nn`` names."""
+of the masks and quadrature."""
 
 from __future__ import annotations
 
@@ -298,29 +298,11 @@ def test_bad_input_is_rejected_clearly() -> None:
         est.logit_moments(x, covariance="low-rank")
 
 
-def test_deprecated_nn_names_keep_the_old_constructor_and_fit_keywords() -> None:
+def test_the_estimators_live_in_linear_model_only() -> None:
     import bayesdrop.nn
 
-    x, y = _binary_data()
-    with pytest.warns(
-        DeprecationWarning, match="bayesdrop.linear_model.FastDropoutLogisticRegression"
-    ):
-        old = bayesdrop.nn.FastDropoutLogisticRegression
-    with pytest.warns(DeprecationWarning, match="MCDropoutLogisticRegression"):
-        from bayesdrop.nn.fast_dropout import MCDropoutLogisticRegression as OldMC
-    assert issubclass(old, FastDropoutLogisticRegression)
-    model = old(6, 2, p=0.5).fit(torch.tensor(x), torch.tensor(y), max_iter=50, seed=1)
-    new = FastDropoutLogisticRegression(p=0.5, max_iter=50, random_state=1).fit(x, y)
-    np.testing.assert_allclose(model.coef_, new.coef_)
-    assert model.score(x, y) == new.score(x, y) and model.n_iter_ == new.n_iter_
-    mc = OldMC(6, p=0.5, samples=2).fit(x, y, optimizer="adam", max_iter=2, batch_size=20)
-    assert mc.n_iter_ == 2 and mc.predict(x).shape == (len(y),)
-    with pytest.raises(ValueError, match="x must have 6 features"):
-        old(6).fit(np.ones((2, 5)), [0, 1])
-    with pytest.raises(TypeError, match="x must be a 2-d torch.Tensor"):
-        old(6).fit([[1.0] * 6, [0.0] * 6], [0, 1])
-    with pytest.raises(AttributeError):
-        bayesdrop.nn.NoSuchModule  # noqa: B018
+    for name in ("FastDropoutLogisticRegression", "MCDropoutLogisticRegression"):
+        assert not hasattr(bayesdrop.nn, name) and not hasattr(bayesdrop.nn.fast_dropout, name)
 
 
 @pytest.fixture(scope="module")

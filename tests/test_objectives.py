@@ -119,8 +119,10 @@ def test_informative_input_keeps_lower_drop_rate():
         objective(model, x[idx], y[idx], sq_err, n).backward()
         opt.step()
     p = bayesdrop.dropout_rates(model)["0"]
-    assert p[0] < 0.1, p
-    assert p[0] + 0.2 < p[1:].min(), p
+    # the noise inputs' rates wander around their start (0.3): over 5 mask seeds their minimum
+    # ranged 0.13-0.22 and their mean 0.26-0.32, while the informative rate ended at 0.010-0.012
+    assert p[0] < 0.05, p
+    assert p[0] + 0.1 < p[1:].min() and p[0] + 0.2 < p[1:].mean(), p
 
 
 def test_no_batch_size_state_and_pair_cleared():
@@ -550,3 +552,175 @@ def test_sync_batchnorm_sums_the_whole_batch_difference_over_processes(monkeypat
     pathwise = rate_grad(net)
     assert torch.allclose(double - pathwise, 2 * (single - pathwise), rtol=1e-12, atol=1e-15)
     assert (single - pathwise).abs().max() > 1e-4, (single, pathwise)  # the ARM part is not zero
+
+
+class CountNoise(nn.Module):
+    """Adds ``SCALE * v`` where ``v`` is the last of ``1 + (number of zeros of its input)``
+    uniforms: other noise whose number of draws depends on the activations, hence on the LBD masks
+    before it, and differs between the two evaluations of the antithetic pair."""
+
+    SCALE = 10.0
+
+    def __init__(self, generator: torch.Generator | None = None):
+        super().__init__()
+        self.rng = generator
+
+    def forward(self, h):
+        n = 1 + int((h == 0).sum())
+        v = torch.rand(n, dtype=h.dtype, generator=self.rng)[-1]
+        return h + self.SCALE * v
+
+
+def count_noise_net(generator: torch.Generator | None) -> nn.Sequential:
+    """LBD(bare, 2 units) -> CountNoise -> LBD(Linear(2, 1)), float64, one example."""
+    net = nn.Sequential(
+        LearnableBernoulliDropout(num_features=2, generator=generator),
+        CountNoise(generator),
+        LearnableBernoulliDropout(nn.Linear(2, 1), generator=generator),
+    ).double()
+    with torch.no_grad():
+        net[0].logit_p.zero_()  # p = 1/2: the pair's masks are complements, zero counts differ
+        net[2].logit_p.copy_(torch.tensor([-0.5, 0.5]))
+        net[2].layer.weight.copy_(torch.tensor([[0.5, 1.0]]))
+        net[2].layer.bias.zero_()
+    return net
+
+
+def exact_count_noise_gradient(net: nn.Sequential, x: torch.Tensor, y: torch.Tensor):
+    """Rate gradient of E[(out - y)^2]: the 2^4 masks enumerated, v ~ U(0, 1) integrated by
+    3-point Gauss-Legendre (exact: the loss is quadratic in v)."""
+    import numpy as np
+
+    l1, l2 = net[0], net[2]
+    z = all_masks(4)
+    pz = bernoulli_log_prob(z, torch.cat([-l1.logit_p, -l2.logit_p])).exp()
+    nodes, weights = np.polynomial.legendre.leggauss(3)
+    v = torch.tensor((nodes + 1) / 2)
+    w = torch.tensor(weights / 2)
+    s1, s2 = 1 + torch.exp(l1.logit_p), 1 + torch.exp(l2.logit_p)
+    h = (x[:, None] * z[None, :, :2] * s1)[:, :, None, :] + CountNoise.SCALE * v[:, None]
+    out = l2.layer(h * z[None, :, None, 2:] * s2).squeeze(-1)  # (1, 16, 3)
+    per_mask = (((out - y[:, None, None]) ** 2) * w).sum(-1).mean(0)
+    loss = (pz * per_mask).sum()
+    return torch.cat(torch.autograd.grad(loss, [l1.logit_p, l2.logit_p]))
+
+
+@pytest.mark.parametrize("source", ["global", "shared generator"])
+def test_other_noise_with_mask_dependent_draw_counts_leaves_the_default_unbiased(source):
+    """Replaying the random state for the second evaluation makes other noise that draws a
+    mask-dependent number of values read, in one evaluation, values that were LBD uniforms in the
+    other, unless the uniforms come from a stream of their own. Drawn from the replayed stream
+    (the earlier design) this estimate of the last rate was 49.5 against the exact 74.7
+    (z = -6.1 over 4,000 draws); it must match the exact gradient, for the global stream and for
+    a generator the LBD modules share with the other noise."""
+    gen = torch.Generator().manual_seed(1) if source != "global" else None
+    net = count_noise_net(gen)
+    x = torch.tensor([[1.0, 1.0]], dtype=torch.float64)
+    y = torch.tensor([0.0], dtype=torch.float64)
+    exact = exact_count_noise_gradient(net, x, y)
+    torch.manual_seed(0)
+    est = []
+    for _ in range(5000):
+        net.zero_grad()
+        objective(net, x, y, sq_err, N_DATA, kl_weight=0.0).backward()
+        est.append(torch.cat([net[0].logit_p.grad, net[2].logit_p.grad]))
+    est = torch.stack(est)
+    assert_within_se(est, exact, k=4.5)
+    se = est.std(0) / est.shape[0] ** 0.5
+    assert 0.34 * exact[-1] > 5 * se[-1]  # the earlier bias (-34%) is more than 5 SE here
+
+
+def test_lbd_uniforms_never_come_from_the_global_stream():
+    """Inside objective the global CPU generator advances by one seed draw per step, whatever
+    the masks and however many LBD draws the model makes."""
+    net = make_net("disarm")
+    x, y = torch.randn(16, 2, dtype=torch.float64), torch.randn(16, dtype=torch.float64)
+    for pair in ("nograd", "concat"):
+        torch.manual_seed(7)
+        torch.randint(0, 2**62, (1,))
+        expected = torch.get_rng_state()
+        torch.manual_seed(7)
+        objective(net, x, y, sq_err, N_DATA, pair=pair).backward()
+        assert torch.equal(torch.get_rng_state(), expected), pair
+
+
+class HeldNoise(nn.Module):
+    """Normal noise from generators held under names other than ``generator``: an attribute and
+    a dict entry."""
+
+    def __init__(self):
+        super().__init__()
+        self._rng = torch.Generator().manual_seed(4)
+        self.streams = {"extra": torch.Generator().manual_seed(5)}
+        self.noise: list[torch.Tensor] = []
+
+    def forward(self, x):
+        e = torch.randn(x.shape, generator=self._rng) + torch.rand(
+            x.shape, generator=self.streams["extra"]
+        )
+        self.noise.append(e)
+        return x + 0.3 * e
+
+
+def test_generators_held_by_nested_modules_are_replayed():
+    class Block(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.inner = nn.Sequential(nn.Linear(4, 4), HeldNoise())
+
+        def forward(self, x):
+            return self.inner(x)
+
+    torch.manual_seed(0)
+    net = nn.Sequential(
+        LearnableBernoulliDropout(nn.Linear(3, 4)),
+        nn.ReLU(),
+        Block(),
+        LearnableBernoulliDropout(nn.Linear(4, 1)),
+    )
+    noise = net[2].inner[1].noise
+    x, y = torch.randn(8, 3), torch.randn(8)
+    objective(net, x, y, sq_err, 10).backward()
+    assert len(noise) == 2 and torch.equal(noise[0], noise[1])
+    noise.clear()
+    objective(net, x, y, sq_err, 10, common_random_numbers=False).backward()
+    assert len(noise) == 2 and not torch.equal(noise[0], noise[1])
+
+
+def test_a_subclass_of_a_registered_type_is_batch_coupled():
+    class Centre(nn.Module):
+        def forward(self, x):
+            return x - x.mean(0)
+
+    class ScaledCentre(Centre):  # a subclass: couples the batch as its parent does
+        def forward(self, x):
+            return 2.0 * super().forward(x)
+
+    bayesdrop.objectives.register_batch_coupled(Centre)
+    net = coupled_net("disarm", batchnorm=False)
+    net.insert(1, ScaledCentre())
+    assert [n for n, _ in bayesdrop.objectives.batch_coupled_modules(net)] == ["1"]
+    u = torch.tensor([[0.05, 0.62, 0.93], [0.71, 0.2, 0.47]], dtype=torch.float64)
+    net[0]._uniforms = lambda shape, bd, dtype, x: u.reshape(shape).to(dtype)
+    g = {}
+    for c in (None, True, False):
+        net.zero_grad()
+        objective(net, X2, Y2, sq_err, 10, coupled=c).backward()
+        g[c] = net[0].logit_p.grad.clone()
+    assert torch.equal(g[None], g[True]) and not torch.allclose(g[None], g[False])
+    # and the whole-batch form it gets is exact for it (uniform regions integrated)
+    del net[0]._uniforms
+    exact = _exact_centred_gradient(net)
+    assert torch.allclose(expected_estimate(net)[:3], exact, rtol=1e-9, atol=1e-12)
+
+
+def _exact_centred_gradient(net: nn.Sequential) -> torch.Tensor:
+    """Rate gradient of E_z[mean_i (out_i - y_i)^2] with out = Linear(tanh(2 (h - mean h)))."""
+    lbd = net[0]
+    z = all_masks(6).reshape(64, 2, 3)
+    prob = bernoulli_log_prob(z.reshape(64, 6), (-lbd.logit_p).repeat(2)).exp()
+    h = lbd.layer(X2 * z * (1 + torch.exp(lbd.logit_p)))
+    h = 2.0 * (h - h.mean(1, keepdim=True))
+    out = net[-1](torch.tanh(h)).squeeze(-1)
+    loss = (prob * ((out - Y2) ** 2).mean(1)).sum()
+    return torch.autograd.grad(loss, lbd.logit_p)[0]

@@ -12,7 +12,7 @@ are plain sums that never see :math:`N`; the division happens here and only here
 from __future__ import annotations
 
 import numbers
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any, Literal
 
@@ -21,9 +21,10 @@ from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from ._validation import check_choice, check_positive
+from .adapters.batches import batch_size, call_model, check_batch, prediction, tile_batch
 from .functional.bernoulli import uniform_dtype
 from .nn._base import DropoutModule
-from .nn.learnable_bernoulli import AntitheticPair, LearnableBernoulliDropout
+from .nn.learnable_bernoulli import AntitheticPair, LearnableBernoulliDropout, PairStreams
 
 __all__ = [
     "objective",
@@ -228,36 +229,73 @@ def _pair_context(
     mode: str,
     batch_dim: int,
     batch_size: int | None,
-    replay: bool,
-) -> Iterator[None]:
+    model: nn.Module | None = None,
+) -> Iterator[tuple[PairStreams, list[int]]]:
+    """Opens an :class:`AntitheticPair` on every LBD module, with the step's own streams of
+    uniforms (seeded now, before any other noise of the step) and a shared clock (both yielded);
+    ``model`` is searched for generators that other modules share with the LBD modules."""
+    shared: set[int] = set()
+    if model is not None and any(m.generator is not None for m in modules):
+        lbd_ids = {id(m) for m in modules}
+        shared = {id(g) for g in _held_generators(model, skip=lbd_ids)}
+    streams = PairStreams(list(modules), shared)
+    clock = [0]
     try:
         for m in modules:
             m._pair = AntitheticPair(
-                mode=mode, batch_dim=batch_dim, batch_size=batch_size, replay=replay
+                mode=mode,
+                batch_dim=batch_dim,
+                batch_size=batch_size,
+                streams=streams,
+                clock=clock,
             )
-        yield
+        yield streams, clock
     finally:
         for m in modules:
             m._pair = None
 
 
+def _held_generators(model: nn.Module, skip: set[int] | None = None) -> list[torch.Generator]:
+    """Every ``torch.Generator`` an attribute of a module of ``model`` holds, under any name,
+    directly or inside a list, tuple, set or dict (three levels deep), each once; modules whose
+    ``id`` is in ``skip`` are not searched (their children are)."""
+    found: dict[int, torch.Generator] = {}
+
+    def visit(value: Any, depth: int) -> None:
+        if isinstance(value, torch.Generator):
+            found.setdefault(id(value), value)
+        elif depth < 3 and isinstance(value, (list, tuple, set, frozenset)):
+            for v in value:
+                visit(v, depth + 1)
+        elif depth < 3 and isinstance(value, dict):
+            for v in value.values():
+                visit(v, depth + 1)
+
+    for m in model.modules():
+        if skip is not None and id(m) in skip:
+            continue
+        for name, value in vars(m).items():
+            if name not in ("_parameters", "_buffers", "_modules"):
+                visit(value, 0)
+    return list(found.values())
+
+
 class _RandomState:
     """Snapshot of every random stream the model draws from: the global CPU generator, the CUDA
-    generators (when CUDA is initialised) and each module's own ``generator``."""
+    generators (when CUDA is initialised) and every generator a module holds
+    (:func:`_held_generators`) but those in ``exclude`` (the LBD modules' dedicated generators,
+    which only the first evaluation draws from)."""
 
-    def __init__(self, model: nn.Module) -> None:
+    def __init__(self, model: nn.Module, exclude: set[int]) -> None:
         self.cpu = torch.get_rng_state()
         self.cuda = (
             torch.cuda.get_rng_state_all()
             if torch.cuda.is_available() and torch.cuda.is_initialized()
             else None
         )
-        gens: dict[int, torch.Generator] = {}
-        for m in model.modules():
-            g = getattr(m, "generator", None)
-            if isinstance(g, torch.Generator):
-                gens[id(g)] = g
-        self.generators = [(g, g.get_state()) for g in gens.values()]
+        self.generators = [
+            (g, g.get_state()) for g in _held_generators(model) if id(g) not in exclude
+        ]
 
     def restore(self) -> None:
         torch.set_rng_state(self.cpu)
@@ -265,16 +303,6 @@ class _RandomState:
             torch.cuda.set_rng_state_all(self.cuda)
         for g, state in self.generators:
             g.set_state(state)
-
-
-def _concat(x: Any, dim: int, name: str) -> Any:
-    if x is None:
-        return None
-    if isinstance(x, Tensor):
-        return torch.cat([x, x], dim=dim)
-    if isinstance(x, (tuple, list)):
-        return type(x)(_concat(v, dim, name) for v in x)
-    raise TypeError(f"{name} must be a Tensor or a tuple/list of Tensors, got {type(x).__name__}")
 
 
 def _concat_targets(y: Any, dim: int, batch: int) -> Any:
@@ -290,17 +318,11 @@ def _concat_targets(y: Any, dim: int, batch: int) -> Any:
         )
     if isinstance(y, (tuple, list)):
         return type(y)(_concat_targets(v, dim, batch) for v in y)
-    return _concat(y, dim, "targets")
-
-
-def _batch_size(x: Any, dim: int, name: str) -> int:
-    if isinstance(x, Tensor):
-        if x.dim() <= dim:
-            raise ValueError(f"{name} has no batch dimension {dim}: shape {tuple(x.shape)}")
-        return int(x.shape[dim])
-    if isinstance(x, (tuple, list)) and x:
-        return _batch_size(x[0], dim, name)
-    raise TypeError(f"{name} must be a Tensor or a non-empty tuple/list of Tensors")
+    if y is None:
+        return None
+    raise TypeError(
+        f"targets must be a Tensor, a tuple/list of Tensors or None, got {type(y).__name__}"
+    )
 
 
 def _per_example(losses: Any, batch: int) -> Tensor:
@@ -396,6 +418,7 @@ def objective(
     coupled: bool | None = None,
     common_random_numbers: bool = True,
     split: tuple[Callable[[Any], Any], Callable[[Any], Any]] | Literal[False] | None = None,
+    output_key: str = "logits",
 ) -> Tensor:
     r"""Per-example training loss whose gradient is the right estimator for every module inside.
 
@@ -425,21 +448,35 @@ def objective(
       ``pair="nograd"`` each evaluation of the pair sees its own batch statistics, which is
       exactly the function being differentiated.
 
-    The gradient-free evaluation leaves the model's buffers as it found them (BatchNorm running
-    statistics are updated once per step, by the evaluation that trains), and with
-    ``common_random_numbers`` it replays the random state of the first evaluation, so that other
-    noise in the model (``nn.Dropout``, Concrete masks, a VAE's :math:`\epsilon`) is the same in
-    both and only the LBD masks differ (unbiased, and lower variance). For a plain
+    The LBD uniforms come from streams that no other noise reads, so they are independent of all
+    other noise of the model whatever it does: a module's own ``generator`` when only LBD modules
+    hold it, else a stream of the step's own, seeded by one draw from the global generator (or
+    the shared generator) when the pair opens
+    (:class:`~bayesdrop.nn.learnable_bernoulli.PairStreams`). The gradient-free evaluation
+    leaves the model's buffers as it found them (BatchNorm running statistics are updated once
+    per step, by the evaluation that trains), and with ``common_random_numbers`` it replays the
+    random state of the first evaluation (the global CPU and CUDA generators and every
+    ``torch.Generator`` a module of ``model`` holds, under any attribute name, also inside a
+    list, tuple or dict), so that other noise in the model (``nn.Dropout``, Concrete masks, a VAE's
+    :math:`\epsilon`) is the same in both and only the LBD masks differ (lower variance). A
+    generator held elsewhere (a closure, a global variable) is not replayed: its noise then
+    differs between the two evaluations, which costs variance but no bias. For a plain
     ``nn.Sequential`` (or a ``split`` you declare) the layers before the first LBD module run
     once, and only the rest runs twice; the gradients are bit-identical to re-running the whole
     model.
 
     Args:
         model: any module (also a ``DistributedDataParallel`` wrapper).
-        inputs: a tensor, or tuple/list of tensors, passed as ``model(inputs)`` (a tuple/list is
-            unpacked: ``model(*inputs)``); at least one example.
+        inputs: the batch, at least one example: a tensor (``model(inputs)``), a mapping such
+            as a dict or a Hugging Face ``BatchEncoding`` (keyword batch, ``model(**inputs)``), or
+            a tuple/list (``model(*inputs)``). The batch size is that of the first tensor with
+            dimension ``batch_dim``; see :mod:`bayesdrop.adapters.batches`.
         targets: passed to ``nll`` (a tensor, a tuple/list of tensors, or ``None``).
         nll: ``nll(outputs, targets)`` returning per-example losses of shape ``(batch,)``.
+            ``outputs`` is the model's prediction: a tensor as returned, the entry
+            ``output_key`` of a mapping output (a Hugging Face ``ModelOutput``: its ``logits``
+            by default), and any other output as it is (a model returning several tensors, e.g.
+            a VAE's reconstruction, mean and log-variance, needs them all in its loss).
         n_data: data-set size :math:`N`, any positive integer (Python or NumPy); the KL is
             divided by it, once, here.
         kl_weight: multiplier of the KL term (e.g. for annealing); ``>= 0``.
@@ -461,12 +498,15 @@ def objective(
             that reshapes its batch) and always uses the whole-batch form, which is unbiased for
             every model; ``False`` asserts that no example's loss depends on another's masks.
         common_random_numbers: replay the random state for the second evaluation of
-            ``pair="nograd"`` (default ``True``); ``False`` draws other noise afresh.
+            ``pair="nograd"`` (default ``True``); ``False`` draws other noise afresh. Either way
+            the rate gradient is unbiased; the replay lowers its variance.
         split: ``(head, tail)`` with ``model(inputs) == tail(head(inputs))`` (``head`` receives
             ``inputs`` as the model would, ``tail`` one argument) and no LBD module in ``head``:
             ``head`` then runs once per step with ``pair="nograd"``. ``None`` splits a plain
             ``nn.Sequential`` automatically before its first child that holds an LBD module;
             ``False`` never splits.
+        output_key: the entry of a mapping output (``dict``, Hugging Face ``ModelOutput``) that
+            ``nll`` receives (default ``"logits"``); not used for outputs of other types.
 
     Returns:
         A 0-dim tensor.
@@ -497,7 +537,10 @@ def objective(
     if split is not None and split is not False:
         if not (isinstance(split, tuple) and len(split) == 2 and all(callable(f) for f in split)):
             raise TypeError("split must be None, False or a (head, tail) tuple of callables")
-    batch = _batch_size(inputs, batch_dim, "inputs")
+    check_batch(inputs, "inputs")
+    if not isinstance(output_key, str):
+        raise TypeError(f"output_key must be a string, but got {type(output_key).__name__}")
+    batch = batch_size(inputs, batch_dim, "inputs")
     if batch == 0:
         raise ValueError(
             f"inputs hold an empty batch (size 0 along batch_dim={batch_dim}); objective needs "
@@ -505,7 +548,8 @@ def objective(
         )
 
     def run(x: Any) -> Any:
-        return model(*x) if isinstance(x, (tuple, list)) else model(x)
+        out = call_model(model, x)
+        return prediction(out, output_key) if isinstance(out, Mapping) else out
 
     lbd = [m for m in model.modules() if isinstance(m, LearnableBernoulliDropout)]
     surrogate: Tensor | None = None
@@ -526,8 +570,8 @@ def objective(
                     "batch would pool the statistics of both halves of the antithetic pair and "
                     "bias the rate gradient; use pair='nograd' (the default)"
                 )
-            with _pair_context(lbd, "concat", batch_dim, batch, False):
-                out = run(_concat(inputs, batch_dim, "inputs"))
+            with _pair_context(lbd, "concat", batch_dim, batch, model):
+                out = run(tile_batch(inputs, 2, batch_dim, batch))
                 both = _per_example(nll(out, _concat_targets(targets, batch_dim, batch)), 2 * batch)
                 f1, f2 = both[:batch], both[batch:]
                 dt = uniform_dtype(both.dtype)
@@ -587,10 +631,13 @@ def _nograd_pair(
     if parts is None and split is None:
         parts = _sequential_split(model, inputs, lbd)
     whole_batch = coupled is not None
-    with _pair_context(lbd, "first", batch_dim, None if whole_batch else batch, replay):
+    with _pair_context(lbd, "first", batch_dim, None if whole_batch else batch, model) as (
+        streams,
+        clock,
+    ):
         if parts is not None:
             head, tail = parts
-            x = head(*inputs) if isinstance(inputs, (tuple, list)) else head(inputs)
+            x = call_model(head, inputs)
             if any(m._pair is not None and m._pair.draws for m in lbd):
                 raise ValueError(
                     "the head of split called an LBD module; split before the first LBD module"
@@ -598,7 +645,7 @@ def _nograd_pair(
             forward: Callable[[Any], Any] = tail
         else:
             x, forward = inputs, run
-        state = _RandomState(model) if replay else None
+        state = _RandomState(model, streams.dedicated) if replay else None
         # Buffers the gradient-free pass updates in place (BatchNorm running statistics) are put
         # back, so that only the trained evaluation updates them. Only changed buffers are
         # written: an unchanged one (in a split's head) may be saved for backward already.

@@ -552,12 +552,12 @@ def test_bad_arguments():
     with pytest.raises(ValueError, match="at least 2 classes"):
         mc_predict(nn.Linear(4, 1).double(), x, 2)
 
-    class Pair(nn.Module):
+    class Words(nn.Module):
         def forward(self, x):
-            return x, x
+            return "logits"
 
     with pytest.raises(TypeError, match="must return a Tensor"):
-        mc_predict(Pair(), x, 2)
+        mc_predict(Words(), x, 2)
     with pytest.raises(ValueError, match="output_batch_dim"):
         mc_predict(nn.Flatten(0), x, 2)
 
@@ -572,7 +572,7 @@ def test_top_level_exports():
 )
 def test_every_family_is_tiling_invariant(name):
     """Each bayesdrop family (converted from nn.Dropout) gives the explicit loop's passes exactly."""
-    from bayesdrop.convert import convert, resolve_family
+    from bayesdrop.conversion import convert, resolve_family
 
     try:
         resolve_family(name)
@@ -593,7 +593,7 @@ def test_every_family_is_tiling_invariant(name):
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_tiling_invariant_on_cuda():
     """Philox streams on the GPU: tiled, chunked and the explicit loop agree exactly."""
-    from bayesdrop.convert import convert
+    from bayesdrop.conversion import convert
 
     dev = torch.device("cuda")
     torch.manual_seed(4)

@@ -3,6 +3,7 @@
 from ._base import DropoutModule
 from .ard import ARDDropout
 from .concrete import ConcreteDropout
+from .drop_path import DropPath
 from .fast_dropout import FastDropoutLinear, FastDropoutMLP
 from .gaussian import GaussianDropout
 from .learnable_bernoulli import LearnableBernoulliDropout
@@ -15,6 +16,7 @@ __all__ = [
     "SparseVariationalDropout",
     "ConcreteDropout",
     "DropoutModule",
+    "DropPath",
     "LearnableBernoulliDropout",
     "MCDropout",
     "GaussianDropout",
@@ -22,12 +24,3 @@ __all__ = [
     "FastDropoutMLP",
     "VariationalDropout",
 ]
-
-
-def __getattr__(name: str) -> object:
-    # deprecated names, moved to bayesdrop.linear_model (the warning is raised there)
-    if name in ("FastDropoutLogisticRegression", "MCDropoutLogisticRegression"):
-        from . import fast_dropout
-
-        return getattr(fast_dropout, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
