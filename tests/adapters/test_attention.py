@@ -236,8 +236,9 @@ def test_bad_arguments():
     with pytest.raises(TypeError, match="model must be an nn.Module"):
         route_attention_dropout("bert")  # type: ignore[arg-type]
     model, batch = tiny("bert")
-    with pytest.raises(ValueError, match="example_inputs"):
-        route_attention_dropout(model)
+    routing = route_attention_dropout(model)  # no inputs: left unchanged, and said so
+    assert not routing.routed and "example_inputs" in routing.fixed[""]
+    assert model.config._attn_implementation == "sdpa"
     with pytest.raises(ValueError, match="example_inputs: the model failed"):
         route_attention_dropout(model, {"input_ids": torch.zeros(2, 3, 4, dtype=torch.long)})
 
@@ -324,3 +325,59 @@ def test_timm_style_fused_attention_is_switched_to_its_module_path():
     model[0].attn_drop.register_forward_hook(lambda m, a, o: calls.append(o.shape))
     model.train()(x)
     assert calls == [torch.Size([3, 2, 5, 5])]
+
+
+# ------------------------------------------------------------------------ through convert
+@pytest.mark.parametrize("family", ["lbd", "concrete"])
+def test_convert_learns_the_attention_dropout_of_a_transformers_model(family):
+    from bayesdrop import convert, mc_predict, objective
+
+    model, batch = tiny("bert")
+    model.eval()
+    with torch.no_grad():
+        reference = model(**batch).logits
+    new, report = convert(model, family, example_inputs=batch)
+    attention = [r for r in report.replacements if r.name.endswith("attention.self.dropout")]
+    assert len(attention) == 2 and all(r.form == "one rate" for r in attention)
+    assert not report.fixed and any("bayesdrop_sdpa" in n for n in report.notes)
+    assert model.config._attn_implementation == "sdpa"  # the original is untouched
+    with torch.no_grad():
+        assert torch.equal(new.eval()(**batch).logits, reference)
+    new.train()
+    y = torch.tensor([0, 1])
+    objective(new, batch, y, lambda o, t: F.cross_entropy(o, t, reduction="none"), 100).backward()
+    for r in attention:
+        grad = new.get_submodule(r.module).dropout.logit_p.grad
+        assert grad is not None and torch.isfinite(grad).all() and grad.abs().sum() > 0
+    torch.manual_seed(0)
+    result = mc_predict(new, batch, num_samples=8)
+    assert result.samples.shape[0] == 8 and result.samples.std(0).max() > 0
+
+
+def test_convert_with_fixed_attention_lists_the_read_dropout():
+    from bayesdrop import convert
+
+    model, batch = tiny("bert")
+    new, report = convert(model, "lbd", example_inputs=batch, attention="fixed")
+    assert new.config._attn_implementation == "sdpa"
+    read = [k for k in report.fixed if k.endswith("attention.self.dropout")]
+    assert len(read) == 2
+    _, same = convert(model, "lbd", example_inputs=batch, attention=False)
+    assert sorted(same.fixed) == sorted(report.fixed)
+    with pytest.raises(ValueError, match="attention must be"):
+        convert(model, "lbd", example_inputs=batch, attention="yes")
+
+
+def test_convert_learns_timm_style_attention_dropout():
+    from bayesdrop import convert
+    from bayesdrop.conversion import SingleRateDropout
+
+    torch.manual_seed(0)
+    model = nn.Sequential(TimmAttention(), nn.LayerNorm(16)).eval()
+    x = torch.randn(2, 5, 16)
+    new, report = convert(model, "lbd", example_inputs=x)
+    assert model[0].fused_attn is True and new[0].fused_attn is False
+    assert isinstance(new[0].attn_drop, SingleRateDropout)
+    assert any("fused_attn switched off" in n for n in report.notes)
+    with torch.no_grad():
+        assert torch.allclose(new.eval()(x), model(x), rtol=1e-5, atol=1e-6)

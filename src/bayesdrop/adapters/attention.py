@@ -81,6 +81,7 @@ class AttentionRouting:
         attached: the subset of those dropout modules that were added (the model passed a float
             rate), dotted name -> their rate.
         fixed: attention module name -> why its attention dropout stays as it was.
+        unfused: the timm-style attention modules whose ``fused_attn`` was switched off.
         implementation: the attention implementation the transformers models now use
             (``"bayesdrop_sdpa"``, ...), or ``None`` if none was switched.
     """
@@ -88,6 +89,7 @@ class AttentionRouting:
     routed: dict[str, str] = field(default_factory=dict)
     attached: dict[str, float] = field(default_factory=dict)
     fixed: dict[str, str] = field(default_factory=dict)
+    unfused: list[str] = field(default_factory=list)
     implementation: str | None = None
 
 
@@ -120,21 +122,20 @@ def route_attention_dropout(model: nn.Module, example_inputs: Any = None) -> Att
 
     Raises:
         TypeError: ``model`` is not an ``nn.Module``.
-        ValueError: the model contains a transformers model and ``example_inputs`` is ``None``,
-            or the model fails on ``example_inputs``.
+        ValueError: the model fails on ``example_inputs``.
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be an nn.Module, but got {type(model).__name__}")
     routing = AttentionRouting()
     _route_fused_flags(model, routing)
     roots = _transformers_roots(model)
-    if roots:
-        if example_inputs is None:
-            raise ValueError(
-                "example_inputs: a batch is needed to route the attention dropout of a "
-                f"transformers model ('{roots[0][0] or type(model).__name__}'): which rate each "
-                "attention module reads is found by running the model once"
+    if roots and example_inputs is None:
+        for name, _ in roots:
+            routing.fixed[name] = (
+                "a transformers model: pass example_inputs to route its attention dropout (which "
+                "rate each attention module reads is found by running the model once)"
             )
+    elif roots:
         _route_transformers(model, roots, example_inputs, routing)
     return routing
 
@@ -159,6 +160,7 @@ def _route_fused_flags(model: nn.Module, routing: AttentionRouting) -> None:
             )
             continue
         m.fused_attn = False
+        routing.unfused.append(name)
         routing.routed[name] = f"{name}.attn_drop" if name else "attn_drop"
 
 

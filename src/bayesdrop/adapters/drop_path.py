@@ -4,7 +4,9 @@ Two conventions are recognised by their attributes, never by class names, and wi
 either library:
 
 * timm's ``DropPath``: attributes ``drop_prob`` (a number) and ``scale_by_keep`` (a bool); one
-  mask per example, scaled by ``1/keep`` when ``scale_by_keep``;
+  mask per example, scaled by ``1/keep`` when ``scale_by_keep``. The drop-path modules of
+  Hugging Face models (ConvNeXt, Swin, BEiT, ...) and of older timm hold ``drop_prob`` only and
+  always scale;
 * torchvision's ``StochasticDepth``: attributes ``p`` (a number) and ``mode`` (``"row"``: one
   mask per example, or ``"batch"``: one mask for the whole batch), always scaled by ``1/keep``.
 
@@ -76,8 +78,8 @@ def _site(m: nn.Module) -> tuple[float, bool, bool] | None:
     """``(p, per_example, scaled)`` if ``m`` is a drop-path module, else ``None``."""
     if m._parameters or m._modules:
         return None
-    drop_prob, scale_by_keep = getattr(m, "drop_prob", None), getattr(m, "scale_by_keep", None)
-    if _number(drop_prob) and isinstance(scale_by_keep, bool):  # timm
+    drop_prob, scale_by_keep = getattr(m, "drop_prob", None), getattr(m, "scale_by_keep", True)
+    if _number(drop_prob) and isinstance(scale_by_keep, bool):  # timm, transformers
         return float(drop_prob), True, scale_by_keep  # type: ignore[arg-type]
     p, mode = getattr(m, "p", None), getattr(m, "mode", None)
     if _number(p) and mode in ("row", "batch"):  # torchvision
@@ -115,13 +117,13 @@ def find_drop_paths(model: nn.Module) -> list[DropPathSite]:
 
 
 def replace_drop_paths(
-    model: nn.Module, build: Callable[[float], nn.Module], exclude: Iterable[str] = ()
+    model: nn.Module, build: Callable[[DropPathSite], nn.Module], exclude: Iterable[str] = ()
 ) -> tuple[list[DropPathSite], dict[str, str]]:
-    """Replace, in place, every drop-path module of ``model`` that can be learned by ``build(p)``.
+    """Replace, in place, every drop-path module of ``model`` that can be learned by ``build(site)``.
 
     Args:
         model: the model (changed in place).
-        build: makes the replacement from the module's drop probability.
+        build: makes the replacement for a site (its rate is ``site.p``).
         exclude: dotted names of drop-path modules to leave as they are.
 
     Returns:
@@ -138,7 +140,7 @@ def replace_drop_paths(
         if why is not None:
             fixed[site.name] = why
             continue
-        new = build(site.p)
+        new = build(site)
         for full in site.names:
             parent, _, key = full.rpartition(".")
             model.get_submodule(parent)._modules[key] = new
