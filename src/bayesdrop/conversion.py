@@ -8,10 +8,17 @@ module type (``isinstance`` of ``nn.Dropout``, ``nn.Dropout1d/2d/3d``), never by
 Where each dropout goes, and what it feeds, is read from the model:
 
 * with ``example_inputs=`` (recommended for anything but an ``nn.Sequential``), a copy of the model
-  is run once on them while every ``nn.Dropout*`` is replaced by a probe and every torch call is
-  watched (:class:`torch.overrides.TorchFunctionMode`): this gives the shape each dropout sees and
-  every consumer of its output, through residual additions, attention blocks, ``torch.cat``,
-  views and anything else written in ``forward`` (a trace, not a guess from the module order);
+  is run once on them while every ``nn.Dropout*`` not in ``exclude`` is a probe (an instance of
+  its own class that records its input, so code reading ``dropout.p`` sees what it always sees)
+  and every torch call is watched (:class:`torch.overrides.TorchFunctionMode`): this gives the
+  shape each dropout sees, the layout of its input (features last, or channels at dimension 1
+  after a convolution or a channel normalisation) and every consumer of its output, through
+  residual additions, attention blocks, ``torch.cat``, views and anything else written in
+  ``forward`` (a trace, not a guess from the module order). After the conversion the converted
+  copy is run on them in training and eval mode (random state, buffers and modes restored); a
+  failure names the module, and every dropout that still fires outside a bayesdrop module
+  (``F.dropout``, ``F.scaled_dot_product_attention(dropout_p>0)``, drop path, Bernoulli draws)
+  is listed in :attr:`ConversionReport.fixed`;
 * without them, only the ``nn.Sequential`` neighbours are known.
 
 Then each dropout becomes one of:
@@ -26,11 +33,22 @@ Then each dropout becomes one of:
   ``Family(num_features=F, **options)``, with one rate per feature (the last dimension), or for
   ``nn.Dropout1d/2d/3d`` one per channel, whole channels dropped (:class:`ChannelDropout`). The
   weights the dropout feeds are unknown here, so the family's prior keeps only its rate term; the
-  report says so for each layer (see :attr:`Replacement.prior`).
+  report says so for each layer (see :attr:`Replacement.prior`). An elementwise ``nn.Dropout`` on
+  a convolutional feature map ``(N, C, *)`` gets one rate per channel with elementwise masks
+  (:class:`ChannelRateDropout`).
 * **one rate** — where a per-feature rate cannot be placed, because the last dimension is a
   position and not a feature (the input of the dropout comes from a softmax: attention
-  probabilities), the dropout is called with different feature counts, or the layer is listed in
-  ``single_rate=``: :class:`SingleRateDropout`, elementwise masks with one learned rate.
+  probabilities), the input is a 4-d or larger map of unknown layout, the dropout is called with
+  different feature counts, or the layer is listed in ``single_rate=``:
+  :class:`SingleRateDropout`, elementwise masks with one learned rate.
+
+Left as they were, and listed in :attr:`ConversionReport.fixed` with the reason: dropout layers
+of rate 0 (unless ``zero_p=`` gives a starting rate), layers whose rate the model's code reads
+but which it never calls, and layers the example inputs never reach. Each
+:class:`Replacement` states its ``granularity`` (per unit, per channel, per layer, per head, per
+weight) and its number of ``rates``. A wrapped layer still reads as the layer
+(``wrapper.weight``, ``wrapper.in_features``, ...: :class:`~bayesdrop.nn.DropoutModule` forwards
+attribute reads it cannot answer to the layer it wraps).
 
 ``nn.TransformerEncoderLayer`` and ``nn.TransformerEncoder`` take a fused "fast path" in eval mode
 that does not call their submodules; :func:`~bayesdrop.convert` switches it off on the converted
