@@ -23,6 +23,7 @@ from bayesdrop.conversion import (
     resolve_family,
 )
 from bayesdrop.nn import ConcreteDropout, DropoutModule, LearnableBernoulliDropout, MCDropout
+from bayesdrop.nn.additive_gaussian import AdditiveGaussianDropout
 
 
 def mlp() -> nn.Sequential:
@@ -497,6 +498,61 @@ def test_trace_sees_in_place_writes():
     assert report.replacements[0].form == "wrapped"
 
 
+@pytest.mark.parametrize("proj_size", [0, 3])
+@pytest.mark.parametrize("batch_first", [True, False])
+def test_stacked_bidirectional_lstm_with_initial_states_is_the_original(proj_size, batch_first):
+    """A 3-layer bidirectional LSTM given (h0, c0): each layer and direction must take its own
+    slice of both states (h0 has proj_size features, c0 hidden_size). Outputs, final states and
+    the gradients with respect to the input, both initial states and every weight equal the
+    original's; also on a packed, unsorted batch."""
+    torch.manual_seed(0)
+    layers, d, hidden = 3, 2, 6
+    rnn = nn.LSTM(
+        4,
+        hidden,
+        num_layers=layers,
+        bidirectional=True,
+        batch_first=batch_first,
+        proj_size=proj_size,
+        dropout=0.4,
+    ).double()
+    stack = StackedRNN(rnn).double()
+    rnn.eval(), stack.eval()
+    h_size = proj_size or hidden
+    x = torch.randn(3, 5, 4, dtype=torch.float64) if batch_first else torch.randn(5, 3, 4).double()
+    h0 = torch.randn(layers * d, 3, h_size, dtype=torch.float64)
+    c0 = torch.randn(layers * d, 3, hidden, dtype=torch.float64)
+    results = []
+    for model in (rnn, stack):
+        xs, hs, cs = (t.clone().requires_grad_() for t in (x, h0, c0))
+        out, (hn, cn) = model(xs, (hs, cs))
+        # a loss that weighs every output, final state and direction differently
+        w = torch.linspace(-1, 2, out.numel(), dtype=torch.float64).reshape(out.shape)
+        loss = (
+            (w * out).sum()
+            + (hn * hn.flip(0)).sum()
+            + 0.5 * (cn**2 * torch.arange(1, 7).double().view(6, 1, 1)).sum()
+        )
+        model.zero_grad()
+        loss.backward()
+        results.append((out.detach(), hn.detach(), cn.detach(), xs.grad, hs.grad, cs.grad))
+    for want, got in zip(*results):
+        torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+    for i, one in enumerate(stack.rnns):
+        for name, param in one.named_parameters():
+            ref = getattr(rnn, name.replace("_l0", f"_l{i}"))
+            torch.testing.assert_close(param.grad, ref.grad, rtol=1e-12, atol=1e-12)
+    lengths = torch.tensor([3, 5, 2])
+    packed = nn.utils.rnn.pack_padded_sequence(
+        x, lengths, batch_first=batch_first, enforce_sorted=False
+    )
+    with torch.no_grad():
+        (po, (ph, pc)), (qo, (qh, qc)) = rnn(packed, (h0, c0)), stack(packed, (h0, c0))
+    torch.testing.assert_close(qo.data, po.data, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(qh, ph, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(qc, pc, rtol=1e-12, atol=1e-12)
+
+
 # ------------------------------------------------------------------ models as libraries write them
 class FusedAttention(nn.Module):
     """Attention that reads its dropout module's rate and passes it to a fused kernel (as BERT,
@@ -785,3 +841,49 @@ def test_keyword_batches_and_mapping_outputs():
     assert isinstance(new.fc, LearnableBernoulliDropout) and report.replacements[0].wrapped == "fc"
     model.eval(), new.eval()
     torch.testing.assert_close(new(**batch)["logits"], model(**batch)["logits"], rtol=0, atol=0)
+
+
+# ------------------------------------------------------------------ sparse families: eval unchanged
+@pytest.mark.parametrize("family", ["sparse", "ard"])
+@pytest.mark.parametrize("rule", ["log_alpha", "magnitude"])
+def test_sparse_families_leave_eval_outputs_unchanged_until_trained(family, rule):
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Linear(64, 40), nn.ReLU(), nn.Dropout(0.2), nn.Linear(40, 64), nn.Dropout(0.1)
+    )
+    model.append(nn.Linear(64, 3))
+    with torch.no_grad():
+        model[3].weight[0, :5] = torch.tensor([1e-3, -1e-4, 1e-6, 0.0, 5e-3])  # small weights
+    x = torch.randn(16, 64)
+    new, _ = convert(model, family, prune_rule=rule)
+    wrapped = [new[3], new[5]]
+    assert all(isinstance(m, AdditiveGaussianDropout) for m in wrapped)
+    # with the papers' constant initialisation these would be dropped at once
+    fresh = type(wrapped[0])(copy.deepcopy(model[3]), prune_rule=rule)
+    assert int((~fresh.keep_mask()).sum()) > 0
+    model.eval(), new.eval()
+    torch.testing.assert_close(new(x), model(x), rtol=0, atol=0)
+    for m in wrapped:
+        assert bool(m.keep_mask().all()) and bool(m.dense_until_trained)
+        nonzero = m.theta != 0
+        assert float(m.log_alpha[nonzero].max()) <= min(0.0, m.threshold - 1.0) + 1e-5
+    # state_dict round trip, and a checkpoint saved before the flag existed counts as trained
+    state = new.state_dict()
+    again, _ = convert(model, family, prune_rule=rule)
+    again.load_state_dict(state)
+    assert bool(again[3].dense_until_trained)
+    old = {k: v for k, v in state.items() if not k.endswith("dense_until_trained")}
+    again.load_state_dict(old)
+    assert not bool(again[3].dense_until_trained)
+    # one training step: the rule applies from then on
+    new.train()
+    loss = bayesdrop.objective(new, x, torch.zeros(16, dtype=torch.long), _ce, n_data=100)
+    loss.backward()
+    assert not any(bool(m.dense_until_trained) for m in wrapped)
+    if rule == "magnitude":
+        new.eval()
+        assert not bool(new[3].keep_mask()[0, :5].any())  # the small weights are dropped now
+
+
+def _ce(out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    return F.cross_entropy(out, y, reduction="none")

@@ -1,17 +1,24 @@
 """Turn an existing model's ``nn.Dropout*`` layers into a bayesdrop dropout family.
 
-:func:`convert` returns a **converted copy** of the model and a :class:`ConversionReport`; the
-original model is never modified, and the copy is trainable at once (every new parameter exists
-when :func:`convert` returns). Dropout layers are found by module type (``isinstance`` of
-``nn.Dropout``, ``nn.Dropout1d/2d/3d``), never by class-name text.
+:func:`~bayesdrop.convert` returns a **converted copy** of the model and a
+:class:`ConversionReport`; the original model is never modified, and the copy is trainable at once
+(every new parameter exists when :func:`~bayesdrop.convert` returns). Dropout layers are found by
+module type (``isinstance`` of ``nn.Dropout``, ``nn.Dropout1d/2d/3d``), never by class-name text.
 
 Where each dropout goes, and what it feeds, is read from the model:
 
 * with ``example_inputs=`` (recommended for anything but an ``nn.Sequential``), a copy of the model
-  is run once on them while every ``nn.Dropout*`` is replaced by a probe and every torch call is
-  watched (:class:`torch.overrides.TorchFunctionMode`): this gives the shape each dropout sees and
-  every consumer of its output, through residual additions, attention blocks, ``torch.cat``,
-  views and anything else written in ``forward`` (a trace, not a guess from the module order);
+  is run once on them while every ``nn.Dropout*`` not in ``exclude`` is a probe (an instance of
+  its own class that records its input, so code reading ``dropout.p`` sees what it always sees)
+  and every torch call is watched (:class:`torch.overrides.TorchFunctionMode`): this gives the
+  shape each dropout sees, the layout of its input (features last, or channels at dimension 1
+  after a convolution or a channel normalisation) and every consumer of its output, through
+  residual additions, attention blocks, ``torch.cat``, views and anything else written in
+  ``forward`` (a trace, not a guess from the module order). After the conversion the converted
+  copy is run on them in training and eval mode (random state, buffers and modes restored); a
+  failure names the module, and every dropout that still fires outside a bayesdrop module
+  (``F.dropout``, ``F.scaled_dot_product_attention(dropout_p>0)``, drop path, Bernoulli draws)
+  is listed in :attr:`ConversionReport.fixed`;
 * without them, only the ``nn.Sequential`` neighbours are known.
 
 Then each dropout becomes one of:
@@ -26,27 +33,38 @@ Then each dropout becomes one of:
   ``Family(num_features=F, **options)``, with one rate per feature (the last dimension), or for
   ``nn.Dropout1d/2d/3d`` one per channel, whole channels dropped (:class:`ChannelDropout`). The
   weights the dropout feeds are unknown here, so the family's prior keeps only its rate term; the
-  report says so for each layer (see :attr:`Replacement.prior`).
+  report says so for each layer (see :attr:`Replacement.prior`). An elementwise ``nn.Dropout`` on
+  a convolutional feature map ``(N, C, *)`` gets one rate per channel with elementwise masks
+  (:class:`ChannelRateDropout`).
 * **one rate** — where a per-feature rate cannot be placed, because the last dimension is a
   position and not a feature (the input of the dropout comes from a softmax: attention
-  probabilities), the dropout is called with different feature counts, or the layer is listed in
-  ``single_rate=``: :class:`SingleRateDropout`, elementwise masks with one learned rate.
+  probabilities), the input is a 4-d or larger map of unknown layout, the dropout is called with
+  different feature counts, or the layer is listed in ``single_rate=``:
+  :class:`SingleRateDropout`, elementwise masks with one learned rate.
+
+Left as they were, and listed in :attr:`ConversionReport.fixed` with the reason: dropout layers
+of rate 0 (unless ``zero_p=`` gives a starting rate), layers whose rate the model's code reads
+but which it never calls, and layers the example inputs never reach. Each
+:class:`Replacement` states its ``granularity`` (per unit, per channel, per layer, per head, per
+weight) and its number of ``rates``. A wrapped layer still reads as the layer
+(``wrapper.weight``, ``wrapper.in_features``, ...: :class:`~bayesdrop.nn.DropoutModule` forwards
+attribute reads it cannot answer to the layer it wraps).
 
 ``nn.TransformerEncoderLayer`` and ``nn.TransformerEncoder`` take a fused "fast path" in eval mode
-that does not call their submodules; :func:`convert` switches it off on the converted copies
-(``activation_relu_or_gelu = 0`` and ``use_nested_tensor = False``, the flags that torch's own
-eligibility check reads) so that MC prediction samples the converted modules and sparse families'
-pruned weights are used. ``nn.MultiheadAttention`` applies its attention-probability dropout
-functionally (``F.dropout`` on the probabilities, ``dropout=`` in its constructor), which no module
-replacement can reach: :func:`convert` turns each such layer of the copy into a
+that does not call their submodules; :func:`~bayesdrop.convert` switches it off on the converted
+copies (``activation_relu_or_gelu = 0`` and ``use_nested_tensor = False``, the flags that torch's
+own eligibility check reads) so that MC prediction samples the converted modules and sparse
+families' pruned weights are used. ``nn.MultiheadAttention`` applies its attention-probability
+dropout functionally (``F.dropout`` on the probabilities, ``dropout=`` in its constructor), which no
+module replacement can reach: :func:`~bayesdrop.convert` turns each such layer of the copy into a
 :class:`DropoutMultiheadAttention` (the same computation and parameters, with the dropout as a
 module, ``attn_drop``), so that rate is learned too, with one rate per layer (``attention=False``
-keeps it functional). Likewise the dropout between the layers of a stacked ``nn.LSTM/GRU/RNN``
-(its ``dropout=`` argument): the RNN becomes a :class:`StackedRNN` of one-layer copies whose
-layers 1 to L-1 take the family as input dropout (``rnn=False`` keeps it functional). Dropout
-that stays functional is fixed, is not learned, and is *off* under :func:`bayesdrop.mc_predict`
-(the layer is in eval mode there); the report lists each such layer in
-:attr:`ConversionReport.fixed`.
+keeps it functional). Likewise the dropout between the layers of a stacked ``nn.LSTM/GRU/RNN`` (its
+``dropout=`` argument): the RNN becomes a :class:`StackedRNN` of one-layer copies whose layers 1 to
+L-1 take the family as input dropout (``rnn=False`` keeps it functional). Dropout that stays
+functional is fixed, is not learned, and is *off* under :func:`bayesdrop.mc_predict` (the layer is
+in eval mode there); the report lists each such layer in the ``fixed`` field of the
+:class:`ConversionReport`.
 
 A wrapped ``nn.LSTM/GRU/RNN`` draws one mask per sequence, shared over time steps (Gal &
 Ghahramani 2016, "A Theoretically Grounded Application of Dropout in Recurrent Neural
@@ -126,11 +144,6 @@ _BARE_CONSEQUENCE = {
         "prior from it (keep weight decay on them), and its rates are set by the data fit and the "
         "entropy term -dropout_regularizer·K·H(p), which alone pulls p toward 0.5"
     ),
-    "VariationalDropout": (
-        "a bare layer counts the log-uniform KL once per unit instead of once per weight the unit "
-        "feeds (its fan-out is unknown), so the prior's pull on its rates is understated by that "
-        "factor"
-    ),
 }
 
 
@@ -169,7 +182,7 @@ class Replacement:
 
 @dataclass
 class ConversionReport:
-    """What :func:`convert` did: the family, each replacement, and notes worth reading.
+    """What :func:`~bayesdrop.convert` did: the family, each replacement, and notes worth reading.
 
     ``fixed`` lists, by module name, every dropout that stays as it was, with the reason: dropout
     no module applies (``nn.MultiheadAttention``'s attention dropout, the dropout between stacked
@@ -312,15 +325,15 @@ class DropoutMultiheadAttention(nn.MultiheadAttention):
     .. math::
         \mathrm{head}_h = \mathrm{drop}\bigl(\mathrm{softmax}(Q_h K_h^\top/\sqrt{d} + M)\bigr)\,V_h,
 
-    with the same projections, masks (``attn_mask``, ``key_padding_mask``; boolean ``True`` =
-    not attended, or float added to the scores), ``batch_first``, ``kdim``/``vdim`` and returned
-    weights as ``nn.MultiheadAttention``'s reference path, but ``drop`` is the module
-    ``attn_drop`` (for instance a :class:`SingleRateDropout` of a learned family) instead of the
-    functional ``F.dropout(p=dropout)``, so it can learn its rate and samples under
-    :func:`bayesdrop.mc_predict`. :func:`convert` turns every ``nn.MultiheadAttention`` with
-    ``dropout > 0`` into this class (same parameters and ``state_dict`` keys, plus those of
-    ``attn_drop``); ``add_bias_kv`` and ``add_zero_attn`` are not supported. The fused fast
-    path of ``nn.MultiheadAttention`` is not used.
+    with the same projections, masks (``attn_mask``, ``key_padding_mask``; boolean ``True`` = not
+    attended, or float added to the scores), ``batch_first``, ``kdim``/``vdim`` and returned weights
+    as ``nn.MultiheadAttention``'s reference path, but ``drop`` is the module ``attn_drop`` (for
+    instance a :class:`SingleRateDropout` of a learned family) instead of the functional
+    ``F.dropout(p=dropout)``, so it can learn its rate and samples under
+    :func:`bayesdrop.mc_predict`. :func:`~bayesdrop.convert` turns every ``nn.MultiheadAttention``
+    with ``dropout > 0`` into this class (same parameters and ``state_dict`` keys, plus those of
+    ``attn_drop``); ``add_bias_kv`` and ``add_zero_attn`` are not supported. The fused fast path of
+    ``nn.MultiheadAttention`` is not used.
     """
 
     attn_drop: nn.Module
@@ -406,11 +419,11 @@ class StackedRNN(nn.Module):
     """A multi-layer ``nn.LSTM/GRU/RNN`` as a stack of one-layer copies, with dropout modules between.
 
     ``rnns[i]`` is layer ``i`` (a one-layer RNN with the original's weights of that layer, or a
-    wrapper family around it) and ``drops[i]`` the module applied to its input (``nn.Identity``
-    for the first layer and for wrapped layers, whose wrapper drops the input itself). It takes
-    and returns what the original does: ``(x, h0)`` or ``(x, (h0, c0))`` with states stacked over
-    layers and directions, tensors or :class:`~torch.nn.utils.rnn.PackedSequence`. With every
-    dropout off it computes the original RNN's function. :func:`convert` builds it to turn the
+    wrapper family around it) and ``drops[i]`` the module applied to its input (``nn.Identity`` for
+    the first layer and for wrapped layers, whose wrapper drops the input itself). It takes and
+    returns what the original does: ``(x, h0)`` or ``(x, (h0, c0))`` with states stacked over layers
+    and directions, tensors or :class:`~torch.nn.utils.rnn.PackedSequence`. With every dropout off
+    it computes the original RNN's function. :func:`~bayesdrop.convert` builds it to turn the
     dropout *between* the layers (the RNN's ``dropout=`` argument, applied functionally) into a
     learned family.
 
@@ -1008,7 +1021,7 @@ def convert(
             feeds and how many features it sees, and the converted copy is run on it, in
             training and in eval mode, before :func:`convert` returns (the random state, the
             buffers and the modes the user sees are restored); a layer that fails there is
-            named in the error. The training-mode run lists in :attr:`ConversionReport.fixed`
+            named in the error. The training-mode run lists in the report's ``fixed``
             every dropout that still fires and is not a bayesdrop module. Without it only
             ``nn.Sequential`` neighbours are known.
         exclude: dotted names of dropout layers to leave as they are (they are not traced).
@@ -1017,7 +1030,8 @@ def convert(
         attention: ``"learned"`` (default; ``True`` is the same) also converts the
             attention-probability dropout that no module applies: every
             ``nn.MultiheadAttention`` with ``dropout > 0`` becomes a
-            :class:`DropoutMultiheadAttention` whose ``attn_drop`` is the family; Hugging Face
+            :class:`~bayesdrop.conversion.DropoutMultiheadAttention` whose ``attn_drop`` is the
+            family; Hugging Face
             transformers models (found by duck typing; they need ``example_inputs``) and
             timm-style attention with ``fused_attn`` are switched, on the copy, to an attention
             path that calls a dropout module on the attention probabilities
@@ -1025,16 +1039,17 @@ def convert(
             a new ``nn.Dropout`` named ``attn_drop`` where the model passes a float rate; eval
             outputs of transformers models stay bit for bit the same), which is then converted
             like any dropout, one rate per layer. ``"fixed"`` (or ``False``) keeps all of it
-            functional, fixed and listed in :attr:`ConversionReport.fixed`. ``exclude`` may name
+            functional, fixed and listed in the report's ``fixed``. ``exclude`` may name
             such a layer or its dropout module.
         rnn: also convert the dropout between the layers of every stacked ``nn.LSTM/GRU/RNN``
-            with ``dropout > 0``: it becomes a :class:`StackedRNN` (one-layer copies with the
-            same weights; ``state_dict`` keys ``rnns.<i>...``) whose layers ``1..L-1`` take the
-            family as input dropout (wrapped: one mask per sequence, shared over time). ``False``
-            keeps it functional and fixed. ``exclude`` may name such an RNN.
+            with ``dropout > 0``: it becomes a :class:`~bayesdrop.conversion.StackedRNN`
+            (one-layer copies with the same weights; ``state_dict`` keys ``rnns.<i>...``) whose
+            layers ``1..L-1`` take the family as input dropout (wrapped: one mask per sequence,
+            shared over time). ``False`` keeps it functional and fixed. ``exclude`` may name
+            such an RNN.
         zero_p: what to do with dropout layers of rate 0 (``nn.Dropout(0.0)``, common in model
             libraries as a placeholder): ``"keep"`` (default) leaves them as they are and lists
-            them in :attr:`ConversionReport.fixed`; a float in (0, 1) converts them with that
+            them in the report's ``fixed``; a float in (0, 1) converts them with that
             starting rate (eval outputs are unchanged; training then learns the rate).
         drop_path: ``"learned"`` (default) replaces every drop-path (stochastic depth) module,
             found by duck typing (timm's ``DropPath``: ``drop_prob`` and ``scale_by_keep``;
@@ -1431,6 +1446,11 @@ def _needs_units(cls: type, params: dict[str, inspect.Parameter], site: _Site) -
 def _prior(cls: type, wrapped: str | None) -> str:
     if getattr(cls, "kl", None) is DropoutModule.kl:
         return "none (fixed rate, no prior term)"
+    if cls.__name__ == "VariationalDropout" and wrapped is None:
+        return (
+            "full: the log-uniform KL, one term per unit as in the wrapped form (the default "
+            "kl_terms='noise'; kl_terms='weight' needs the wrapped form)"
+        )
     if wrapped is not None:
         return f"full: rate term and weight term over the input weights of '{wrapped}'"
     return "rate term only: the weights it feeds are unknown, so no weight term"
@@ -1445,7 +1465,15 @@ def _wrap(
     p: float,
 ) -> Replacement:
     layer = modules[target]
+    if "init_max_log_alpha" in _params(cls):
+        # a trained layer: no weight starts as noise only because it is small (alpha <= 1, and
+        # log alpha at least 1 below the pruning threshold), and eval keeps every weight until
+        # the module is trained
+        threshold = float(kwargs.get("threshold", _params(cls)["threshold"].default))
+        kwargs = {"init_max_log_alpha": min(0.0, threshold - 1.0), **kwargs}
     module = cls(layer, **kwargs)
+    if hasattr(module, "keep_dense_until_trained"):
+        module.keep_dense_until_trained()
     ref = _ref_tensor(layer)
     if ref is not None:
         module.to(device=ref.device, dtype=ref.dtype)

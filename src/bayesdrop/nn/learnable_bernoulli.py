@@ -166,7 +166,7 @@ class LearnableBernoulliDropout(DropoutModule):
         generator: optional generator for the uniforms. Outside :func:`bayesdrop.objective` they
             are drawn from it (or from the global generator); inside, from it as well when no
             other module holds it, else from a stream of the step's own seeded by one draw from it
-            (:class:`PairStreams`), so that no other noise of the model can read them.
+            (:class:`.PairStreams`), so that no other noise of the model can read them.
         batch_dim: batch dimension of this module's input for the linear and bare forms
             (``None``: the objective's); not accepted for convolutions and RNNs, whose layout
             fixes it.
