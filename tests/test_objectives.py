@@ -6,6 +6,8 @@ LBD units; its autograd gradient is compared with the Monte Carlo mean of object
 
 from __future__ import annotations
 
+import re
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -965,3 +967,57 @@ def test_frozen_batchnorm_statistics_get_the_exact_per_example_form():
     assert bayesdrop.objectives.batch_coupled_modules(net) == []
     exact = exact_ghost_gradient(net, None)
     assert torch.allclose(expected_ghost_estimate(net), exact, rtol=1e-9, atol=1e-12)
+
+
+def test_rate_group_never_inherits_the_weights_options_and_misspellings_are_refused():
+    """SGD with momentum 0.9 (Nesterov) and weight decay for the weights: three steps with a
+    constant gradient g move a rate by exactly -3 * rate_lr * g (plain SGD, the optimiser's
+    defaults), and a weight by the momentum recursion computed by hand. A misspelt option, which
+    torch.optim would silently ignore, is refused with the likely spelling."""
+    from bayesdrop import LearnableBernoulliDropout, rate_param_groups
+
+    torch.manual_seed(0)
+    model = nn.Sequential(LearnableBernoulliDropout(nn.Linear(2, 1))).double()
+    rate, weight = model[0].logit_p, model[0].layer.weight
+    groups = rate_param_groups(
+        model, rate_lr=0.05, momentum=0.9, nesterov=True, dampening=0.0, weight_decay=1e-2
+    )
+    assert set(groups[1]) == {"params", "lr", "weight_decay", "name"}
+    opt = torch.optim.SGD(groups, lr=0.1)
+    r0, w0 = rate.detach().clone(), weight.detach().clone()
+    g_rate = torch.tensor([0.3, -0.7], dtype=torch.float64)
+    g_w = torch.tensor([[0.2, 0.5]], dtype=torch.float64)
+    w, buf = w0.clone(), None
+    for _ in range(3):
+        opt.zero_grad()
+        rate.grad, weight.grad = g_rate.clone(), g_w.clone()
+        for p in model.parameters():
+            if p.grad is None:
+                p.grad = torch.zeros_like(p)
+        opt.step()
+        d = g_w + 1e-2 * w  # SGD with weight decay, momentum, Nesterov, by hand
+        buf = d if buf is None else 0.9 * buf + d
+        w = w - 0.1 * (d + 0.9 * buf)
+    torch.testing.assert_close(rate.detach(), r0 - 3 * 0.05 * g_rate, rtol=0, atol=1e-15)
+    torch.testing.assert_close(weight.detach(), w, rtol=0, atol=1e-15)
+    assert opt.param_groups[1]["momentum"] == 0 and opt.param_groups[1]["nesterov"] is False
+    # the rate group's own options are explicit, and reach the optimiser
+    g2 = rate_param_groups(model, rate_lr=0.05, rate_options={"betas": (0.5, 0.9)}, eps=1e-6)
+    adam = torch.optim.Adam(g2, lr=1e-3)
+    assert adam.param_groups[1]["betas"] == (0.5, 0.9) and adam.param_groups[1]["eps"] == 1e-8
+    assert adam.param_groups[0]["betas"] == (0.9, 0.999) and adam.param_groups[0]["eps"] == 1e-6
+    bad = [
+        (
+            {"weight_decy": 1e-4},
+            "unknown optimiser option 'weight_decy'; did you mean 'weight_decay'",
+        ),
+        ({"momentun": 0.9}, "did you mean 'momentum'"),
+        ({"rate_weigth_decay": 0.1}, "did you mean 'rate_weight_decay'"),
+        ({"rate_options": {"momentun": 0.9}}, "rate_options: unknown optimiser option 'momentun'"),
+        ({"rate_options": {"lr": 0.1}}, "give 'lr' as rate_lr"),
+        ({"rate_options": {"weight_decay": 0.1}}, "give 'weight_decay' as rate_weight_decay"),
+        ({"params": []}, "'params' is set by rate_param_groups itself"),
+    ]
+    for kwargs, match in bad:
+        with pytest.raises(ValueError, match=re.escape(match)):
+            rate_param_groups(model, **kwargs)

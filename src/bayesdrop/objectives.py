@@ -104,6 +104,7 @@ def rate_param_groups(
     *,
     rate_lr: float | None = None,
     rate_weight_decay: float = 0.0,
+    rate_options: Mapping[str, Any] | None = None,
     **options: Any,
 ) -> list[dict[str, Any]]:
     r"""Two optimiser parameter groups: the dropout-rate parameters and everything else.
@@ -125,13 +126,23 @@ def rate_param_groups(
         model: the model (any ``nn.Module``).
         rate_lr: learning rate of the rate group; ``None`` keeps the optimiser's default.
         rate_weight_decay: weight decay of the rate group (default 0).
-        \*\*options: options of the other group (e.g. ``weight_decay=1e-4``); the rate group
-            does not inherit them.
+        rate_options: other options of the rate group (e.g. ``{"momentum": 0.9}``), stated
+            explicitly: the rate group never takes the other group's ``options``; options not
+            given to either group are the optimiser's defaults.
+        \*\*options: options of the other group (e.g. ``weight_decay=1e-4``, ``momentum=0.9``);
+            the rate group does not inherit them.
 
     Returns:
         Two dicts, ``{"params": others, "name": "weights", **options}`` and
-        ``{"params": rates, "lr": rate_lr, "weight_decay": rate_weight_decay, "name": "rates"}``. The rate group is omitted when the model has no rate parameters, and
+        ``{"params": rates, "lr": rate_lr, "weight_decay": rate_weight_decay, "name": "rates",
+        **rate_options}``. The rate group is omitted when the model has no rate parameters, and
         ``"lr"`` is omitted from it when ``rate_lr`` is ``None``.
+
+    Raises:
+        ValueError: an option that no ``torch.optim`` optimiser takes (a misspelling such as
+            ``weight_decy`` would otherwise be ignored by the optimiser without a word), or
+            ``lr``/``weight_decay`` given in ``rate_options`` instead of ``rate_lr``/
+            ``rate_weight_decay``.
 
     Example:
         >>> import torch
@@ -146,6 +157,12 @@ def rate_param_groups(
         ([0.001, 0.05], [0.0001, 0.0])
     """
     rates = rate_parameters(model)
+    _check_optimizer_options(options, "")
+    rate_options = dict(rate_options or {})
+    _check_optimizer_options(rate_options, "rate_options: ")
+    for key, instead in (("lr", "rate_lr"), ("weight_decay", "rate_weight_decay")):
+        if key in rate_options:
+            raise ValueError(f"rate_options: give {key!r} as {instead}=..., not in rate_options")
     if rate_lr is not None:
         rate_lr = check_positive("rate_lr", rate_lr)
     rate_weight_decay = check_positive("rate_weight_decay", rate_weight_decay, allow_zero=True)
@@ -157,11 +174,40 @@ def rate_param_groups(
             "params": rates,
             "weight_decay": rate_weight_decay,
             "name": "rates",
+            **rate_options,
         }
         if rate_lr is not None:
             group["lr"] = rate_lr
         groups.append(group)
     return groups
+
+
+def _optimizer_options() -> frozenset[str]:
+    """Every keyword a ``torch.optim`` optimiser's constructor takes (besides ``params``)."""
+    import inspect
+
+    names: set[str] = set()
+    for obj in vars(torch.optim).values():
+        if isinstance(obj, type) and issubclass(obj, torch.optim.Optimizer):
+            names.update(inspect.signature(obj.__init__).parameters)
+    return frozenset(names - {"self", "params", "args", "kwargs", "defaults"})
+
+
+def _check_optimizer_options(options: Mapping[str, Any], where: str) -> None:
+    import difflib
+
+    known = _optimizer_options()
+    for key in options:
+        if key in ("params", "name"):
+            raise ValueError(f"{where}{key!r} is set by rate_param_groups itself")
+        if key not in known:
+            extra = {"rate_lr", "rate_weight_decay", "rate_options"}
+            close = difflib.get_close_matches(key, sorted(known | extra), 1)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            raise ValueError(
+                f"{where}unknown optimiser option {key!r}{hint} (no torch.optim optimiser takes "
+                "it; the optimiser would ignore it)"
+            )
 
 
 # ---------------------------------------------------------------------------------------------
