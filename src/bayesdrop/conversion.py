@@ -195,6 +195,7 @@ class ConversionReport:
     family: str
     replacements: list[Replacement] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    #: Every dropout that stays as it was, by module name, with the reason (see above).
     fixed: dict[str, str] = field(default_factory=dict)
 
     def __len__(self) -> int:
@@ -1035,7 +1036,7 @@ def convert(
             transformers models (found by duck typing; they need ``example_inputs``) and
             timm-style attention with ``fused_attn`` are switched, on the copy, to an attention
             path that calls a dropout module on the attention probabilities
-            (:func:`bayesdrop.adapters.route_attention_dropout`: the model's own dropout module, or
+            (:func:`.route_attention_dropout`: the model's own dropout module, or
             a new ``nn.Dropout`` named ``attn_drop`` where the model passes a float rate; eval
             outputs of transformers models stay bit for bit the same), which is then converted
             like any dropout, one rate per layer. ``"fixed"`` (or ``False``) keeps all of it
@@ -1057,7 +1058,7 @@ def convert(
             :class:`~bayesdrop.nn.DropPath` of the family (bare form, one unit: one learned rate
             per residual block, one mask per example), starting at its rate; modules with
             rate 0, ``mode="batch"`` or ``scale_by_keep=False`` stay and are listed in
-            :attr:`ConversionReport.fixed`, as are all of them with ``"fixed"`` or a family
+            :attr:`.ConversionReport.fixed`, as are all of them with ``"fixed"`` or a family
             without a bare form. ``exclude`` may name such a module.
         **options: passed to every family constructor (they override the carried-over ``p``).
 

@@ -225,6 +225,15 @@ def test_a_transformers_model_inside_a_plain_module_and_the_random_state():
         assert torch.equal(model(**batch), reference)
 
 
+def test_routing_a_routed_model_again_changes_nothing():
+    model, batch = tiny("gpt2")
+    first = route_attention_dropout(model, batch)
+    assert first.implementation == "bayesdrop_sdpa" and len(first.routed) == 2
+    again = route_attention_dropout(model, batch)
+    assert not again.routed and not again.fixed
+    assert model.config._attn_implementation == "bayesdrop_sdpa"
+
+
 def test_models_it_does_not_know_are_left_unchanged():
     model = nn.Sequential(nn.Linear(4, 4), nn.Dropout(0.3), nn.Linear(4, 2))
     before = repr(model)

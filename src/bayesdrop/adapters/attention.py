@@ -226,6 +226,8 @@ def _route_transformers(
     impls: set[str] = set()
     for _, root in roots:
         impls |= _implementations(root)
+    if impls and all(i.startswith(_PREFIX) for i in impls):
+        return  # routed already (a converted model converted again): its dropout is called
     if len(impls) != 1 or next(iter(impls)) not in ATTENTION_IMPLEMENTATIONS:
         why = (
             f"attention implementation(s) {sorted(impls)}: only one of "
