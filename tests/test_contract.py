@@ -191,3 +191,67 @@ def test_cuda_training_step(name):
     x, y = torch.randn(8, IN, device="cuda"), torch.randint(0, OUT, (8,), device="cuda")
     objective(model, x, y, _nll, 100).backward()
     assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
+
+
+def _every_module() -> dict[str, Callable[[], nn.Module]]:
+    """Every dropout module bayesdrop ships, wrapper and bare forms, fast dropout included."""
+    out: dict[str, Callable[[], nn.Module]] = {
+        name: (lambda n=name: dropout_modules(make(n))[0]) for name in NAMES
+    }
+    out["fast-linear"] = lambda: bnn.FastDropoutLinear(IN, OUT)
+    out["fast-mlp"] = lambda: bnn.FastDropoutMLP(IN, [5], OUT)
+    out["mc-channelwise"] = lambda: bnn.MCDropout(0.3, channelwise=True)
+    for cls in (bnn.LearnableBernoulliDropout, bnn.ConcreteDropout):
+        out[f"{cls.__name__}-bare"] = lambda c=cls: c(num_features=IN)
+    out["gaussian-bare"] = lambda: bnn.GaussianDropout(p=0.3)
+    return out
+
+
+EVERY = _every_module()
+
+
+@pytest.mark.parametrize("mode", ["train", "eval", "mc"])
+@pytest.mark.parametrize("name", list(EVERY))
+def test_wrong_input_dtype_is_refused_naming_the_expected_dtype(name, mode):
+    """int64, bool and complex inputs, and a half input to a float32 module outside autocast, are
+    refused by every module before any work with a TypeError naming the module and the dtype it
+    expects (not torch's internal 'mat1 and mat2' or 'not implemented for Long')."""
+    m = EVERY[name]()
+    m.train(mode == "train")
+    for d in dropout_modules(m) or [m]:
+        d.mc_sampling = mode == "mc"
+    params = [p for p in m.parameters() if p.is_floating_point()]
+    has_layer = getattr(m, "layer", None) is not None or name.startswith("fast")
+    want = "torch.float32" if has_layer else "a floating-point dtype"
+    for dtype in (torch.int64, torch.bool, torch.complex64):
+        x = torch.ones(4, IN, dtype=dtype)
+        with pytest.raises(TypeError, match=rf"{type(m).__name__}: input must be a real floating"):
+            m(x)
+        with pytest.raises(TypeError, match=want):
+            m(x)
+    x16 = torch.randn(4, IN).half()
+    if has_layer:
+        assert params and all(p.dtype == torch.float32 for p in params)
+        with pytest.raises(
+            TypeError,
+            match=r"dtype of the module's parameters, torch.float32, but got torch.float16",
+        ):
+            m(x16)
+        # the same input under autocast, and the module converted to half, are accepted
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            assert m(x16.bfloat16()).is_floating_point()
+        m.double()
+        assert m(torch.randn(4, IN, dtype=torch.float64)).dtype == torch.float64
+    else:  # no parameters meet the input: any floating dtype is used as given
+        assert m(x16).dtype == torch.float16
+    if params:  # nothing was changed by the refused calls
+        assert all(torch.isfinite(p).all() for p in m.parameters())
+
+
+def test_a_packed_sequence_of_the_wrong_dtype_is_refused():
+    from torch.nn.utils.rnn import pack_padded_sequence
+
+    m = bnn.LearnableBernoulliDropout(nn.LSTM(IN, 4, batch_first=True))
+    packed = pack_padded_sequence(torch.ones(2, 3, IN).double(), [3, 2], batch_first=True)
+    with pytest.raises(TypeError, match="torch.float32, but got torch.float64"):
+        m(packed)

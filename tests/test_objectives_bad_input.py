@@ -60,7 +60,7 @@ OBJECTIVE_CASES = [
     ("empty-tuple-inputs", {"inputs": ()}, TypeError, "inputs"),
     ("inputs-list-of-floats", {"inputs": [1.0, 2.0]}, TypeError, "inputs"),
     ("inputs-None", {"inputs": None}, TypeError, "inputs"),
-    ("batch_dim-too-large", {"batch_dim": 2}, ValueError, "batch dimension 2"),
+    ("batch_dim-too-large", {"batch_dim": 2}, ValueError, "no batch dimension batch_dim=2"),
     ("batch_dim-negative", {"batch_dim": -1}, ValueError, "batch_dim"),
     ("batch_dim-bool", {"batch_dim": True}, ValueError, "batch_dim"),
     ("batch_dim-float", {"batch_dim": 0.0}, ValueError, "batch_dim"),

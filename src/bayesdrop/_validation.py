@@ -14,6 +14,8 @@ __all__ = [
     "check_choice",
     "check_finite",
     "check_int",
+    "check_bool",
+    "check_input_dtype",
 ]
 
 
@@ -52,6 +54,53 @@ def check_int(name: str, value: int, *, minimum: int = 1) -> int:
     if value < minimum:
         raise ValueError(f"{name} must be >= {minimum}, but got {value}")
     return value
+
+
+def check_bool(name: str, value: bool) -> bool:
+    """Return ``value`` after checking it is a ``bool`` (a string such as ``"no"`` is refused)."""
+    if not isinstance(value, bool):
+        raise TypeError(f"{name} must be a bool (True or False), but got {value!r}")
+    return value
+
+
+def check_input_dtype(
+    x: Tensor, expected: torch.dtype | None, *, owner: str, name: str = "input"
+) -> Tensor:
+    """Check the dtype of a module's input before any work, naming the dtype it expects.
+
+    The input must be a real floating-point tensor; when ``expected`` is given (the dtype of the
+    parameters the input meets, e.g. a wrapped layer's weight) it must have that dtype, except
+    under :func:`torch.autocast` for the input's device, where autocast chooses the precision.
+
+    Args:
+        x: the input.
+        expected: the required dtype, or ``None`` for any real floating dtype.
+        owner: the module's name, for the message.
+        name: the argument's name, for the message.
+
+    Raises:
+        TypeError: ``x`` is not a tensor, is integer, boolean or complex, or (outside autocast)
+            has another floating dtype than ``expected``.
+    """
+    if not isinstance(x, Tensor):
+        raise TypeError(f"{owner}: {name} must be a torch.Tensor, but got {type(x).__name__}")
+    dtype = x.dtype
+    if not dtype.is_floating_point:
+        want = str(expected) if expected is not None else "a floating-point dtype"
+        hint = "complex inputs are not supported" if dtype.is_complex else "convert it with .to()"
+        raise TypeError(
+            f"{owner}: {name} must be a real floating-point tensor ({want}), but got {dtype}; "
+            + hint
+        )
+    if expected is not None and dtype != expected:
+        if torch.is_autocast_enabled(x.device.type):
+            return x
+        raise TypeError(
+            f"{owner}: {name} must have the dtype of the module's parameters, {expected}, but "
+            f"got {dtype}; convert the input (.to({expected})) or the module (.to({dtype})), or "
+            "run under torch.autocast"
+        )
+    return x
 
 
 def check_choice(name: str, value: str, choices: Sequence[str]) -> str:

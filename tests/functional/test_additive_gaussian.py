@@ -6,9 +6,6 @@ compared in float64 with the straightforward formula differentiated by autograd.
 
 from __future__ import annotations
 
-import math
-import warnings
-
 import pytest
 import torch
 
@@ -103,15 +100,9 @@ def test_log_alpha_bounds_are_the_additive_ones() -> None:
     assert KL_LOG_ALPHA_MAX == 20.0
 
 
-def test_old_log_alpha_names_warn_and_name_their_successors() -> None:
+def test_the_log_alpha_bounds_have_one_name_each() -> None:
     import bayesdrop.functional as F
 
-    with pytest.warns(DeprecationWarning, match="KL_LOG_ALPHA_MIN"):
-        assert F.LOG_ALPHA_MIN == -20.0
-    with pytest.warns(DeprecationWarning, match="KL_LOG_ALPHA_MAX"):
-        from bayesdrop.functional.kl import LOG_ALPHA_MAX  # noqa: F401
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")
-        with pytest.raises(AttributeError, match="no attribute 'NOPE'"):
-            F.NOPE  # noqa: B018
-    assert math.isfinite(F.KL_LOG_ALPHA_MIN)
+    assert (F.KL_LOG_ALPHA_MIN, F.KL_LOG_ALPHA_MAX) == (-20.0, 20.0)
+    for old in ("LOG_ALPHA_MIN", "LOG_ALPHA_MAX"):
+        assert not hasattr(F, old) and not hasattr(F.kl, old)

@@ -9,9 +9,7 @@ import pytest
 import torch
 from scipy import integrate
 
-from bayesdrop.functional import KL_LOG_ALPHA_MAX as LOG_ALPHA_MAX
-from bayesdrop.functional import KL_LOG_ALPHA_MIN as LOG_ALPHA_MIN
-from bayesdrop.functional import kl_log_uniform
+from bayesdrop.functional import KL_LOG_ALPHA_MAX, KL_LOG_ALPHA_MIN, kl_log_uniform
 
 #: The constant that makes KL(alpha) -> 0 as alpha -> infinity: (Euler's gamma + log 2) / 2.
 LIMIT_CONSTANT = (np.euler_gamma + math.log(2.0)) / 2.0
@@ -65,7 +63,8 @@ def test_molchanov_tends_to_zero_like_the_integral() -> None:
     assert rel[0] < 5e-3 and bool(np.all(np.diff(rel) < 0)), rel
     np.testing.assert_allclose(exact, 0.5 * np.exp(-log_alpha), rtol=2e-3)
     assert (
-        float(kl_log_uniform(torch.tensor(LOG_ALPHA_MAX, dtype=torch.float64), "molchanov")) < 1e-8
+        float(kl_log_uniform(torch.tensor(KL_LOG_ALPHA_MAX, dtype=torch.float64), "molchanov"))
+        < 1e-8
     )
 
 
@@ -93,12 +92,12 @@ def test_kingma_closed_form_values() -> None:
 
 @pytest.mark.parametrize("approximation", ["kingma", "molchanov"])
 def test_clamped_range_is_finite_with_zero_gradient_outside(approximation: str) -> None:
-    la = torch.tensor([-1e6, LOG_ALPHA_MIN - 1, LOG_ALPHA_MAX + 1, 1e6], requires_grad=True)
+    la = torch.tensor([-1e6, KL_LOG_ALPHA_MIN - 1, KL_LOG_ALPHA_MAX + 1, 1e6], requires_grad=True)
     kl = kl_log_uniform(la, approximation)
     assert torch.isfinite(kl).all()
     kl.sum().backward()
     assert la.grad is not None and torch.equal(la.grad, torch.zeros(4))
-    ends = kl_log_uniform(torch.tensor([LOG_ALPHA_MIN, LOG_ALPHA_MAX]), approximation)
+    ends = kl_log_uniform(torch.tensor([KL_LOG_ALPHA_MIN, KL_LOG_ALPHA_MAX]), approximation)
     torch.testing.assert_close(kl[[0, 3]].detach(), ends)
 
 

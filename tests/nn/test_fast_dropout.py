@@ -57,3 +57,36 @@ def test_bad_input_is_rejected_clearly() -> None:
         FastDropoutMLP(3, [4], 2).output_moments(torch.tensor([[1.0, float("nan"), 0.0]]))
     with pytest.raises(ValueError, match="activation must be one of"):
         FastDropoutMLP(3, [4], 2, activation="tanh")
+
+
+@pytest.mark.parametrize("activation", ["relu", "sigmoid"])
+def test_huge_finite_inputs_give_no_nan(activation) -> None:
+    """An input of 1e20 squares to 1e40, past float32's largest number (3.4e38): the variance of
+    the first layer overflows and the next layer's means became NaN. float32 now refuses it
+    naming the limit; float64 computes the same network's moments, finite and equal to the
+    functional composition; 1e18 (whose square fits) is still computed in float32."""
+    torch.manual_seed(0)
+    mlp = FastDropoutMLP(4, [5], 3, activation=activation)
+    x = torch.full((2, 4), 1e20)
+    x[1] = -1e20
+    with pytest.raises(ValueError, match=r"overflow torch.float32 \(largest \|input\| 1e\+20"):
+        mlp.output_moments(x)
+    with pytest.raises(ValueError, match="use float64"):
+        mlp(x)
+    with pytest.raises(ValueError, match="overflow"):
+        FastDropoutLinear(4, 3).output_moments(x)
+    mlp64 = mlp.double()
+    mean, var = mlp64.output_moments(x.double())
+    assert torch.isfinite(mean).all() and torch.isfinite(var).all()
+    m1, v1 = fast_dropout_linear(
+        x.double(), None, mlp64.layers[0].weight, mlp64.layers[0].bias, 0.2
+    )
+    act = (
+        relu_moments
+        if activation == "relu"
+        else __import__("bayesdrop.functional", fromlist=["sigmoid_moments"]).sigmoid_moments
+    )
+    m2, v2 = fast_dropout_linear(*act(m1, v1), mlp64.layers[1].weight, mlp64.layers[1].bias, 0.5)
+    assert torch.equal(mean, m2) and torch.equal(var, v2)
+    ok = mlp.float().output_moments(torch.full((2, 4), 1e18))
+    assert torch.isfinite(ok.mean).all() and torch.isfinite(ok.var).all()

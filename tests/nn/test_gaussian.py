@@ -27,7 +27,6 @@ def test_p_property_and_repr() -> None:
         (dict(p=-0.1), ValueError, "p must be in"),
         (dict(p="0.1"), TypeError, "p must be a float"),
         (dict(noise="C"), ValueError, "noise must be one of"),
-        (dict(noise="A", kind="A"), TypeError, "give noise= only"),
         (dict(noise="B"), ValueError, "must wrap an nn.Linear"),
         (dict(layer=nn.LSTM(3, 4), noise="B"), ValueError, "must wrap an nn.Linear"),
         (dict(layer=nn.Linear(3, 2), num_features=4), ValueError, "num_features"),
@@ -130,12 +129,11 @@ def test_zero_weights_and_inputs_no_nan() -> None:
     assert torch.isfinite(x.grad).all()
 
 
-def test_kind_is_a_deprecated_alias_of_noise() -> None:
-    with pytest.warns(DeprecationWarning, match="noise="):
-        m = GaussianDropout(nn.Linear(3, 2), p=0.2, kind="B")
-    assert m.noise == "B"
-    with pytest.warns(DeprecationWarning):
-        assert m.kind == "B"
+def test_noise_is_the_only_name_of_the_noise_type() -> None:
+    m = GaussianDropout(nn.Linear(3, 2), p=0.2, noise="B")
+    assert m.noise == "B" and not hasattr(m, "kind")
+    with pytest.raises(TypeError, match="kind"):
+        GaussianDropout(nn.Linear(3, 2), p=0.2, kind="B")  # type: ignore[call-arg]
 
 
 def test_p_follows_the_module_dtype_and_is_not_state() -> None:

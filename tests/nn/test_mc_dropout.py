@@ -35,3 +35,11 @@ def test_bad_p():
         MCDropout(1.0)
     with pytest.raises(TypeError, match="p must be a float"):
         MCDropout("0.5")
+
+
+def test_channelwise_must_be_a_bool():
+    """A string such as "no" is truthy: it would silently turn channel-wise dropout on."""
+    for bad in ("no", "False", 0, 1, None):
+        with pytest.raises(TypeError, match="channelwise must be a bool"):
+            MCDropout(0.5, channelwise=bad)  # type: ignore[arg-type]
+    assert MCDropout(0.5, channelwise=False).channelwise is False

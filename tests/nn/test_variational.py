@@ -112,7 +112,6 @@ def test_bare_form_counts_each_unit_once() -> None:
         (dict(num_features=3, kl="gauss"), ValueError, "kl must be one of"),
         (dict(num_features=3, kl_terms="unit"), ValueError, "kl_terms must be one of"),
         (dict(num_features=3, kl_terms="weight"), ValueError, "needs a wrapped layer"),
-        (dict(num_features=3, noise="A", kind="A"), TypeError, "give noise= only"),
         (dict(num_features=3, kl="molchanov", max_alpha=1e10), ValueError, "max_alpha"),
         (dict(), ValueError, "num_features"),
         (dict(layer=nn.ReLU()), TypeError, "layer must be one of"),
@@ -251,12 +250,11 @@ def test_rates_learn_through_objective() -> None:
     assert float(p[:2].max()) < 0.05 and float(p[2]) > 10 * float(p[:2].max()), p
 
 
-def test_kind_is_a_deprecated_alias_of_noise() -> None:
-    with pytest.warns(DeprecationWarning, match="noise="):
-        m = VariationalDropout(nn.Linear(3, 2), kind="B", granularity="output")
-    assert m.noise == "B" and "noise='B'" in repr(m)
-    with pytest.warns(DeprecationWarning, match=r"\.noise"):
-        assert m.kind == "B"
+def test_noise_is_the_only_name_of_the_noise_type() -> None:
+    m = VariationalDropout(nn.Linear(3, 2), noise="B", granularity="output")
+    assert m.noise == "B" and "noise='B'" in repr(m) and not hasattr(m, "kind")
+    with pytest.raises(TypeError, match="kind"):
+        VariationalDropout(nn.Linear(3, 2), kind="B")  # type: ignore[call-arg]
 
 
 # ------------------------------------------------------------------ KL against quadrature

@@ -113,6 +113,15 @@ def test_removed_download_functions_raise_the_instruction_without_running_pip(mo
         ("ml-20m", "user,movie,rating\n1,2,3\n", 1, "expected a header"),
         ("csv", "user,rating\nu,3\n", 1, "user,item"),
         ("recbole", "uid:token\titem_id:token\n1\t2\n", 1, "user_id and item_id"),
+        # an id of 2**63 does not fit int64: named with file and line, not an OverflowError
+        (
+            "ml-100k",
+            "1\t10\t4\t5\n9223372036854775808\t11\t3\t6\n",
+            2,
+            "id 9223372036854775808 is too large",
+        ),
+        ("ml-1m", "1::18446744073709551616::4::5\n", 1, "must fit a 64-bit integer"),
+        ("ml-20m", "userId,movieId,rating\n1,2,3\n99999999999999999999,5,4\n", 3, "too large"),
     ],
 )
 def test_malformed_rows_name_file_and_line(tmp_path, fmt, text, line, match):
@@ -120,6 +129,53 @@ def test_malformed_rows_name_file_and_line(tmp_path, fmt, text, line, match):
     with pytest.raises(DataFormatError, match=match) as info:
         read_interactions(p, fmt)
     assert f"bad.txt, line {line}" in str(info.value)
+
+
+def test_largest_int64_id_is_read():
+    import tempfile
+    from pathlib import Path
+
+    with tempfile.TemporaryDirectory() as d:
+        p = Path(d) / "u.data"
+        p.write_text(f"{2**63 - 1}\t10\t4\t5\n")
+        assert read_interactions(p, "ml-100k").users.tolist() == [2**63 - 1]
+
+
+@pytest.mark.parametrize(
+    "fmt, header, sep",
+    [
+        ("csv", "user,item,rating\n", ","),
+        ("ml-20m", "userId,movieId,rating\n", ","),
+        ("ml-100k", "", "\t"),
+        ("ml-1m", "", "::"),
+        ("recbole", "user_id:token\titem_id:token\trating:float\n", "\t"),
+    ],
+)
+def test_quoted_and_unquoted_ids_are_the_same_user_and_item(tmp_path, fmt, header, sep):
+    """ "196" and 196 (and " 196 ") name one user: each reader gives them one id, so the user has
+    both interactions, not two users with one each."""
+    rows = [
+        ('"196"', '"242"', "3"),
+        ("196", "302", "4"),
+        (' "196" ', "242", '"5"'),
+        ("186", '"302"', "1"),
+    ]
+    text = header + "".join(sep.join(r) + "\n" for r in rows)
+    p = _write(tmp_path, "quoted.txt", text)
+    inter = read_interactions(p, fmt)
+    users, items = inter.users.tolist(), inter.items.tolist()
+    to = int if fmt.startswith("ml-") else str
+    assert users == [to("196"), to("196"), to("196"), to("186")]
+    assert items == [to("242"), to("302"), to("242"), to("302")]
+    assert inter.ratings.tolist() == [3.0, 4.0, 5.0, 1.0]
+    assert len(set(users)) == 2 and len(set(items)) == 2
+
+
+def test_csv_quoted_field_may_hold_the_separator(tmp_path):
+    p = _write(tmp_path, "x.csv", '"user","item"\n"Smith, J.",song\n"Smith, J.","say ""hi"""\n')
+    inter = read_interactions(p, "csv")
+    assert inter.users.tolist() == ["Smith, J.", "Smith, J."]
+    assert inter.items.tolist() == ["song", 'say "hi"']
 
 
 def test_empty_and_missing_files(tmp_path):

@@ -34,9 +34,14 @@ def classifier(out: int = 3) -> nn.Module:
 X = torch.randn(B, 4, dtype=torch.float64)
 
 
-class Pair(nn.Module):
+class Words(nn.Module):
     def forward(self, x):
-        return x, x
+        return "logits"
+
+
+class Hidden(nn.Module):
+    def forward(self, x):
+        return {"hidden_states": x}
 
 
 class IntOut(nn.Module):
@@ -93,10 +98,10 @@ CASES = [
         "num_samples must be an int",
     ),
     (
-        "num_samples and samples",
-        lambda: mc_predict(classifier(), X, 2, samples=3),
+        "samples= is not a keyword (the name is num_samples)",
+        lambda: mc_predict(classifier(), X, samples=3),  # type: ignore[call-arg]
         TypeError,
-        "pass num_samples only",
+        "samples",
     ),
     (
         "task",
@@ -168,13 +173,13 @@ CASES = [
         "x list of numbers",
         lambda: mc_predict(classifier(), [1, 2], 2),
         TypeError,
-        "x must be a Tensor or a non-empty tuple/list",
+        "x must be a Tensor, a non-empty tuple/list",
     ),
     (
         "x empty tuple",
         lambda: mc_predict(classifier(), (), 2),
         TypeError,
-        "x must be a Tensor or a non-empty tuple/list",
+        "x must be a Tensor, a non-empty tuple/list",
     ),
     (
         "x numpy array",
@@ -263,10 +268,22 @@ CASES = [
         r"class_dim=0 is the batch dimension of the model output \(3, 3\)",
     ),
     (
-        "model returns a tuple",
-        lambda: mc_predict(Pair(), X, 20),
+        "model returns a string",
+        lambda: mc_predict(Words(), X, 20),
         TypeError,
-        "model must return a Tensor, but it returned tuple",
+        "model must return a Tensor, a mapping .* but it returned str",
+    ),
+    (
+        "mapping output without the key",
+        lambda: mc_predict(Hidden(), X, 20),
+        ValueError,
+        r"without an entry 'logits'; its entries are \['hidden_states'\]",
+    ),
+    (
+        "output_key not a string",
+        lambda: mc_predict(classifier(), X, 20, output_key=1),
+        TypeError,
+        "output_key must be a string",
     ),
     (
         "model returns integers",
@@ -306,7 +323,7 @@ CASES = [
         "model must be an nn.Module",
     ),
     ("sample_seeds 0", lambda: sample_seeds(0), ValueError, "num_samples must be >= 1"),
-    ("sample_seeds without a count", lambda: sample_seeds(), TypeError, "needs num_samples"),
+    ("sample_seeds without a count", lambda: sample_seeds(), TypeError, "missing .*num_samples"),
     (
         "tile_choice on a non-tensor",
         lambda: tile_choice(classifier(), "x"),
@@ -326,18 +343,7 @@ def test_refused_clearly(call, exc, match):
 
 def test_number_of_cases():
     """The README's reliability section quotes this count."""
-    assert len(CASES) == 43
-
-
-def test_deprecated_samples_keyword_still_works():
-    with pytest.warns(DeprecationWarning, match="num_samples"):
-        a = mc_predict(classifier(), X, samples=4, generator=torch.Generator().manual_seed(0))
-    b = mc_predict(classifier(), X, 4, generator=torch.Generator().manual_seed(0))
-    assert a.num_samples == 4 and torch.equal(a.samples, b.samples)
-    with pytest.warns(DeprecationWarning):
-        assert sample_seeds(samples=3, generator=torch.Generator().manual_seed(1)) == sample_seeds(
-            3, torch.Generator().manual_seed(1)
-        )
+    assert len(CASES) == 45
 
 
 class FunctionalDropout(nn.Module):
@@ -381,3 +387,33 @@ def test_models_that_sample_are_not_reported():
         mc_predict(FunctionalDropout(training_flag=False), torch.randn(5, 4), 6)
         mc_predict(classifier(), X, 6)
         mc_predict(nn.Sequential(nn.Linear(4, 3)), torch.randn(5, 4), 1)  # one pass: no claim
+
+
+def test_num_samples_that_cannot_fit_is_refused_before_allocating(monkeypatch):
+    """10**12 passes need 44 TB of seeds alone: refused with the memory needed and free, before
+    the seeds are drawn; with 1 GiB free, 20,000 passes (0.9 MB of seeds) still run."""
+    import bayesdrop.uncertainty.mc as mc
+    from bayesdrop.nn import MCDropout
+
+    model = nn.Sequential(MCDropout(0.5), nn.Linear(3, 2))
+    x = torch.randn(4, 3)
+
+    def no_seeds(*a, **k):
+        raise AssertionError("allocated the seeds before refusing")
+
+    monkeypatch.setattr(mc, "_available_bytes", lambda device: 2**30)
+    with monkeypatch.context() as m:
+        m.setattr(mc, "sample_seeds", no_seeds)
+        with pytest.raises(
+            ValueError,
+            match=r"num_samples=1000000000000 cannot fit: .* 4\.1e\+04 GiB .* but 1 GiB are free",
+        ):
+            mc_predict(model, x, num_samples=10**12, keep_samples=False)
+        with pytest.raises(ValueError, match="or keep_samples=False"):
+            mc_predict(model, x, num_samples=10**12)
+        # 44 bytes of seed + 16 bytes kept per pass: 2**30 / 60 passes fit, one more does not
+        fits = 2**30 // 60
+        with pytest.raises(ValueError, match="cannot fit"):
+            mc_predict(model, x, num_samples=fits + 1)
+    res = mc_predict(model, x, num_samples=20_000, generator=torch.Generator().manual_seed(0))
+    assert res.num_samples == 20_000 and res.samples.shape[0] == 20_000

@@ -1,7 +1,7 @@
 """Shared machinery of ``bayesdrop-reproduce``: run settings, results, and the files written.
 
 Every experiment module defines ``NAME``, ``TITLE`` and ``run(cfg: RunConfig) -> Result``. The
-runner (:mod:`bayesdrop_reproduce.experiments.cli`) times it and writes, per experiment,
+runner (``bayesdrop_reproduce.experiments.cli``) times it and writes, per experiment,
 
 * ``<name>.json`` — every number of the :class:`Result`, the settings, the bayesdrop and torch
   versions and the wall time (or, for a failed experiment, its traceback);
@@ -31,6 +31,7 @@ __all__ = [
     "RunConfig",
     "Result",
     "Failure",
+    "Record",
     "write_json",
     "write_figure",
     "write_report",
@@ -74,10 +75,11 @@ JSON_KEYS = (
 
 #: The run settings, cheapest first (``tiny`` is the test suite's smoke setting, not listed).
 BUDGETS = ("quick", "medium", "full")
-#: The settling criterion of learned rates stated in every report: over the last
+#: Learned rates count as settled (the criterion stated in every report) when, over the last
 #: :data:`SETTLE_FRACTION` of training, the mean absolute change of a module's rates
 #: (:meth:`bayesdrop.RateTracker.drift`) is below :data:`SETTLE_TOL` for every module.
 SETTLE_TOL = 0.01
+#: The closing fraction of training over which :data:`SETTLE_TOL` is checked.
 SETTLE_FRACTION = 0.25
 #: In the ``medium`` budget the experiments that learn rates decay their learning rates linearly
 #: to zero over the last half of training (:func:`._training.linear_decay`): with a constant step
@@ -230,11 +232,13 @@ class Failure:
 
 
 @dataclass
-class _Record:
+class Record:
+    """One experiment as the runner saw it: its result (or failure), wall time and files."""
+
     result: Result | Failure
     wall_time_s: float
     files: dict[str, str] = field(default_factory=dict)
-    #: Files of this experiment that could not be written: ``"<file>: <error>"`` each.
+    #: The files of this experiment that could not be written, each as ``"<file>: <error>"``.
     write_errors: list[str] = field(default_factory=list)
     #: When the experiment finished (UTC).
     finished: str = field(default_factory=lambda: _now())
@@ -461,7 +465,7 @@ def _row(
 
 
 def write_report(
-    records: Iterable[_Record],
+    records: Iterable[Record],
     out: Path,
     cfg: RunConfig,
     earlier: Mapping[str, Mapping[str, Any]] | None = None,
@@ -544,7 +548,7 @@ def write_report(
     return path
 
 
-def _section(rec: _Record, cfg: RunConfig, replaced: Mapping[str, Any] | None) -> list[str]:
+def _section(rec: Record, cfg: RunConfig, replaced: Mapping[str, Any] | None) -> list[str]:
     res = rec.result
     lines = ["", f"## {res.name}", "", f"**{res.title}**", ""]
     if replaced is not None:
@@ -603,13 +607,13 @@ def _settled_line(rates: dict | None) -> str:
     )
 
 
-def _status(rec: _Record) -> str:
+def _status(rec: Record) -> str:
     if isinstance(rec.result, Failure):
         return "failed"
     return "ok, files not written" if rec.write_errors else "ok"
 
 
-def run_experiment(name: str, cfg: RunConfig) -> _Record:
+def run_experiment(name: str, cfg: RunConfig) -> Record:
     """Import and run experiment ``name``, catching any exception into a :class:`Failure`."""
     from . import load
 
@@ -627,7 +631,7 @@ def run_experiment(name: str, cfg: RunConfig) -> _Record:
             traceback=traceback.format_exc(),
         )
     wall = time.perf_counter() - start
-    record = _Record(result, wall)
+    record = Record(result, wall)
     # A file that cannot be written is reported (in the record, then report.md and the exit
     # status); it never stops the run: the other experiments still run and write theirs.
     try:

@@ -258,7 +258,7 @@ def test_budget_flag_reaches_config_json_and_report(fake, tmp_path, capsys) -> N
 
 
 def test_report_says_whether_the_rates_settled(tmp_path) -> None:
-    from bayesdrop_reproduce.experiments._framework import _Record, rate_settling, write_report
+    from bayesdrop_reproduce.experiments._framework import Record, rate_settling, write_report
 
     cfg = RunConfig(quick=True, seed=0, device="cpu", out=tmp_path)
     rows = [{"quantity": "q", "paper": "1", "ours": "2"}]
@@ -266,7 +266,7 @@ def test_report_says_whether_the_rates_settled(tmp_path) -> None:
         Result("a", "A", "MNIST", "digits", {}, {"x": 1}, rows, "v", rates=rate_settling(0.004)),
         Result("b", "B", "MNIST", "digits", {}, {"x": 1}, rows, "v", rates=rate_settling(0.03)),
     ]
-    report = write_report([_Record(r, 1.0) for r in results], tmp_path, cfg).read_text()
+    report = write_report([Record(r, 1.0) for r in results], tmp_path, cfg).read_text()
     assert "| quick | yes (drift 0.004) |" in report and "| quick | no (drift 0.03) |" in report
     assert "Learned rates settled: yes: largest drift over the last 25% of training 0.004" in report
     assert "Learned rates settled: no: largest drift over the last 25% of training 0.03" in report

@@ -105,12 +105,3 @@ __all__ = [
     "variational_dropout_kl",
     "weight_variance",
 ]
-
-
-def __getattr__(name: str) -> object:
-    """The deprecated ``LOG_ALPHA_MIN``/``LOG_ALPHA_MAX``, with a warning naming their successors."""
-    if name in ("LOG_ALPHA_MIN", "LOG_ALPHA_MAX"):
-        from . import kl
-
-        return getattr(kl, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

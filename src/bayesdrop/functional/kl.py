@@ -16,7 +16,6 @@ has no closed form; two fitted approximations are provided.
 
 from __future__ import annotations
 
-import warnings
 from typing import Literal
 
 import torch.nn.functional as F
@@ -54,24 +53,6 @@ KINGMA_COEFFICIENTS = (1.16145124, -1.50204118, 0.58629921)
 MOLCHANOV_COEFFICIENTS = (0.63576, 1.87320, 1.48695)
 _C1, _C2, _C3 = KINGMA_COEFFICIENTS
 _K1, _K2, _K3 = MOLCHANOV_COEFFICIENTS
-
-_RENAMED = {"LOG_ALPHA_MIN": "KL_LOG_ALPHA_MIN", "LOG_ALPHA_MAX": "KL_LOG_ALPHA_MAX"}
-
-
-def __getattr__(name: str) -> float:
-    """The old names ``LOG_ALPHA_MIN``/``LOG_ALPHA_MAX`` (deprecated: they did not say what
-    they bound, and the sparse families used the same names for another range)."""
-    if name in _RENAMED:
-        new = _RENAMED[name]
-        warnings.warn(
-            f"bayesdrop.functional.{name} is deprecated; use {new} (the clamp of kl_log_uniform "
-            "and VariationalDropout) or bayesdrop.functional.ADDITIVE_LOG_ALPHA_MIN/MAX (the "
-            "sparse and ARD families)",
-            DeprecationWarning,
-            stacklevel=2,
-        )
-        return float(globals()[new])
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def kl_log_uniform(log_alpha: Tensor, approximation: KLApproximation = "kingma") -> Tensor:

@@ -3,8 +3,10 @@
 from ._base import DropoutModule
 from .ard import ARDDropout
 from .concrete import ConcreteDropout
+from .drop_path import DropPath
 from .fast_dropout import FastDropoutLinear, FastDropoutMLP
 from .gaussian import GaussianDropout
+from .ghost_batch_norm import GhostBatchNorm, to_ghost_batch_norm
 from .learnable_bernoulli import LearnableBernoulliDropout
 from .mc_dropout import MCDropout
 from .sparse_variational import SparseVariationalDropout
@@ -15,19 +17,13 @@ __all__ = [
     "SparseVariationalDropout",
     "ConcreteDropout",
     "DropoutModule",
+    "DropPath",
     "LearnableBernoulliDropout",
     "MCDropout",
     "GaussianDropout",
+    "GhostBatchNorm",
+    "to_ghost_batch_norm",
     "FastDropoutLinear",
     "FastDropoutMLP",
     "VariationalDropout",
 ]
-
-
-def __getattr__(name: str) -> object:
-    # deprecated names, moved to bayesdrop.linear_model (the warning is raised there)
-    if name in ("FastDropoutLogisticRegression", "MCDropoutLogisticRegression"):
-        from . import fast_dropout
-
-        return getattr(fast_dropout, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -14,6 +14,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils.rnn import PackedSequence
 
+from .._validation import check_input_dtype
 from .wrapped_layers import drop_packed
 
 __all__ = ["DropoutModule"]
@@ -27,7 +28,7 @@ class DropoutModule(nn.Module):
     Attributes:
         mc_sampling: when ``True`` the module samples noise even in eval mode (MC prediction).
             It is a plain attribute, never part of ``state_dict``; use
-            :func:`bayesdrop.uncertainty.mc_sampling` to switch it for a whole model.
+            :func:`bayesdrop.mc_sampling` to switch it for a whole model.
         generator: optional :class:`torch.Generator` used for every random draw of this module
             (not saved in ``state_dict``).
     """
@@ -72,7 +73,50 @@ class DropoutModule(nn.Module):
             return torch.zeros(())
         return ref.new_zeros(())
 
+    # ------------------------------------------------------------------ input checks
+    def _input_dtype(self) -> torch.dtype | None:
+        """The dtype the input must have: that of the wrapped layer's floating parameters
+        (``None``, any real floating dtype, for a module without a layer)."""
+        layer: nn.Module | None = getattr(self, "layer", None)
+        if layer is not None:
+            for prm in layer.parameters():
+                if prm.is_floating_point():
+                    return prm.dtype
+        return None
+
+    def _check_input(self, x: Any) -> None:
+        """Refuse, before any work, an input that is not a real floating tensor of
+        :meth:`_input_dtype` (any floating dtype under :func:`torch.autocast`), naming the dtype
+        expected. Every ``forward`` calls it first."""
+        data = x.data if isinstance(x, PackedSequence) else x
+        check_input_dtype(data, self._input_dtype(), owner=type(self).__name__)
+
     # ------------------------------------------------------------------ the wrapper form
+    def __getattr__(self, name: str) -> Any:
+        """Parameters, buffers and submodules; then, in the wrapper form, the wrapped layer's.
+
+        A wrapper stands where its layer stood, so code written for the layer keeps working on
+        it: ``wrapper.weight``, ``wrapper.bias``, ``wrapper.in_features``,
+        ``wrapper.kernel_size``, ``wrapper.weight.dtype``, ... are read from ``wrapper.layer``
+        (the same objects, not copies). Only reads are forwarded, and only names the wrapper
+        does not have itself; ``state_dict`` keys are unchanged (the layer's stay under
+        ``layer.``).
+        """
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            modules = self.__dict__.get("_modules")
+            layer = modules.get("layer") if modules is not None else None
+            if layer is None or name.startswith("__"):
+                raise
+            try:
+                return getattr(layer, name)
+            except AttributeError:
+                raise AttributeError(
+                    f"'{type(self).__name__}' object (wrapping {type(layer).__name__}) has no "
+                    f"attribute '{name}'"
+                ) from None
+
     def _drop(self, x: Tensor) -> Tensor:
         """Sample the input noise of the wrapper/bare form: ``x`` times a fresh mask.
 
@@ -92,6 +136,7 @@ class DropoutModule(nn.Module):
         (:func:`~bayesdrop.nn.wrapped_layers.drop_packed`). The bare form (no layer) takes a
         single tensor.
         """
+        self._check_input(x)
         layer: nn.Module | None = getattr(self, "layer", None)
         if layer is None:
             if args or kwargs:

@@ -116,7 +116,7 @@ class ConcreteDropout(DropoutModule):
         generator: torch.Generator | None = None,
     ) -> None:
         super().__init__(generator)
-        self.kind, self.units = check_layer(layer, num_features)
+        self.layer_kind, self.units = check_layer(layer, num_features)
         self.layer = layer
         init_p = check_probability("init_p", init_p)
         self.temperature = check_positive("temperature", temperature)
@@ -145,7 +145,7 @@ class ConcreteDropout(DropoutModule):
 
     def kl(self) -> Tensor:
         weights = input_weights(self.layer) if self.layer is not None else []
-        groups = int(getattr(self.layer, "groups", 1)) if self.kind == "conv" else 1
+        groups = int(getattr(self.layer, "groups", 1)) if self.layer_kind == "conv" else 1
         return layer_regularizer(
             self.logit_p,
             weights,
@@ -166,7 +166,7 @@ class ConcreteDropout(DropoutModule):
     def _drop(self, x: Tensor) -> Tensor:
         shape = mask_shape(x, self.layer, self.units)
         logit_p = self.logit_p.to(x.dtype)
-        if self.kind == "conv" and self.granularity == "unit":
+        if self.layer_kind == "conv" and self.granularity == "unit":
             logit_p = logit_p.reshape((-1,) + (1,) * (len(shape) - 2))
         u = torch.rand(shape, dtype=x.dtype, device=x.device, generator=self.generator)
         return concrete_dropout_from_uniforms(x, logit_p, self.temperature, u, overwrite_u=True)

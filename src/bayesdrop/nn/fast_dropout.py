@@ -10,16 +10,12 @@ shape ``(N, K)``. :func:`bayesdrop.mc_predict` answers these modules from the mo
 sampling; ``forward`` returns the mean logits.
 
 The logistic-regression estimators (fast dropout and its Monte Carlo baseline) are
-scikit-learn estimators in :mod:`bayesdrop.linear_model`; the names
-``bayesdrop.nn.FastDropoutLogisticRegression`` and ``bayesdrop.nn.MCDropoutLogisticRegression``
-still work for one release, with a :class:`DeprecationWarning`.
+scikit-learn estimators in :mod:`bayesdrop.linear_model`.
 """
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Sequence
-from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -106,12 +102,41 @@ class FastDropoutLinear(DropoutModule):
         """Output ``(mean, var)`` for inputs with the given means and variances (``None``: 0)."""
         return fast_dropout_linear(mean, var, self.weight, self.bias, self._p)
 
+    def _input_dtype(self) -> torch.dtype | None:
+        return self.weight.dtype
+
     def output_moments(self, x: Tensor) -> Moments:
-        """Output ``(mean, var)`` for exactly known inputs ``x``."""
-        return self.moments(x, None)
+        """Output ``(mean, var)`` for exactly known inputs ``x``.
+
+        Raises:
+            ValueError: the moments overflow the dtype (an input whose square exceeds its largest
+                number).
+        """
+        self._check_input(x)
+        return _check_no_overflow(self.moments(x, None), x, type(self).__name__)
 
     def forward(self, x: Tensor) -> Tensor:
+        self._check_input(x)
         return F.linear(x, self.weight, self.bias)
+
+
+def _check_no_overflow(moments: Moments, x: Tensor, owner: str) -> Moments:
+    """Raise instead of returning moments that overflowed although ``x`` is finite.
+
+    The variances grow with the squares of the inputs, so an input whose square exceeds the
+    largest number of its dtype (about 1.8e19 in float32) gives an infinite variance and, one
+    layer on, NaN means; such an input is refused with the dtype's limit.
+    """
+    mean, var = moments
+    if bool(torch.isfinite(mean).all()) and bool(torch.isfinite(var).all()):
+        return moments
+    big = float(x.detach().abs().max()) if x.numel() else 0.0
+    limit = torch.finfo(mean.dtype).max
+    raise ValueError(
+        f"{owner}: the output moments overflow {mean.dtype} (largest |input| {big:.3g}; the "
+        f"variances grow with the squared inputs and {mean.dtype} holds at most {limit:.3g}); "
+        "scale the inputs, or use float64 (module.double() and double inputs)"
+    )
 
 
 _ACTIVATIONS = {"relu": relu_moments, "sigmoid": sigmoid_moments}
@@ -197,15 +222,19 @@ class FastDropoutMLP(DropoutModule):
 
     def output_moments(self, x: Tensor) -> Moments:
         """Gaussian ``(mean, var)`` of the output logits, each ``(N, out_features)``."""
+        self._check_input(x)
         act = _ACTIVATIONS[self.activation]
         layers: list[FastDropoutLinear] = list(self.layers)  # type: ignore[arg-type]
-        mean, var = layers[0].output_moments(x)  # checks x; the moments below are finite
+        mean, var = layers[0].output_moments(x)  # checks x and that the moments are finite
         for layer in layers[1:]:
             hidden = act(mean, var, validate=False)
             mean, var = fast_dropout_linear(
                 *hidden, layer.weight, layer.bias, layer._p, validate=False
             )
-        return Moments(mean, var)
+        return _check_no_overflow(Moments(mean, var), x, type(self).__name__)
+
+    def _input_dtype(self) -> torch.dtype | None:
+        return self.layers[0].weight.dtype  # type: ignore[return-value]
 
     def forward(self, x: Tensor) -> Tensor:
         return self.output_moments(x).mean
@@ -231,27 +260,3 @@ class FastDropoutMLP(DropoutModule):
         """Expected softmax probabilities ``(N, out_features)`` (unscented transform)."""
         mean, var = self.output_moments(x)
         return expected_softmax(mean, var, "unscented")
-
-
-_MOVED = {
-    "FastDropoutLogisticRegression": "_LegacyFastDropoutLogisticRegression",
-    "MCDropoutLogisticRegression": "_LegacyMCDropoutLogisticRegression",
-}
-
-
-def __getattr__(name: str) -> Any:
-    """The logistic-regression estimators moved to :mod:`bayesdrop.linear_model`."""
-    if name in _MOVED:
-        warnings.warn(
-            f"bayesdrop.nn.{name} is deprecated and will be removed in the next release: use "
-            f"bayesdrop.linear_model.{name}, a scikit-learn estimator "
-            f"({name}(p=...).fit(X, y), fit options in the constructor, labels of any type, "
-            "NumPy outputs). The old constructor (in_features, num_classes, p, ...) and fit "
-            "keywords still work here until then.",
-            DeprecationWarning,
-            stacklevel=2,
-        )
-        from .. import linear_model
-
-        return getattr(linear_model, _MOVED[name])
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

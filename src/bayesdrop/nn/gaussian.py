@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import warnings
 from typing import Any, Literal
 
 import torch
@@ -14,30 +13,13 @@ from ..functional.lrt import LRT_LAYERS, layer_options, lrt_sample
 from ._base import DropoutModule
 from .wrapped_layers import check_layer, mask_shape
 
-__all__ = ["GaussianDropout", "NOISE_TYPES", "KINDS", "NoiseType"]
+__all__ = ["GaussianDropout", "NOISE_TYPES", "NoiseType"]
 
 #: Where the Gaussian noise enters: ``"A"`` on the inputs, ``"B"`` on the weights (sampled
 #: through the pre-activations).
 NoiseType = Literal["A", "B"]
 #: Accepted ``noise`` values: ``"A"`` (noise on the inputs), ``"B"`` (independent weight noise).
 NOISE_TYPES: tuple[NoiseType, ...] = ("A", "B")
-#: Former name of :data:`NOISE_TYPES`.
-KINDS = NOISE_TYPES
-
-
-def resolve_noise(noise: str | None, kind: str | None, owner: str) -> str:
-    """The noise type from ``noise=`` or the deprecated ``kind=`` (warns), checked."""
-    if kind is not None:
-        if noise is not None:
-            raise TypeError(f"{owner}: give noise= only (kind= is its deprecated former name)")
-        warnings.warn(
-            f"{owner}(kind=...) is deprecated; use noise=... (kind named the wrapped layer's "
-            "type elsewhere)",
-            DeprecationWarning,
-            stacklevel=3,
-        )
-        noise = kind
-    return check_choice("noise", "A" if noise is None else noise, NOISE_TYPES)
 
 
 def require_lrt_layer(layer: nn.Module | None, owner: str) -> nn.Module:
@@ -77,7 +59,6 @@ class GaussianDropout(DropoutModule):
             type A form (then noise is drawn for every element of the input).
         p: drop probability in ``[0, 1)``; ``alpha = p / (1 - p)``.
         noise: ``"A"`` (default) or ``"B"``.
-        kind: deprecated former name of ``noise`` (warns).
         num_features: optional input size of the bare form, checked against the last dimension.
         generator: optional generator for the noise.
 
@@ -104,10 +85,9 @@ class GaussianDropout(DropoutModule):
         layer: nn.Module | None = None,
         *,
         p: float = 0.5,
-        noise: NoiseType | None = None,
+        noise: NoiseType = "A",
         num_features: int | None = None,
         generator: torch.Generator | None = None,
-        kind: NoiseType | None = None,
     ) -> None:
         super().__init__(generator)
         if layer is not None and not isinstance(layer, nn.Module):
@@ -115,7 +95,7 @@ class GaussianDropout(DropoutModule):
                 f"layer must be an nn.Module or None, but got {type(layer).__name__} "
                 "(the drop probability is the keyword argument p=)"
             )
-        self.noise = resolve_noise(noise, kind, "GaussianDropout")
+        self.noise: NoiseType = check_choice("noise", noise, NOISE_TYPES)  # type: ignore[assignment]
         self._p_value = check_probability("p", p, low_open=False)
         self.alpha = alpha_from_p(self._p_value)
         if layer is None and num_features is None:
@@ -129,12 +109,6 @@ class GaussianDropout(DropoutModule):
         self.register_buffer(
             "_p", torch.tensor([self.alpha / (1.0 + self.alpha)]), persistent=False
         )
-
-    @property
-    def kind(self) -> str:
-        """Deprecated former name of :attr:`noise`."""
-        warnings.warn("GaussianDropout.kind is deprecated; use .noise", DeprecationWarning, 2)
-        return self.noise
 
     @property
     def p(self) -> Tensor:
@@ -151,6 +125,7 @@ class GaussianDropout(DropoutModule):
         """
         if self.noise == "B" and self.sampling and self.alpha != 0.0:
             assert self.units is not None and self.layer is not None
+            self._check_input(x)
             mask_shape(x, self.layer, self.units)  # shape check only
             weight: Tensor = self.layer.weight  # type: ignore[assignment]
             return lrt_sample(

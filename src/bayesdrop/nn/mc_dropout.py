@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .._validation import check_probability
+from .._validation import check_bool, check_probability
 from ._base import DropoutModule
 
 __all__ = ["MCDropout"]
@@ -18,7 +18,7 @@ class MCDropout(DropoutModule):
         y = x \odot z / (1 - p), \qquad z \sim \mathrm{Ber}(1 - p)
 
     Unlike :class:`torch.nn.Dropout` it keeps sampling under MC prediction
-    (:func:`bayesdrop.mc_predict` or :func:`bayesdrop.uncertainty.mc_sampling`) while every other
+    (:func:`bayesdrop.mc_predict` or :func:`bayesdrop.mc_sampling`) while every other
     module is in eval mode. In plain eval mode it is the identity. It has no parameters and no KL
     (Gal's weight-decay reading of the prior is left to the optimiser).
 
@@ -43,7 +43,7 @@ class MCDropout(DropoutModule):
     ) -> None:
         super().__init__(generator)
         self._p = check_probability("p", p, low_open=False)
-        self.channelwise = bool(channelwise)
+        self.channelwise = check_bool("channelwise", channelwise)
 
     @property
     def p(self) -> Tensor:
@@ -53,6 +53,7 @@ class MCDropout(DropoutModule):
         return f"p={self._p}" + (", channelwise=True" if self.channelwise else "")
 
     def forward(self, x: Tensor) -> Tensor:
+        self._check_input(x)
         if not self.sampling or self._p == 0.0:
             return x
         if self.channelwise:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import warnings
 from typing import Any, Literal
 
 import torch
@@ -15,7 +14,7 @@ from ..functional.kl import KL_APPROXIMATIONS, KL_LOG_ALPHA_MAX, KL_LOG_ALPHA_MI
 from ..functional.lrt import layer_options, lrt_sample
 from ..functional.variational import clamp_log_alpha, variational_dropout_kl, weight_variance
 from ._base import DropoutModule
-from .gaussian import NoiseType, require_lrt_layer, resolve_noise
+from .gaussian import NOISE_TYPES, NoiseType, require_lrt_layer
 from .wrapped_layers import check_layer, input_weights, mask_shape
 
 __all__ = ["VariationalDropout", "GRANULARITIES", "KL_TERMS", "KLTerms", "Granularity"]
@@ -91,7 +90,6 @@ class VariationalDropout(DropoutModule):
             ``"weight"`` (type A: one per weight leaving each unit; needs a wrapped layer).
         num_features: number of input units for the bare form.
         generator: optional generator for the noise.
-        kind: deprecated former name of ``noise`` (warns).
 
     Shape:
         As the wrapped layer; bare form ``(*, num_features)``.
@@ -112,7 +110,7 @@ class VariationalDropout(DropoutModule):
         self,
         layer: nn.Module | None = None,
         *,
-        noise: NoiseType | None = None,
+        noise: NoiseType = "A",
         granularity: Granularity | None = None,
         init_p: float = 0.5,
         max_alpha: float = 1.0,
@@ -120,10 +118,9 @@ class VariationalDropout(DropoutModule):
         kl_terms: KLTerms = "noise",
         num_features: int | None = None,
         generator: torch.Generator | None = None,
-        kind: NoiseType | None = None,
     ) -> None:
         super().__init__(generator)
-        self.noise = resolve_noise(noise, kind, "VariationalDropout")
+        self.noise: NoiseType = check_choice("noise", noise, NOISE_TYPES)  # type: ignore[assignment]
         if self.noise == "B" and layer is None:
             require_lrt_layer(None, "VariationalDropout")
         self.layer_kind, self.units = check_layer(layer, num_features)
@@ -175,12 +172,6 @@ class VariationalDropout(DropoutModule):
     def _weight(self) -> Tensor:
         """The weight of a type-B layer."""
         return self.layer.weight  # type: ignore[union-attr, return-value]
-
-    @property
-    def kind(self) -> str:
-        """Deprecated former name of :attr:`noise`."""
-        warnings.warn("VariationalDropout.kind is deprecated; use .noise", DeprecationWarning, 2)
-        return self.noise
 
     # ----------------------------------------------------------------------------- rates
     def _log_alpha(self) -> Tensor:
@@ -236,6 +227,7 @@ class VariationalDropout(DropoutModule):
         """
         if self.noise == "B" and self.sampling:
             assert self.layer is not None
+            self._check_input(x)
             mask_shape(x, self.layer, self.units)  # shape check only
             log_alpha = self._log_alpha()
             weight = self._weight()

@@ -7,6 +7,7 @@ each reader reads the file it is given.
 
 from __future__ import annotations
 
+import csv
 import io
 import math
 import os
@@ -74,6 +75,23 @@ def _lines(path: str | os.PathLike[str]) -> Iterator[str]:
             yield text
 
 
+_INT64_MAX = 2**63 - 1
+
+
+def _unquote(text: str) -> str:
+    """``text`` without surrounding white space and one pair of surrounding double quotes (a
+    doubled ``""`` inside stands for one ``"``), so that ``"196"`` and ``196`` are one id."""
+    text = text.strip()
+    if len(text) >= 2 and text[0] == '"' and text[-1] == '"':
+        text = text[1:-1].replace('""', '"').strip()
+    return text
+
+
+def _split_csv(line: str, sep: str) -> list[str]:
+    """The fields of one CSV line, quoted fields (with separators or quotes inside) read as CSV."""
+    return next(csv.reader([line], delimiter=sep), [])
+
+
 def _parse(
     lines: Iterable[str],
     source: str,
@@ -83,7 +101,11 @@ def _parse(
     rating_col: int | None,
     numeric_ids: bool,
     header: bool,
+    quoting: bool = False,
 ) -> Interactions:
+    """Interactions from delimited lines. Ids are normalised (white space and surrounding double
+    quotes removed), so a quoted and an unquoted spelling of an id are the same user or item;
+    with ``quoting`` the line is split as CSV (separators inside quotes belong to the field)."""
     users: list = []
     items: list = []
     ratings: list[float] = []
@@ -94,13 +116,13 @@ def _parse(
         line = raw.rstrip("\r\n")
         if not line.strip():
             continue
-        fields = line.split(sep)
+        fields = _split_csv(line, sep) if quoting else line.split(sep)
         if len(fields) < need:
             raise DataFormatError(
                 f"{source}, line {lineno}: expected at least {need} fields separated by "
                 f"{sep!r}, got {len(fields)}: {line[:80]!r}"
             )
-        u_text, i_text = fields[user_col].strip(), fields[item_col].strip()
+        u_text, i_text = _unquote(fields[user_col]), _unquote(fields[item_col])
         if not u_text or not i_text:
             raise DataFormatError(f"{source}, line {lineno}: empty user or item id: {line[:80]!r}")
         if numeric_ids:
@@ -113,13 +135,18 @@ def _parse(
                 ) from None
             if u < 0 or i < 0:
                 raise DataFormatError(f"{source}, line {lineno}: negative id in {line[:80]!r}")
+            if max(u, i) > _INT64_MAX:
+                raise DataFormatError(
+                    f"{source}, line {lineno}: id {max(u, i)} is too large: ids must fit a 64-bit "
+                    f"integer (at most {_INT64_MAX})"
+                )
             users.append(u)
             items.append(i)
         else:
             users.append(u_text)
             items.append(i_text)
         if rating_col is not None:
-            text = fields[rating_col].strip()
+            text = _unquote(fields[rating_col])
             try:
                 r = float(text)
             except ValueError:
@@ -141,7 +168,7 @@ def _parse(
 
 
 def _check_header(first: str, source: str, expected: list[str]) -> None:
-    got = [c.strip().lower() for c in first.rstrip("\r\n").split(",")]
+    got = [_unquote(c).lower() for c in _split_csv(first.rstrip("\r\n"), ",")]
     if got[: len(expected)] != [e.lower() for e in expected]:
         raise DataFormatError(
             f"{source}, line 1: expected a header starting with {','.join(expected)}, got "
@@ -156,7 +183,7 @@ def read_ml20m(path: str | os.PathLike[str]) -> Interactions:
     if not lines:
         raise DataFormatError(f"{source}: no interactions (empty file)")
     _check_header(lines[0], source, ["userId", "movieId", "rating"])
-    return _parse(lines, source, ",", 0, 1, 2, True, header=True)
+    return _parse(lines, source, ",", 0, 1, 2, True, header=True, quoting=True)
 
 
 def read_ml1m(path: str | os.PathLike[str]) -> Interactions:
@@ -244,14 +271,16 @@ def read_csv(path: str | os.PathLike[str]) -> Interactions:
     lines = list(_lines(path))
     if not lines:
         raise DataFormatError(f"{source}: no interactions (empty file)")
-    names = [c.strip().lower() for c in lines[0].rstrip("\r\n").split(",")]
+    names = [_unquote(c).lower() for c in _split_csv(lines[0].rstrip("\r\n"), ",")]
     if "user" not in names or "item" not in names:
         raise DataFormatError(
             f"{source}, line 1: expected a header with columns user,item[,rating], got "
             f"{lines[0].strip()[:80]!r}"
         )
     rating = names.index("rating") if "rating" in names else None
-    return _parse(lines, source, ",", names.index("user"), names.index("item"), rating, False, True)
+    return _parse(
+        lines, source, ",", names.index("user"), names.index("item"), rating, False, True, True
+    )
 
 
 _READERS = {

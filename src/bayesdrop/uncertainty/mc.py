@@ -1,4 +1,4 @@
-r"""Monte Carlo prediction with dropout left on: :func:`mc_predict` and :func:`mc_sampling`.
+r"""Monte Carlo prediction with dropout left on: :func:`~bayesdrop.mc_predict` and :func:`~bayesdrop.mc_sampling`.
 
 MC dropout (Gal & Ghahramani, 2016) reads the dropout noise as samples from an approximate
 posterior: the predictive distribution is estimated by averaging ``S`` stochastic forward passes
@@ -21,10 +21,11 @@ For regression with homoscedastic noise precision :math:`\tau`,
 from __future__ import annotations
 
 import math
+import os
 import time
 import warnings
 import weakref
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -34,6 +35,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .._validation import check_choice, check_int, check_positive
+from ..adapters.batches import batch_size, call_model, check_batch, prediction, tensors, tile_batch
 from ..nn._base import DropoutModule
 from ._per_sample_streams import PerSampleRandomness, Untileable
 
@@ -68,11 +70,11 @@ _SEED_HIGH = 2**62
 
 
 class NoSamplingWarning(UserWarning):
-    """:func:`mc_predict` ran several passes and all gave the same output: nothing sampled."""
+    """:func:`~bayesdrop.mc_predict` ran several passes and all gave the same output: nothing sampled."""
 
 
 class MCClassification:
-    """Result of :func:`mc_predict` for classification (all entropies in nats).
+    """Result of :func:`~bayesdrop.mc_predict` for classification (all entropies in nats).
 
     Attributes:
         probs: mean predictive probabilities :math:`\\bar p`, shaped like the model output (the
@@ -156,7 +158,7 @@ class MCClassification:
 
 @dataclass(frozen=True)
 class MCRegression:
-    """Result of :func:`mc_predict` for regression.
+    """Result of :func:`~bayesdrop.mc_predict` for regression.
 
     Attributes:
         mean: :math:`\\bar y`, shaped like the model output.
@@ -216,52 +218,47 @@ def mc_sampling(model: nn.Module) -> Iterator[nn.Module]:
 
 
 # --------------------------------------------------------------------------- helpers
-def _resolve_num_samples(num_samples: int | None, samples: int | None, where: str) -> int:
-    """``num_samples``, accepting the deprecated keyword ``samples=`` for one release."""
-    if samples is not None:
-        if num_samples is not None:
-            raise TypeError(f"{where}() got num_samples and samples; pass num_samples only")
-        warnings.warn(
-            f"{where}(samples=...) is deprecated and will be removed in the next release; use "
-            "num_samples=... (the name of the result's attribute)",
-            DeprecationWarning,
-            stacklevel=3,
-        )
-        num_samples = samples
-    return check_int("num_samples", 10 if num_samples is None else num_samples)
-
-
-def sample_seeds(
-    num_samples: int | None = None,
-    generator: torch.Generator | None = None,
-    *,
-    samples: int | None = None,
-) -> list[int]:
-    """The per-pass seeds :func:`mc_predict` uses: ``torch.randint(0, 2**62, (num_samples,))``.
+def sample_seeds(num_samples: int, generator: torch.Generator | None = None) -> list[int]:
+    """The per-pass seeds :func:`~bayesdrop.mc_predict` uses: ``torch.randint(0, 2**62, (num_samples,))``.
 
     Drawn on the CPU from ``generator`` (or from the global generator when ``None``).
-    ``samples=`` is the deprecated name of ``num_samples``.
     """
-    if num_samples is None and samples is None:
-        raise TypeError("sample_seeds() needs num_samples, the number of MC passes")
-    num_samples = _resolve_num_samples(num_samples, samples, "sample_seeds")
+    num_samples = check_int("num_samples", num_samples)
     dev = generator.device if generator is not None else "cpu"
     seeds = torch.randint(0, _SEED_HIGH, (num_samples,), generator=generator, device=dev)
     return [int(s) for s in seeds.tolist()]
 
 
-def _check_inputs(x: Any) -> tuple[Tensor, ...]:
+#: A batch as the passes use it: the positional arguments (a tensor ``x`` is ``(x,)``) or the
+#: keyword arguments of the model.
+_Batch = tuple[Tensor, ...] | dict[str, Any]
+
+
+def _check_inputs(x: Any) -> _Batch:
     if isinstance(x, Tensor):
         return (x,)
     if isinstance(x, (tuple, list)) and x and all(isinstance(t, Tensor) for t in x):
         return tuple(x)
-    raise TypeError("x must be a Tensor or a non-empty tuple/list of Tensors")
+    if isinstance(x, Mapping):
+        check_batch(x, "x")
+        return dict(x)
+    raise TypeError(
+        "x must be a Tensor, a non-empty tuple/list of Tensors (model(*x)) or a mapping such as "
+        f"a dict or a Hugging Face BatchEncoding (model(**x)), but got {type(x).__name__}"
+    )
 
 
-def _tile(x: Tensor, copies: int, dim: int) -> Tensor:
-    if copies == 1:
-        return x
-    return torch.cat([x] * copies, dim=dim)
+def _entries(inputs: _Batch) -> list[tuple[str, Tensor]]:
+    """Every tensor of a batch with its name in the caller's terms (``x``, ``x[1]``, ``x['ids']``)."""
+    if isinstance(inputs, dict):
+        return [
+            (f"x[{k!r}]", t)
+            for k, v in inputs.items()
+            for t in ([v] if isinstance(v, Tensor) else tensors(v))
+        ]
+    if len(inputs) == 1:
+        return [("x", inputs[0])]
+    return [(f"x[{i}]", t) for i, t in enumerate(inputs)]
 
 
 def _is_oom(err: BaseException) -> bool:
@@ -307,7 +304,7 @@ _REPS = 3
 class _TilePlan:
     """How many passes one forward call holds, for one model and one kind of input.
 
-    The choice is measured on the passes :func:`mc_predict` runs anyway (their results are kept,
+    The choice is measured on the passes :func:`~bayesdrop.mc_predict` runs anyway (their results are kept,
     so measuring costs no extra forward pass): one untimed warm-up pass, then tiles of 1, 2, 4,
     ... passes (the last candidate is all the passes of a call), each timed in ``_REPS`` calls
     (more, up to ``_MAX_REPS``, while they add up to less than ``_MIN_SECONDS``).
@@ -317,7 +314,7 @@ class _TilePlan:
     tile needs for them, the remainder's call included. ``_MISSES`` tiles in a row that are not
     faster end the search (a small model on a CPU loses with 2 passes per call, whose random
     streams cost more than the call they save, and gains from 4 or more). A
-    measurement may continue over several :func:`mc_predict` calls (a tile larger than the
+    measurement may continue over several :func:`~bayesdrop.mc_predict` calls (a tile larger than the
     passes left in a call is measured in a later call that has room for it).
     """
 
@@ -396,8 +393,8 @@ _PLANS: weakref.WeakKeyDictionary[nn.Module, dict[tuple[Any, ...], _TilePlan]] =
 )
 
 
-def _plan_key(inputs: Sequence[Tensor], batch_dim: int, exact: bool) -> tuple[Any, ...]:
-    shapes = tuple((tuple(t.shape), t.dtype, str(t.device)) for t in inputs)
+def _plan_key(inputs: _Batch, batch_dim: int, exact: bool) -> tuple[Any, ...]:
+    shapes = tuple((name, tuple(t.shape), t.dtype, str(t.device)) for name, t in _entries(inputs))
     return (shapes, batch_dim, bool(exact), torch.get_num_threads())
 
 
@@ -411,12 +408,12 @@ def _plan_for(model: nn.Module, key: tuple[Any, ...]) -> _TilePlan:
 
 def tile_choice(
     model: nn.Module,
-    x: Tensor | Sequence[Tensor],
+    x: Tensor | Sequence[Tensor] | Mapping[str, Any],
     *,
     batch_dim: int = 0,
     exact: bool = True,
 ) -> int | None:
-    """Passes per forward call that :func:`mc_predict` has settled on for ``model`` and inputs
+    """Passes per forward call that :func:`~bayesdrop.mc_predict` has settled on for ``model`` and inputs
     shaped like ``x`` (``None`` while it is still measuring or before the first call).
 
     Multiply by the batch size to get the ``max_batch`` that fixes the same tiling.
@@ -436,7 +433,7 @@ def tile_choice(
 
 def clear_tile_choices(model: nn.Module | None = None) -> None:
     """Forget the measured tiling of ``model`` (of every model when ``None``): the next
-    :func:`mc_predict` call measures again (e.g. after the machine's load has changed)."""
+    :func:`~bayesdrop.mc_predict` call measures again (e.g. after the machine's load has changed)."""
     if model is None:
         _PLANS.clear()
     else:
@@ -509,7 +506,7 @@ class _TiledOutputMismatch(RuntimeError):
 def mc_predict(
     model: nn.Module,
     x: Tensor | Sequence[Tensor],
-    num_samples: int | None = None,
+    num_samples: int = 10,
     *,
     task: str = "classification",
     output: str = "logits",
@@ -522,7 +519,7 @@ def mc_predict(
     keep_samples: bool = True,
     moments_method: str = "unscented",
     exact: bool = True,
-    samples: int | None = None,
+    output_key: str = "logits",
 ) -> MCClassification | MCRegression:
     r"""Predict with ``num_samples`` stochastic passes of ``model`` (MC dropout for any dropout model).
 
@@ -541,8 +538,8 @@ def mc_predict(
     faster per pass than the best so far (three tiles in a row that are not end the search; all
     the passes in one call win when they beat the best tile's calls, remainder included), and
     use the best (the search takes about ten calls for a small model); the choice is cached per
-    model, input shapes, dtype, device, ``batch_dim``, ``exact`` and torch thread count (:func:`tile_choice` reads it,
-    :func:`clear_tile_choices` forgets it). The measured passes are part of the result, so
+    model, input shapes, dtype, device, ``batch_dim``, ``exact`` and torch thread count (:func:`~bayesdrop.uncertainty.tile_choice` reads it,
+    :func:`~bayesdrop.uncertainty.clear_tile_choices` forgets it). The measured passes are part of the result, so
     measuring costs no extra pass, and the results do not depend on the tile (see below).
     ``max_batch`` fixes the tile instead: at most that many rows per call (at least one pass,
     ``B`` rows, is always run together). When a tiled call runs out of memory the tile is
@@ -562,8 +559,8 @@ def mc_predict(
                 outputs.append(model(x))
 
     whatever the tiling, because every random draw of a tiled call is split along the batch and
-    each pass's slice comes from that pass's own stream (see
-    :mod:`bayesdrop.uncertainty._per_sample_streams` for the draws covered). The noise is
+    each pass's slice comes from that pass's own stream (the private module
+    ``bayesdrop.uncertainty._per_sample_streams`` lists the draws covered). The noise is
     identical bit for bit; the outputs agree up to the floating-point rounding of kernels whose
     reduction order depends on the batch size (matrix products may differ in the last bit).
     Modules' own ``generator`` attributes are overridden during the call. A model whose noise has
@@ -587,7 +584,7 @@ def mc_predict(
 
     **Passes that did not sample.** If two or more passes are all identical (up to rounding) the
     model did not sample: its mutual information and model variance are zero for that reason
-    only. A :class:`NoSamplingWarning` says so, naming the likely cause: no dropout layer that
+    only. A :class:`~bayesdrop.uncertainty.NoSamplingWarning` says so, naming the likely cause: no dropout layer that
     samples under :func:`mc_sampling` (``nn.Dropout*`` or a bayesdrop module), or functional
     dropout written as ``F.dropout(x, p, self.training)``, which is off because the model is in
     eval mode during MC prediction. Turn it into an error with
@@ -595,16 +592,23 @@ def mc_predict(
 
     **Moment models.** A model with an ``output_moments(x) -> (mean, var)`` method (the fast
     dropout modules) is answered from the Gaussian moments of its output without sampling:
-    probabilities from :func:`bayesdrop.functional.fast_dropout.expected_softmax`, expected
+    probabilities from :func:`bayesdrop.functional.expected_softmax`, expected
     entropy and mutual information from the :math:`2K` unscented sigma points
     :math:`m \pm \sqrt{K v_k}\,e_k` (:math:`\bar p_\sigma` their mean softmax, MI
     :math:`= H[\bar p_\sigma] - \overline{H[p_\sigma]} \ge 0`); regression gives ``mean`` and
     ``var + 1/noise_precision``.
 
     Args:
-        model: the network; its forward takes ``x`` (a tuple/list is unpacked) and returns a
-            Tensor.
-        x: a batch, or a tuple/list of tensors sharing the batch dimension ``batch_dim``.
+        model: the network, called as ``model(x)`` for a tensor, ``model(*x)`` for a tuple/list
+            and ``model(**x)`` for a mapping (a keyword batch). Its prediction is what it
+            returns when that is a tensor, the entry ``output_key`` of a mapping output (a
+            Hugging Face ``ModelOutput``: ``logits`` by default) and the first element of a
+            tuple/list (see :mod:`bayesdrop.adapters.batches`).
+        x: a batch: a tensor, a tuple/list of tensors sharing the batch dimension
+            ``batch_dim``, or a mapping of keyword arguments (a dict, a Hugging Face
+            ``BatchEncoding``), whose entries with the batch size along ``batch_dim`` are the
+            batched ones (tiled with the passes; every other entry is passed unchanged); the
+            batch size is that of its first tensor with dimension ``batch_dim``.
         num_samples: number of passes :math:`S \ge 1` (10 when not given).
         task: ``"classification"`` or ``"regression"``.
         output: for classification, what the model returns: ``"logits"`` (softmax is applied
@@ -624,10 +628,12 @@ def mc_predict(
         moments_method: ``method=`` passed to ``expected_softmax`` for moment models.
         exact: per-pass random streams (tiling-invariant, the default) or one stream per
             tiled call (faster on GPUs, see above).
-        samples: deprecated name of ``num_samples`` (it warns; removed in the next release).
+        output_key: the entry of a mapping output (``dict``, ``ModelOutput``) that is the
+            prediction (default ``"logits"``); not used for outputs of other types.
 
     Returns:
-        :class:`MCClassification` or :class:`MCRegression`.
+        :class:`~bayesdrop.uncertainty.MCClassification` or
+        :class:`~bayesdrop.uncertainty.MCRegression`.
 
     Raises:
         ValueError, TypeError: for arguments out of range, an output without the batch or class
@@ -647,7 +653,7 @@ def mc_predict(
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be an nn.Module, but got {type(model).__name__}")
-    num_samples = _resolve_num_samples(num_samples, samples, "mc_predict")
+    num_samples = check_int("num_samples", num_samples)
     check_choice("task", task, TASKS)
     check_choice("output", output, OUTPUTS)
     for name, dim in (("class_dim", class_dim), ("batch_dim", batch_dim)):
@@ -669,10 +675,12 @@ def mc_predict(
         )
     if max_batch is not None:
         max_batch = check_int("max_batch", max_batch)
+    if not isinstance(output_key, str):
+        raise TypeError(f"output_key must be a string, but got {type(output_key).__name__}")
     inputs = _check_inputs(x)
-    for i, t in enumerate(inputs):
-        where = "x" if len(inputs) == 1 else f"x[{i}]"
-        if t.dim() <= batch_dim or t.dim() < -batch_dim:
+    entries = _entries(inputs)
+    for where, t in entries:
+        if isinstance(inputs, tuple) and (t.dim() <= batch_dim or t.dim() < -batch_dim):
             raise ValueError(
                 f"{where} has no batch dimension batch_dim={batch_dim}: shape {tuple(t.shape)}"
             )
@@ -683,10 +691,13 @@ def mc_predict(
             and not bool(torch.isfinite(t).all())
         ):
             raise ValueError(f"{where} must be finite, but it contains NaN or inf")
-    batch = int(inputs[0].shape[batch_dim])
+    if isinstance(inputs, dict):
+        batch = batch_size(inputs, batch_dim, "x")
+    else:
+        batch = int(inputs[0].shape[batch_dim])
     if batch < 1:
         raise ValueError("x must hold at least one example")
-    if any(int(t.shape[batch_dim]) != batch for t in inputs):
+    if isinstance(inputs, tuple) and any(int(t.shape[batch_dim]) != batch for t in inputs):
         raise ValueError(
             f"all tensors in x must share the batch size along batch_dim={batch_dim}, got "
             f"{[tuple(t.shape) for t in inputs]}"
@@ -698,13 +709,14 @@ def mc_predict(
     if callable(moments):
         return _from_moments(model, inputs, task, class_dim, noise_var, moments_method)
 
+    _check_passes_fit(num_samples, batch, keep_samples, entries[0][1].device)
     seeds = sample_seeds(num_samples, generator)
     acc = _Accumulator(task, output, class_dim, keep_samples, batch, obd, num_samples)
     # exact=False results depend on the tile, so its tile is never measured (all passes at once)
     measure = max_batch is None and exact
     plan = _plan_for(model, _plan_key(inputs, batch_dim, exact)) if measure else None
     cap = num_samples if max_batch is None else max(1, max_batch // batch)
-    device = inputs[0].device
+    device = entries[0][1].device
     direct = not _foreign_generators(model)
     done = 0
     with (
@@ -722,7 +734,9 @@ def mc_predict(
             failed = False
             try:
                 start = _clock(device) if timed else 0.0
-                outs = _passes(model, inputs, chunk, batch, batch_dim, obd, exact, direct)
+                outs = _passes(
+                    model, inputs, chunk, batch, batch_dim, obd, exact, direct, output_key
+                )
                 elapsed = _clock(device) - start if timed else None
             except Untileable:
                 if c == 1:
@@ -747,7 +761,9 @@ def mc_predict(
                 # the tiled call failed: one pass reports a real error in the terms of x (its
                 # batch size and shapes, not the tiled ones); if one pass works, the model
                 # cannot run tiled batches and gets one pass per call
-                outs = _passes(model, inputs, chunk[:1], batch, batch_dim, obd, exact, direct)
+                outs = _passes(
+                    model, inputs, chunk[:1], batch, batch_dim, obd, exact, direct, output_key
+                )
                 cap = 1
                 acc.add(outs, done)
                 done += 1
@@ -758,13 +774,14 @@ def mc_predict(
 
 def _passes(
     model: nn.Module,
-    inputs: tuple[Tensor, ...],
+    inputs: _Batch,
     seeds: list[int],
     batch: int,
     batch_dim: int,
     obd: int,
     exact: bool,
     direct: bool,
+    output_key: str,
 ) -> Tensor:
     """Run ``len(seeds)`` passes in one call; the outputs as ``(passes, *one_pass_shape)``."""
     c = len(seeds)
@@ -772,15 +789,14 @@ def _passes(
         # one pass: seeding the default generators is the same stream as the per-sample one
         # and spares every op of the forward the dispatch through the torch-function mode
         # (the caller restores the default generators when the passes are done)
-        for g in _default_generators(inputs[0].device):
+        for g in _default_generators(_entries(inputs)[0][1].device):
             g.manual_seed(seeds[0])
-        out = model(*inputs)
+        raw = call_model(model, inputs)
     else:
-        tiled = [_tile(t, c, batch_dim) for t in inputs]
+        tiled = tile_batch(inputs, c, batch_dim, batch)
         with PerSampleRandomness(seeds, batch, batch_dim, split=exact):
-            out = model(*tiled)
-    if not isinstance(out, Tensor):
-        raise TypeError(f"model must return a Tensor, but it returned {type(out).__name__}")
+            raw = call_model(model, tiled)
+    out = prediction(raw, output_key if isinstance(raw, Mapping) else None)
     if out.dim() <= obd or out.dim() < -obd or out.shape[obd] != c * batch:
         if c > 1:
             raise _TiledOutputMismatch
@@ -998,7 +1014,7 @@ class _Accumulator:
 
 def _from_moments(
     model: nn.Module,
-    inputs: tuple[Tensor, ...],
+    inputs: _Batch,
     task: str,
     class_dim: int,
     noise_var: float,
@@ -1008,7 +1024,7 @@ def _from_moments(
     model.eval()
     try:
         with torch.no_grad():
-            mean, var = model.output_moments(*inputs)  # type: ignore[operator]
+            mean, var = call_model(model.output_moments, inputs)  # type: ignore[arg-type]
     finally:
         for m, training in modes:
             m.training = training
@@ -1032,3 +1048,50 @@ def _from_moments(
     mi = (_entropy(p_sigma.mean(-2), -1) - exp_h).clamp_min(0.0)
     probs = probs.movedim(-1, class_dim)
     return MCClassification(probs, None, _entropy(probs, class_dim), exp_h, mi, 0, class_dim)
+
+
+def _available_bytes(device: torch.device) -> int | None:
+    """Free memory of ``device`` (host: ``MemAvailable``), or ``None`` when it cannot be told."""
+    if device.type == "cuda":
+        return int(torch.cuda.mem_get_info(device)[0])
+    if device.type != "cpu":
+        return None
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return int(os.sysconf("SC_AVPHYS_PAGES")) * int(os.sysconf("SC_PAGE_SIZE"))
+    except (AttributeError, OSError, ValueError):
+        return None
+
+
+#: Host bytes per pass for its seed: 8 in the seed tensor, 36 as a Python int in the list.
+_SEED_BYTES = 44
+
+
+def _check_passes_fit(num_samples: int, batch: int, keep: bool, device: torch.device) -> None:
+    """Refuse, before allocating anything, a number of passes whose bookkeeping cannot fit.
+
+    Every pass needs its seed on the host (:data:`_SEED_BYTES`) and, with ``keep_samples``, at
+    least one 4-byte value per example for its kept output on ``device``: a lower bound on the
+    memory :func:`mc_predict` must hold, compared with the memory free now.
+    """
+    host = _SEED_BYTES * num_samples
+    kept = 4 * num_samples * batch if keep else 0
+    needs = [(torch.device("cpu"), host + (kept if device.type == "cpu" else 0))]
+    if device.type != "cpu" and kept:
+        needs.append((device, kept))
+    for where, need in needs:
+        free = _available_bytes(where)
+        if free is not None and need > free:
+            hint = "; or keep_samples=False (running sums only)" if keep else ""
+            raise ValueError(
+                f"num_samples={num_samples} cannot fit: the passes need at least "
+                f"{need / 2**30:.3g} GiB of {where.type} memory (a seed per pass"
+                f"{', and its kept output' if keep else ''}) but {free / 2**30:.3g} GiB are "
+                f"free; use fewer passes{hint}"
+            )
