@@ -51,7 +51,7 @@ from ._framework import (
     rate_settling,
     single_thread,
 )
-from ._training import fit, shuffled_epochs
+from ._training import fit, linear_decay, shuffled_epochs
 
 __all__ = ["NAME", "TITLE", "METHODS", "SegmentationFCN", "run"]
 
@@ -153,7 +153,18 @@ def _train(
     if tracker is not None:
         tracker.record(0)
     on_step = None if tracker is None else tracker.record
-    fit(model, opt, x, y, batches, nll=_pixel_nll, n_data=n * y[0].numel(), on_step=on_step)
+    decay = None if cfg.decay_from is None else linear_decay(opt, epochs, cfg.decay_from)
+    fit(
+        model,
+        opt,
+        x,
+        y,
+        batches,
+        nll=_pixel_nll,
+        n_data=n * y[0].numel(),
+        on_step=on_step,
+        schedule=decay,
+    )
 
 
 @torch.no_grad()
