@@ -27,6 +27,7 @@ from ..functional.bernoulli import (
     gal_bernoulli_kl,
     uniform_dtype,
 )
+from ..functional.noise import uniform
 from ._base import DropoutModule
 from .wrapped_layers import batch_dim as layer_batch_dim
 from .wrapped_layers import check_layer, input_weight_sq_norms, mask_shape
@@ -67,6 +68,13 @@ class AntitheticPair:
     batch_dim: int = 0
     batch_size: int | None = None
     replay: bool = False
+
+    def check_draws(self) -> None:
+        """Check the batch size of the recorded draws (the modules skip the check inside a
+        compiled graph, where comparing the symbolic batch size with an int would specialise the
+        graph to that size; the objective calls this after the pass instead)."""
+        for d in self.draws:
+            LearnableBernoulliDropout._check_batch(tuple(d.u.shape), d.batch_dim, 1, self)
 
 
 class LearnableBernoulliDropout(DropoutModule):
@@ -237,7 +245,7 @@ class LearnableBernoulliDropout(DropoutModule):
     def _uniforms(self, shape: tuple[int, ...], bd: int, dtype: torch.dtype, x: Tensor) -> Tensor:
         """Uniform(0, 1) draws of ``shape``, drawn in batch-first order and moved to ``bd``."""
         first = (shape[bd],) + shape[:bd] + shape[bd + 1 :]
-        u = torch.rand(first, dtype=dtype, device=x.device, generator=self.generator)
+        u = uniform(first, dtype=dtype, device=x.device, generator=self.generator)
         return u.movedim(0, bd) if bd else u
 
     def _drop(self, x: Tensor) -> Tensor:
@@ -259,7 +267,8 @@ class LearnableBernoulliDropout(DropoutModule):
             ):
                 self._warn_on_backward(logit_p)
         elif pair.mode == "concat":
-            self._check_batch(shape, bd, 2, pair)
+            if not torch.compiler.is_compiling():  # (checked by the objective instead)
+                self._check_batch(shape, bd, 2, pair)
             half = list(shape)
             half[bd] //= 2
             u = self._uniforms(tuple(half), bd, dtype, x)
@@ -267,10 +276,14 @@ class LearnableBernoulliDropout(DropoutModule):
             pair.draws.append(_Draw(u, z1, z2, bd))
             keep = torch.cat([z1, z2], dim=bd)
         elif pair.mode == "first":
-            self._check_batch(shape, bd, 1, pair)
+            if not torch.compiler.is_compiling():
+                self._check_batch(shape, bd, 1, pair)
             u = self._uniforms(shape, bd, dtype, x)
             z1, z2 = antithetic_masks(keep_logit, u)
-            stream = self._stream(x.device) if pair.replay else None
+            # (compiled: the stream's state cannot be read inside a graph, and compiled random
+            # ops do not draw from it in eager order; the second pass then draws again instead)
+            replay = pair.replay and not torch.compiler.is_compiling()
+            stream = self._stream(x.device) if replay else None
             state = stream.get_state() if stream is not None else None
             pair.draws.append(_Draw(u, z1, z2, bd, state))
             keep = z1
@@ -284,9 +297,10 @@ class LearnableBernoulliDropout(DropoutModule):
             if tuple(draw.u.shape) != tuple(shape):
                 raise RuntimeError("the two passes of the antithetic pair saw different shapes")
             if pair.replay:  # leave the random stream where the first pass's draw left it
-                stream = self._stream(x.device)
-                if draw.state_after is not None and stream is not None:
-                    stream.set_state(draw.state_after)
+                state = draw.state_after
+                stream = None if state is None else self._stream(x.device)
+                if state is not None and stream is not None and not torch.compiler.is_compiling():
+                    stream.set_state(state)
                 else:
                     self._uniforms(shape, bd, dtype, x)
             keep = draw.z2
