@@ -37,7 +37,7 @@ typecheck:
 	$(PY) -m mypy src/bayesdrop reproduce/bayesdrop_reproduce
 
 docs:
-	$(PY) -m sphinx -E -W -q -b html docs docs/_build/html
+	$(PY) -m sphinx -E -n -W -q -b html docs docs/_build/html
 
 bench:
 	bash scripts/setup.sh

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Set up bayesdrop on a fresh machine with nothing but Python 3.11.
 #
-#   bash scripts/setup.sh [EXTRAS]      e.g. EXTRAS=test or EXTRAS=plot,data
+#   bash scripts/setup.sh [EXTRAS]      e.g. EXTRAS=test or EXTRAS=plot,progress
 #
 # * Uses the active virtual environment, or creates ./.venv.
 # * Installs torch==2.13.0 (a CPU wheel on these machines) only when no torch is importable:

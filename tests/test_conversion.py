@@ -7,6 +7,7 @@ import importlib
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 import bayesdrop
@@ -14,6 +15,7 @@ from bayesdrop import convert
 from bayesdrop.conversion import (
     FAMILIES,
     ChannelDropout,
+    ChannelRateDropout,
     ConversionReport,
     DropoutMultiheadAttention,
     SingleRateDropout,
@@ -21,6 +23,7 @@ from bayesdrop.conversion import (
     resolve_family,
 )
 from bayesdrop.nn import ConcreteDropout, DropoutModule, LearnableBernoulliDropout, MCDropout
+from bayesdrop.nn.additive_gaussian import AdditiveGaussianDropout
 
 
 def mlp() -> nn.Sequential:
@@ -493,3 +496,394 @@ def test_trace_sees_in_place_writes():
     assert report.replacements[0].form == "bare"
     _, report = convert(Attr(), "lbd", example_inputs=torch.randn(3, 4))
     assert report.replacements[0].form == "wrapped"
+
+
+@pytest.mark.parametrize("proj_size", [0, 3])
+@pytest.mark.parametrize("batch_first", [True, False])
+def test_stacked_bidirectional_lstm_with_initial_states_is_the_original(proj_size, batch_first):
+    """A 3-layer bidirectional LSTM given (h0, c0): each layer and direction must take its own
+    slice of both states (h0 has proj_size features, c0 hidden_size). Outputs, final states and
+    the gradients with respect to the input, both initial states and every weight equal the
+    original's; also on a packed, unsorted batch."""
+    torch.manual_seed(0)
+    layers, d, hidden = 3, 2, 6
+    rnn = nn.LSTM(
+        4,
+        hidden,
+        num_layers=layers,
+        bidirectional=True,
+        batch_first=batch_first,
+        proj_size=proj_size,
+        dropout=0.4,
+    ).double()
+    stack = StackedRNN(rnn).double()
+    rnn.eval(), stack.eval()
+    h_size = proj_size or hidden
+    x = torch.randn(3, 5, 4, dtype=torch.float64) if batch_first else torch.randn(5, 3, 4).double()
+    h0 = torch.randn(layers * d, 3, h_size, dtype=torch.float64)
+    c0 = torch.randn(layers * d, 3, hidden, dtype=torch.float64)
+    results = []
+    for model in (rnn, stack):
+        xs, hs, cs = (t.clone().requires_grad_() for t in (x, h0, c0))
+        out, (hn, cn) = model(xs, (hs, cs))
+        # a loss that weighs every output, final state and direction differently
+        w = torch.linspace(-1, 2, out.numel(), dtype=torch.float64).reshape(out.shape)
+        loss = (
+            (w * out).sum()
+            + (hn * hn.flip(0)).sum()
+            + 0.5 * (cn**2 * torch.arange(1, 7).double().view(6, 1, 1)).sum()
+        )
+        model.zero_grad()
+        loss.backward()
+        results.append((out.detach(), hn.detach(), cn.detach(), xs.grad, hs.grad, cs.grad))
+    for want, got in zip(*results):
+        torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+    for i, one in enumerate(stack.rnns):
+        for name, param in one.named_parameters():
+            ref = getattr(rnn, name.replace("_l0", f"_l{i}"))
+            torch.testing.assert_close(param.grad, ref.grad, rtol=1e-12, atol=1e-12)
+    lengths = torch.tensor([3, 5, 2])
+    packed = nn.utils.rnn.pack_padded_sequence(
+        x, lengths, batch_first=batch_first, enforce_sorted=False
+    )
+    with torch.no_grad():
+        (po, (ph, pc)), (qo, (qh, qc)) = rnn(packed, (h0, c0)), stack(packed, (h0, c0))
+    torch.testing.assert_close(qo.data, po.data, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(qh, ph, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(qc, pc, rtol=1e-12, atol=1e-12)
+
+
+# ------------------------------------------------------------------ models as libraries write them
+class FusedAttention(nn.Module):
+    """Attention that reads its dropout module's rate and passes it to a fused kernel (as BERT,
+    GPT-2 and timm's ViT do), never calling the module."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.qkv = nn.Linear(8, 24)
+        self.attn_drop = nn.Dropout(0.1)
+        self.proj = nn.Linear(8, 8)
+        self.proj_drop = nn.Dropout(0.2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        assert isinstance(self.attn_drop, nn.Dropout) and not self.attn_drop.inplace
+        q, k, v = self.qkv(x).unflatten(-1, (3, 2, 4)).permute(2, 0, 3, 1, 4)
+        p = self.attn_drop.p if self.training else 0.0
+        out = F.scaled_dot_product_attention(q, k, v, dropout_p=p)
+        return self.proj_drop(self.proj(out.transpose(1, 2).flatten(2)))
+
+
+class Block(nn.Module):
+    """Functional dropout, a drop path (timm-style ``drop_prob``), a rate-0 dropout, and code that
+    reads the attributes of a layer the conversion wraps (as T5 reads ``wo.weight.dtype``)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.attn = FusedAttention()
+        self.fc1 = nn.Linear(8, 16)
+        self.drop = nn.Dropout(0.3)
+        self.fc2 = nn.Linear(16, 8)
+        self.zero = nn.Dropout(0.0)
+        self.drop_path = TimmDropPath(0.25)
+        self.depth = VisionStochasticDepth(0.15)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.drop_path(self.attn(x))
+        h = self.drop(F.gelu(self.fc1(x)))
+        assert h.dtype == self.fc2.weight.dtype and self.fc2.in_features == 16
+        x = x + self.depth(self.fc2(h))
+        x = F.dropout(x, 0.05, self.training) + F.dropout(x, 0.05, training=False)
+        return self.zero(F.dropout(x, p=0.05, training=self.training))
+
+
+class TimmDropPath(nn.Module):
+    def __init__(self, drop_prob: float) -> None:
+        super().__init__()
+        self.drop_prob = drop_prob
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training:
+            return x
+        keep = 1 - self.drop_prob
+        return x * x.new_empty((x.shape[0],) + (1,) * (x.dim() - 1)).bernoulli_(keep) / keep
+
+
+class VisionStochasticDepth(nn.Module):
+    def __init__(self, p: float) -> None:
+        super().__init__()
+        self.p, self.mode = p, "row"
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training:
+            return x
+        noise = torch.empty((x.shape[0],) + (1,) * (x.dim() - 1)).bernoulli_(1 - self.p)
+        return x * noise / (1 - self.p)
+
+
+def test_read_not_called_functional_and_drop_path_are_listed():
+    torch.manual_seed(0)
+    model = Block()
+    x = torch.randn(3, 5, 8)
+    new, report = convert(model, "lbd", example_inputs=x, drop_path="fixed")
+    assert {r.name: r.module for r in report.replacements} == {
+        "attn.proj_drop": "attn.proj_drop",
+        "drop": "fc2",
+    }
+    assert isinstance(new.fc2, LearnableBernoulliDropout)
+    # the dropout whose rate is read stays, and is listed; so does everything else that fires
+    assert isinstance(new.attn.attn_drop, nn.Dropout) and isinstance(new.zero, nn.Dropout)
+    fixed = report.fixed
+    assert set(fixed) == {"attn.attn_drop", "attn", "drop_path", "depth", "zero", "<model>"}
+    assert fixed["attn.attn_drop"].startswith("Dropout(p=0.1) read, not called")
+    assert "F.scaled_dot_product_attention(dropout_p=0.1)" in fixed["attn"]
+    assert "TimmDropPath (drop path, p=0.25)" in fixed["drop_path"]
+    assert "bernoulli" not in fixed["drop_path"]  # the drop path's own mask is not listed twice
+    assert "VisionStochasticDepth (drop path, p=0.15)" in fixed["depth"]
+    # two F.dropout calls that drop; the one with training=False is not one of them
+    assert fixed["<model>"].startswith("dropout(p=0.05) x2 fires in training")
+    assert "p = 0, no dropout to learn" in fixed["zero"]
+    assert "stays fixed: drop_path: TimmDropPath" in str(report)
+    model.eval(), new.eval()
+    torch.testing.assert_close(new(x), model(x), rtol=0, atol=0)
+
+
+def test_excluded_layers_are_not_traced():
+    class ExactType(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.drop = nn.Dropout(0.1)
+            self.fc = nn.Linear(4, 2)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            if type(self.drop) is not nn.Dropout:
+                raise TypeError("drop is not an nn.Dropout")
+            return self.fc(F.dropout(x, self.drop.p, self.training))
+
+    x = torch.randn(2, 4)
+    with pytest.raises(ValueError, match="example_inputs: the model failed.*not an nn.Dropout"):
+        convert(ExactType(), "lbd", example_inputs=x)
+    new, report = convert(ExactType(), "lbd", example_inputs=x, exclude=["drop"])
+    assert type(new.drop) is nn.Dropout and len(report) == 0
+    assert "dropout(p=0.1) fires in training" in report.fixed["<model>"]
+
+
+def test_converted_model_is_run_and_a_failure_names_the_layer():
+    class NeedsLinear(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.drop = nn.Dropout(0.1)
+            self.fc = nn.Linear(4, 2)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            if not isinstance(self.fc, nn.Linear):
+                raise TypeError("fc must be an nn.Linear")
+            return self.fc(self.drop(x))
+
+    model = nn.Sequential(nn.Identity(), NeedsLinear())
+    with pytest.raises(
+        ValueError,
+        match=r"converted model failed on example_inputs in training mode in '1' \(NeedsLinear\), "
+        r"which is or holds the converted module\(s\) \['1.fc'\].*fc must be an nn.Linear",
+    ):
+        convert(model, "lbd", example_inputs=torch.randn(2, 4))
+    new, _ = convert(model, "lbd", form="bare", example_inputs=torch.randn(2, 4))
+    assert isinstance(new[1].fc, nn.Linear)
+
+
+def test_wrapped_layer_reads_pass_through():
+    model = nn.Sequential(nn.Dropout(0.2), nn.Conv2d(3, 4, 3, stride=2, bias=False))
+    new, _ = convert(model, "concrete")
+    w = new[1]
+    assert isinstance(w, ConcreteDropout) and w.weight is w.layer.weight
+    assert (w.in_channels, w.out_channels, w.kernel_size, w.stride) == (3, 4, (3, 3), (2, 2))
+    assert w.bias is None and w.weight.dtype == torch.float32
+    assert set(new.state_dict()) == {"1.logit_p", "1.layer.weight"}  # keys as before
+    with pytest.raises(AttributeError, match="'ConcreteDropout' object .wrapping Conv2d. has no"):
+        _ = w.in_features
+
+
+def test_check_run_leaves_rng_buffers_and_modes_as_they_were():
+    torch.manual_seed(3)
+    model = nn.Sequential(
+        nn.Conv2d(1, 2, 1), nn.BatchNorm2d(2), nn.Dropout(0.2), nn.Flatten(), nn.Linear(18, 2)
+    )
+    model[1].train()
+    x = torch.randn(4, 1, 3, 3)
+    torch.manual_seed(11)
+    new, _ = convert(model, "lbd", example_inputs=x, generator=torch.Generator().manual_seed(5))
+    after = torch.rand(3)
+    torch.manual_seed(11)
+    assert torch.equal(after, torch.rand(3))  # the global stream did not move
+    for a, b in zip(new.buffers(), model.buffers()):
+        assert torch.equal(a, b)
+    assert all(m.training for m in new.modules())
+    gen = new[2].dropout.generator
+    assert torch.equal(gen.get_state(), torch.Generator().manual_seed(5).get_state())
+
+
+def test_p_zero_is_left_and_listed_or_starts_at_zero_p():
+    model = nn.Sequential(nn.Linear(4, 6), nn.Dropout(0.0), nn.Linear(6, 2))
+    new, report = convert(model, "lbd")
+    assert isinstance(new[1], nn.Dropout) and len(report) == 0
+    assert "p = 0, no dropout to learn" in report.fixed["1"]
+    new, report = convert(model, "lbd", zero_p=0.1)
+    assert isinstance(new[2], LearnableBernoulliDropout) and "1" not in report.fixed
+    torch.testing.assert_close(new[2].p, torch.full((6,), 0.1))
+    x = torch.randn(3, 4)
+    torch.testing.assert_close(new.eval()(x), model.eval()(x), rtol=0, atol=0)
+
+
+# ------------------------------------------------------------------ rates per channel, granularity
+class ConvMap(nn.Module):
+    """nn.Dropout (elementwise) on a conv feature map, on a raw input, and channels-last."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.in_drop = nn.Dropout(0.1)
+        self.conv = nn.Conv2d(3, 5, 3, padding=1)
+        self.drop = nn.Dropout(0.2)
+        self.fc = nn.Linear(5, 4)
+        self.last_drop = nn.Dropout(0.3)
+        self.head = nn.Linear(4, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.drop(F.relu(self.conv(self.in_drop(x) + 1.0)))
+        h = F.max_pool2d(h, 2).permute(0, 2, 3, 1)  # (N, H, W, C)
+        h = self.last_drop(self.fc(h)) + 1.0
+        return self.head(h).mean((1, 2))
+
+
+def test_dropout_on_a_conv_map_gets_per_channel_rates():
+    torch.manual_seed(0)
+    model = ConvMap()
+    x = torch.randn(4, 3, 6, 6)
+    new, report = convert(model, "lbd", example_inputs=x)
+    forms = {r.name: (r.form, r.granularity, r.rates) for r in report.replacements}
+    assert forms == {
+        "in_drop": ("one rate", "per layer", 1),  # 4-d input of unknown layout
+        "drop": ("bare, channel rates", "per channel", 5),  # after a convolution
+        "last_drop": ("bare", "per unit", 4),  # channels-last, after nn.Linear
+    }
+    assert isinstance(new.drop, ChannelRateDropout)
+    with torch.no_grad():
+        new.drop.dropout.logit_p.copy_(torch.tensor([-30.0, 30.0, -30.0, -30.0, -30.0]))
+    masks = new.drop.train()(torch.ones(64, 5, 4, 4))
+    assert bool((masks[:, 1] == 0).all()) and bool((masks[:, [0, 2, 3, 4]] != 0).all())
+    # elementwise masks, as nn.Dropout's: one value per element, not per channel
+    with torch.no_grad():
+        new.drop.dropout.logit_p.fill_(0.0)
+    masks = new.drop(torch.ones(64, 5, 4, 4))
+    assert bool(((masks[:, :, :1, :1] == 0) != (masks == 0)).any())
+    model.eval(), new.eval()
+    torch.testing.assert_close(new(x), model(x), rtol=0, atol=0)
+
+
+def test_report_states_granularity_for_every_family():
+    expected = {
+        "lbd": ("per unit", 8),
+        "concrete": ("per layer", 1),
+        "variational": ("per unit", 8),
+        "gaussian": ("per layer, fixed", 1),
+        "mc": ("per layer, fixed", 1),
+        "sparse": ("per weight", 16),
+    }
+    model = nn.Sequential(nn.Linear(4, 8), nn.Dropout(0.2), nn.Linear(8, 2))
+    for family, (granularity, rates) in expected.items():
+        _, report = convert(model, family)
+        r = report.replacements[0]
+        assert (r.granularity, r.rates) == (granularity, rates), family
+        plural = "s" if rates > 1 else ""
+        assert f"; {granularity}, {rates} rate{plural})" in str(report)
+
+
+def test_layer_called_twice_is_not_wrapped():
+    """A layer that reads the dropout's output in one call and other input in another."""
+
+    class Twice(nn.Module):
+        def __init__(self, dropout_first: bool) -> None:
+            super().__init__()
+            self.drop = nn.Dropout(0.5)
+            self.fc = nn.Linear(4, 4)
+            self.dropout_first = dropout_first
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            if self.dropout_first:
+                return self.fc(self.drop(x)) + self.fc(x * 2)
+            return self.fc(x * 2) + self.fc(self.drop(x))
+
+    x = torch.randn(3, 4)
+    for first in (True, False):
+        model = Twice(first)
+        new, report = convert(model, "lbd", example_inputs=x)
+        assert type(new.fc) is nn.Linear, first  # wrapping it would drop the other call's input
+        assert isinstance(new.drop, LearnableBernoulliDropout)
+        assert report.replacements[0].wrapped is None
+        # the other call is not dropped: with every unit dropped, only fc(2x) is left
+        with torch.no_grad():
+            new.drop.logit_p.fill_(30.0)  # p = sigmoid(30): every unit dropped
+        torch.testing.assert_close(new.train()(x), model.fc(x * 2) + model.fc.bias)
+
+
+def test_keyword_batches_and_mapping_outputs():
+    class Keywords(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.embed = nn.Embedding(10, 4)
+            self.drop = nn.Dropout(0.2)
+            self.fc = nn.Linear(4, 2)
+
+        def forward(self, input_ids: torch.Tensor, scale: float = 1.0) -> dict[str, torch.Tensor]:
+            return {"logits": self.fc(self.drop(self.embed(input_ids))).mean(1) * scale}
+
+    model = Keywords()
+    batch = {"input_ids": torch.randint(0, 10, (3, 5)), "scale": 2.0}
+    new, report = convert(model, "lbd", example_inputs=batch)
+    assert isinstance(new.fc, LearnableBernoulliDropout) and report.replacements[0].wrapped == "fc"
+    model.eval(), new.eval()
+    torch.testing.assert_close(new(**batch)["logits"], model(**batch)["logits"], rtol=0, atol=0)
+
+
+# ------------------------------------------------------------------ sparse families: eval unchanged
+@pytest.mark.parametrize("family", ["sparse", "ard"])
+@pytest.mark.parametrize("rule", ["log_alpha", "magnitude"])
+def test_sparse_families_leave_eval_outputs_unchanged_until_trained(family, rule):
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Linear(64, 40), nn.ReLU(), nn.Dropout(0.2), nn.Linear(40, 64), nn.Dropout(0.1)
+    )
+    model.append(nn.Linear(64, 3))
+    with torch.no_grad():
+        model[3].weight[0, :5] = torch.tensor([1e-3, -1e-4, 1e-6, 0.0, 5e-3])  # small weights
+    x = torch.randn(16, 64)
+    new, _ = convert(model, family, prune_rule=rule)
+    wrapped = [new[3], new[5]]
+    assert all(isinstance(m, AdditiveGaussianDropout) for m in wrapped)
+    # with the papers' constant initialisation these would be dropped at once
+    fresh = type(wrapped[0])(copy.deepcopy(model[3]), prune_rule=rule)
+    assert int((~fresh.keep_mask()).sum()) > 0
+    model.eval(), new.eval()
+    torch.testing.assert_close(new(x), model(x), rtol=0, atol=0)
+    for m in wrapped:
+        assert bool(m.keep_mask().all()) and bool(m.dense_until_trained)
+        nonzero = m.theta != 0
+        assert float(m.log_alpha[nonzero].max()) <= min(0.0, m.threshold - 1.0) + 1e-5
+    # state_dict round trip, and a checkpoint saved before the flag existed counts as trained
+    state = new.state_dict()
+    again, _ = convert(model, family, prune_rule=rule)
+    again.load_state_dict(state)
+    assert bool(again[3].dense_until_trained)
+    old = {k: v for k, v in state.items() if not k.endswith("dense_until_trained")}
+    again.load_state_dict(old)
+    assert not bool(again[3].dense_until_trained)
+    # one training step: the rule applies from then on
+    new.train()
+    loss = bayesdrop.objective(new, x, torch.zeros(16, dtype=torch.long), _ce, n_data=100)
+    loss.backward()
+    assert not any(bool(m.dense_until_trained) for m in wrapped)
+    if rule == "magnitude":
+        new.eval()
+        assert not bool(new[3].keep_mask()[0, :5].any())  # the small weights are dropped now
+
+
+def _ce(out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    return F.cross_entropy(out, y, reduction="none")

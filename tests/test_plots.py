@@ -161,7 +161,7 @@ def test_rate_trajectories_draws_the_trackers_history(tmp_path):
         tracker.step()
     history = tracker.history
     path = tmp_path / "traj.png"
-    fig = plots.rate_trajectories(tracker, max_lines=5, path=path)
+    fig = plots.rate_trajectories(tracker, max_lines=5, path=path, min_steps=8)
     assert path.read_bytes()[:8] == PNG_MAGIC
     assert history["0"].shape == (5, 3) and history["1"].shape == (5, 12)
     small, large = fig.axes[0], fig.axes[1]
@@ -185,6 +185,10 @@ def test_rate_trajectories_draws_the_trackers_history(tmp_path):
     for ax, name in ((small, "0"), (large, "1")):
         assert f"drift {drift[name]:.3g}" in ax.get_title()
         assert ("(settled)" in ax.get_title()) == (drift[name] < 0.01)
+    # the same 8-step run is too short to tell by the default criterion (100 steps)
+    titles = [ax.get_title() for ax in plots.rate_trajectories(tracker).axes if ax.get_visible()]
+    assert titles[0].endswith("(too short to tell)") and titles[1].endswith("(not settled)")
+    assert tracker.settled() is False and tracker.settled(tol=1.0) is None
     assert plots.rate_trajectories(tracker, modules=["1"]).axes[0].get_title().startswith("1:")
     with pytest.raises(TypeError, match="RateTracker"):
         plots.rate_trajectories(history)
@@ -192,3 +196,69 @@ def test_rate_trajectories_draws_the_trackers_history(tmp_path):
         plots.rate_trajectories(tracker, modules=["2"])
     with pytest.raises(ValueError, match="no records"):
         plots.rate_trajectories(RateTracker(model))
+
+
+def _all_plots(case, tracker):
+    probs, labels = case
+    return {
+        "reliability_diagram": lambda path: plots.reliability_diagram(probs, labels, path=path),
+        "pavpu_plot": lambda path: plots.pavpu_plot(M.pavpu_curve(probs, labels), path=path),
+        "ood_histogram": lambda path: plots.ood_histogram([0.1, 0.2], [0.3], path=path),
+        "dropout_rate_plot": lambda path: plots.dropout_rate_plot(
+            [{"a": torch.tensor([0.1])}], path=path
+        ),
+        "rate_trajectories": lambda path: plots.rate_trajectories(tracker, path=path),
+    }
+
+
+@pytest.fixture
+def tracker():
+    from torch import nn
+
+    from bayesdrop import RateTracker
+    from bayesdrop.nn import LearnableBernoulliDropout
+
+    t = RateTracker(nn.Sequential(LearnableBernoulliDropout(nn.Linear(3, 2))))
+    t.step()
+    t.step()
+    return t
+
+
+def test_the_extension_chooses_the_format(case, tracker, tmp_path):
+    magic = {"png": PNG_MAGIC, "pdf": b"%PDF", "svg": b"<?xml", "eps": b"%!PS", "ps": b"%!PS"}
+    assert set(magic) == set(plots.FORMATS)
+    for name, draw in _all_plots(case, tracker).items():
+        for ext, head in magic.items():
+            path = tmp_path / f"{name}.{ext.upper() if ext == 'pdf' else ext}"
+            draw(path)
+            assert path.read_bytes().startswith(head), (name, ext)
+
+
+@pytest.mark.parametrize(
+    "bad, match",
+    [
+        ("figure.jpg", r"has extension '\.jpg'; .* one of \.png, \.pdf, \.svg, \.eps, \.ps"),
+        ("figure.txt", r"extension '\.txt'"),
+        ("figure", "has no extension"),
+        ("missing-folder/figure.png", "does not exist"),
+        (".", "no extension|is a directory"),
+    ],
+)
+def test_a_bad_path_is_refused_before_anything_is_drawn(
+    case, tracker, tmp_path, monkeypatch, bad, match
+):
+    """Formerly any extension got PNG bytes, and a missing folder failed only after drawing."""
+
+    def no_drawing(*args, **kwargs):
+        raise AssertionError("drew before checking the path")
+
+    monkeypatch.setattr(plots, "_new_figure", no_drawing)
+    for draw in _all_plots(case, tracker).values():
+        with pytest.raises(ValueError, match=match):
+            draw(tmp_path / bad)
+    assert sorted(p.name for p in tmp_path.iterdir()) == []  # nothing written
+    (tmp_path / "dir.png").mkdir()
+    with pytest.raises(ValueError, match="is a directory"):
+        plots.ood_histogram([0.1], [0.2], path=tmp_path / "dir.png")
+    with pytest.raises(TypeError, match="path must be a str"):
+        plots.ood_histogram([0.1], [0.2], path=3)  # type: ignore[arg-type]

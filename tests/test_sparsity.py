@@ -21,6 +21,8 @@ these (4 points of accuracy, 30x); each test accuracy point is 4.5 of the 450 te
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -334,3 +336,40 @@ def test_gamma_hyperprior_trades_compression_for_accuracy(digits, baseline_accur
     ratio = compression_report(model).ratio
     assert 2.0 <= ratio <= 6.0  # measured 3.3x
     assert acc >= baseline_accuracy - 0.01  # measured 0.978 vs 0.976
+
+
+@pytest.mark.parametrize("second_bias", [True, False])
+@pytest.mark.parametrize(
+    "acts, at_zero",
+    [
+        ((nn.Sigmoid,), 0.5),
+        ((nn.Softplus,), math.log(2.0)),
+        ((nn.LogSigmoid,), -math.log(2.0)),
+        ((nn.Hardsigmoid,), 0.5),
+        ((nn.Sigmoid, nn.Softplus), math.log1p(math.exp(0.5))),
+    ],
+)
+def test_compress_folds_act_of_zero_of_a_bias_free_first_layer(acts, at_zero, second_bias):
+    """A bias-free first layer: a hidden unit with no incoming weight outputs act(0), not 0, when
+    act(0) != 0. Removing it must add W2[:, j] * act(0) to the next layer's bias (creating that
+    bias when the next layer has none); the compressed model equals the eval model."""
+    torch.manual_seed(0)
+    layers: list[nn.Module] = [SparseVariationalDropout(nn.Linear(4, 6, bias=False))]
+    layers += [a() for a in acts]
+    layers.append(SparseVariationalDropout(nn.Linear(6, 3, bias=second_bias)))
+    model = nn.Sequential(*layers).double().eval()
+    with torch.no_grad():
+        for m in (model[0], model[-1]):
+            m.log_sigma2.fill_(-20.0)  # nothing pruned by the rule: only the zeros below
+        model[0].layer.weight[[1, 4]] = 0.0  # hidden units 1 and 4 receive nothing
+    small = compress(model)
+    first, last = small[0], small[-1]
+    assert first.weight.shape == (4, 4) and first.bias is None
+    assert last.weight.shape == (3, 4) and last.bias is not None
+    w2 = model[-1].layer.weight.detach()
+    b2 = model[-1].layer.bias.detach() if second_bias else torch.zeros(3, dtype=torch.float64)
+    want = b2 + (w2[:, 1] + w2[:, 4]) * at_zero
+    torch.testing.assert_close(last.bias.detach(), want, rtol=1e-14, atol=1e-14)
+    x = torch.randn(50, 4, dtype=torch.float64)
+    with torch.no_grad():
+        torch.testing.assert_close(small(x), model(x), rtol=1e-12, atol=1e-12)

@@ -97,3 +97,75 @@ def test_bad_input():
         t.record(3)
     with pytest.raises(ValueError, match="fraction"):
         t.drift(fraction=1.5)
+
+
+def _lbd(k: int = 2) -> nn.Sequential:
+    return nn.Sequential(LearnableBernoulliDropout(nn.Linear(k, 1), init_p=0.5))
+
+
+def test_drift_of_rates_moving_in_opposite_directions_does_not_cancel():
+    """Two rates of one module move by +0.2 and -0.2 in drop probability: the mean absolute change
+    is 0.2 (the mean change, 0, would call a moving module settled)."""
+    model = _lbd(2)
+    tracker = RateTracker(model)
+    logit = lambda q: float(torch.logit(torch.tensor(q, dtype=torch.float64)))  # noqa: E731
+    for i in range(5):
+        d = 0.05 * i  # p = 0.5 + d and 0.5 - d: the same size of move, opposite directions
+        with torch.no_grad():
+            model[0].logit_p.copy_(torch.tensor([logit(0.5 + d), logit(0.5 - d)]))
+        tracker.record(100 * i)
+    ups, downs = tracker.history["0"][-1] - tracker.history["0"][0]
+    assert float(ups) == pytest.approx(0.2, abs=1e-6) and float(downs) == pytest.approx(
+        -0.2, abs=1e-6
+    )
+    assert tracker.drift(fraction=1.0)["0"] == pytest.approx(0.2, abs=1e-6)
+    # the last quarter: records 3 -> 4, each rate moves by 0.05
+    assert tracker.drift()["0"] == pytest.approx(0.05, abs=1e-6)
+    assert tracker.settled(tol=0.01) is False
+    assert tracker.settled(tol=0.06) is True  # 400 steps >= min_steps, drift 0.05 < 0.06
+
+
+def test_settled_says_when_a_run_is_too_short_to_tell():
+    """Rates that hardly moved over 10 steps: not 'settled' but None (cannot tell) until the
+    recorded run spans min_steps steps; a drift at or above tol is False whatever the length."""
+    model = _lbd(3)
+    tracker = RateTracker(model)
+    assert tracker.settled() is None  # no records
+    for _ in range(10):
+        tracker.step()  # the rates never move: drift 0
+    assert tracker.drift() == {"0": 0.0}
+    assert tracker.steps[-1] - tracker.steps[0] == 9
+    assert tracker.settled() is None
+    assert tracker.settled(min_steps=9) is True and tracker.settled(min_steps=10) is None
+    for _ in range(91):
+        tracker.step()
+    assert tracker.steps[-1] == 100 and tracker.settled() is True  # 100 steps: now it can tell
+    with torch.no_grad():
+        model[0].logit_p += 1.0
+    short = RateTracker(model)
+    short.step()
+    with torch.no_grad():
+        model[0].logit_p += 1.0
+    short.step()
+    assert short.settled() is False  # moved by far more than tol in 1 step: known not settled
+    with pytest.raises(ValueError, match="min_steps"):
+        tracker.settled(min_steps=0)
+
+
+def test_a_model_without_learned_rates_is_never_called_settled():
+    for model in (
+        nn.Sequential(nn.Linear(3, 3)),  # no dropout at all
+        nn.Sequential(nn.Dropout(0.2), nn.Linear(3, 3)),  # fixed rates only
+        nn.Sequential(bayesdrop.nn.MCDropout(0.2), nn.Linear(3, 3)),
+    ):
+        tracker = RateTracker(model)
+        for _ in range(200):
+            tracker.step()
+        assert tracker.learned == []
+        assert tracker.settled() is None, model
+    # a learned module among fixed ones: only it decides
+    mixed = nn.Sequential(nn.Dropout(0.2), LearnableBernoulliDropout(nn.Linear(3, 3)))
+    tracker = RateTracker(mixed)
+    for _ in range(200):
+        tracker.step()
+    assert tracker.learned == ["1"] and tracker.settled() is True

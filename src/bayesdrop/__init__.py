@@ -1,6 +1,6 @@
 """bayesdrop: dropout that learns its own rates and reads as Bayesian inference."""
 
-from . import adapters, estimators, functional, metrics, nn, sparsity, uncertainty
+from . import adapters, calibration, estimators, functional, metrics, nn, sparsity, uncertainty
 from .conversion import convert
 from .nn import (
     ARDDropout,
@@ -27,6 +27,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "adapters",
+    "calibration",
     "estimators",
     "functional",
     "nn",

@@ -1,17 +1,24 @@
 """Turn an existing model's ``nn.Dropout*`` layers into a bayesdrop dropout family.
 
-:func:`convert` returns a **converted copy** of the model and a :class:`ConversionReport`; the
-original model is never modified, and the copy is trainable at once (every new parameter exists
-when :func:`convert` returns). Dropout layers are found by module type (``isinstance`` of
-``nn.Dropout``, ``nn.Dropout1d/2d/3d``), never by class-name text.
+:func:`~bayesdrop.convert` returns a **converted copy** of the model and a
+:class:`ConversionReport`; the original model is never modified, and the copy is trainable at once
+(every new parameter exists when :func:`~bayesdrop.convert` returns). Dropout layers are found by
+module type (``isinstance`` of ``nn.Dropout``, ``nn.Dropout1d/2d/3d``), never by class-name text.
 
 Where each dropout goes, and what it feeds, is read from the model:
 
 * with ``example_inputs=`` (recommended for anything but an ``nn.Sequential``), a copy of the model
-  is run once on them while every ``nn.Dropout*`` is replaced by a probe and every torch call is
-  watched (:class:`torch.overrides.TorchFunctionMode`): this gives the shape each dropout sees and
-  every consumer of its output, through residual additions, attention blocks, ``torch.cat``,
-  views and anything else written in ``forward`` (a trace, not a guess from the module order);
+  is run once on them while every ``nn.Dropout*`` not in ``exclude`` is a probe (an instance of
+  its own class that records its input, so code reading ``dropout.p`` sees what it always sees)
+  and every torch call is watched (:class:`torch.overrides.TorchFunctionMode`): this gives the
+  shape each dropout sees, the layout of its input (features last, or channels at dimension 1
+  after a convolution or a channel normalisation) and every consumer of its output, through
+  residual additions, attention blocks, ``torch.cat``, views and anything else written in
+  ``forward`` (a trace, not a guess from the module order). After the conversion the converted
+  copy is run on them in training and eval mode (random state, buffers and modes restored); a
+  failure names the module, and every dropout that still fires outside a bayesdrop module
+  (``F.dropout``, ``F.scaled_dot_product_attention(dropout_p>0)``, drop path, Bernoulli draws)
+  is listed in :attr:`ConversionReport.fixed`;
 * without them, only the ``nn.Sequential`` neighbours are known.
 
 Then each dropout becomes one of:
@@ -26,27 +33,38 @@ Then each dropout becomes one of:
   ``Family(num_features=F, **options)``, with one rate per feature (the last dimension), or for
   ``nn.Dropout1d/2d/3d`` one per channel, whole channels dropped (:class:`ChannelDropout`). The
   weights the dropout feeds are unknown here, so the family's prior keeps only its rate term; the
-  report says so for each layer (see :attr:`Replacement.prior`).
+  report says so for each layer (see :attr:`Replacement.prior`). An elementwise ``nn.Dropout`` on
+  a convolutional feature map ``(N, C, *)`` gets one rate per channel with elementwise masks
+  (:class:`ChannelRateDropout`).
 * **one rate** — where a per-feature rate cannot be placed, because the last dimension is a
   position and not a feature (the input of the dropout comes from a softmax: attention
-  probabilities), the dropout is called with different feature counts, or the layer is listed in
-  ``single_rate=``: :class:`SingleRateDropout`, elementwise masks with one learned rate.
+  probabilities), the input is a 4-d or larger map of unknown layout, the dropout is called with
+  different feature counts, or the layer is listed in ``single_rate=``:
+  :class:`SingleRateDropout`, elementwise masks with one learned rate.
+
+Left as they were, and listed in :attr:`ConversionReport.fixed` with the reason: dropout layers
+of rate 0 (unless ``zero_p=`` gives a starting rate), layers whose rate the model's code reads
+but which it never calls, and layers the example inputs never reach. Each
+:class:`Replacement` states its ``granularity`` (per unit, per channel, per layer, per head, per
+weight) and its number of ``rates``. A wrapped layer still reads as the layer
+(``wrapper.weight``, ``wrapper.in_features``, ...: :class:`~bayesdrop.nn.DropoutModule` forwards
+attribute reads it cannot answer to the layer it wraps).
 
 ``nn.TransformerEncoderLayer`` and ``nn.TransformerEncoder`` take a fused "fast path" in eval mode
-that does not call their submodules; :func:`convert` switches it off on the converted copies
-(``activation_relu_or_gelu = 0`` and ``use_nested_tensor = False``, the flags that torch's own
-eligibility check reads) so that MC prediction samples the converted modules and sparse families'
-pruned weights are used. ``nn.MultiheadAttention`` applies its attention-probability dropout
-functionally (``F.dropout`` on the probabilities, ``dropout=`` in its constructor), which no module
-replacement can reach: :func:`convert` turns each such layer of the copy into a
+that does not call their submodules; :func:`~bayesdrop.convert` switches it off on the converted
+copies (``activation_relu_or_gelu = 0`` and ``use_nested_tensor = False``, the flags that torch's
+own eligibility check reads) so that MC prediction samples the converted modules and sparse
+families' pruned weights are used. ``nn.MultiheadAttention`` applies its attention-probability
+dropout functionally (``F.dropout`` on the probabilities, ``dropout=`` in its constructor), which no
+module replacement can reach: :func:`~bayesdrop.convert` turns each such layer of the copy into a
 :class:`DropoutMultiheadAttention` (the same computation and parameters, with the dropout as a
 module, ``attn_drop``), so that rate is learned too, with one rate per layer (``attention=False``
-keeps it functional). Likewise the dropout between the layers of a stacked ``nn.LSTM/GRU/RNN``
-(its ``dropout=`` argument): the RNN becomes a :class:`StackedRNN` of one-layer copies whose
-layers 1 to L-1 take the family as input dropout (``rnn=False`` keeps it functional). Dropout
-that stays functional is fixed, is not learned, and is *off* under :func:`bayesdrop.mc_predict`
-(the layer is in eval mode there); the report lists each such layer in
-:attr:`ConversionReport.fixed`.
+keeps it functional). Likewise the dropout between the layers of a stacked ``nn.LSTM/GRU/RNN`` (its
+``dropout=`` argument): the RNN becomes a :class:`StackedRNN` of one-layer copies whose layers 1 to
+L-1 take the family as input dropout (``rnn=False`` keeps it functional). Dropout that stays
+functional is fixed, is not learned, and is *off* under :func:`bayesdrop.mc_predict` (the layer is
+in eval mode there); the report lists each such layer in the ``fixed`` field of the
+:class:`ConversionReport`.
 
 A wrapped ``nn.LSTM/GRU/RNN`` draws one mask per sequence, shared over time steps (Gal &
 Ghahramani 2016, "A Theoretically Grounded Application of Dropout in Recurrent Neural
@@ -76,8 +94,11 @@ from torch.overrides import TorchFunctionMode
 from torch.utils._pytree import tree_leaves
 
 from ._validation import check_probability
+from .adapters.attention import AttentionRouting, route_attention_dropout
 from .adapters.batches import call_model
+from .adapters.drop_path import DropPathSite, find_drop_paths, replace_drop_paths
 from .nn._base import DropoutModule
+from .nn.drop_path import DropPath
 from .nn.wrapped_layers import SUPPORTED_LAYERS
 
 __all__ = [
@@ -123,11 +144,6 @@ _BARE_CONSEQUENCE = {
         "prior from it (keep weight decay on them), and its rates are set by the data fit and the "
         "entropy term -dropout_regularizer·K·H(p), which alone pulls p toward 0.5"
     ),
-    "VariationalDropout": (
-        "a bare layer counts the log-uniform KL once per unit instead of once per weight the unit "
-        "feeds (its fan-out is unknown), so the prior's pull on its rates is understated by that "
-        "factor"
-    ),
 }
 
 
@@ -166,7 +182,7 @@ class Replacement:
 
 @dataclass
 class ConversionReport:
-    """What :func:`convert` did: the family, each replacement, and notes worth reading.
+    """What :func:`~bayesdrop.convert` did: the family, each replacement, and notes worth reading.
 
     ``fixed`` lists, by module name, every dropout that stays as it was, with the reason: dropout
     no module applies (``nn.MultiheadAttention``'s attention dropout, the dropout between stacked
@@ -179,6 +195,7 @@ class ConversionReport:
     family: str
     replacements: list[Replacement] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    #: Every dropout that stays as it was, by module name, with the reason (see above).
     fixed: dict[str, str] = field(default_factory=dict)
 
     def __len__(self) -> int:
@@ -242,6 +259,11 @@ class ChannelDropout(nn.Module):
         super().__init__()
         self.dropout = dropout
 
+    @property
+    def p(self) -> Tensor:
+        """The inner module's drop probabilities (model code may read a dropout's ``p``)."""
+        return self.dropout.p
+
     def forward(self, x: Tensor) -> Tensor:
         if x.dim() < 2:
             raise ValueError(f"channel dropout needs an (N, C, *) input, but got {tuple(x.shape)}")
@@ -263,6 +285,11 @@ class SingleRateDropout(nn.Module):
         super().__init__()
         self.dropout = dropout
 
+    @property
+    def p(self) -> Tensor:
+        """The inner module's drop probability (model code may read a dropout's ``p``)."""
+        return self.dropout.p
+
     def forward(self, x: Tensor) -> Tensor:
         return self.dropout(x.unsqueeze(-1)).squeeze(-1)
 
@@ -282,6 +309,11 @@ class ChannelRateDropout(nn.Module):
         super().__init__()
         self.dropout = dropout
 
+    @property
+    def p(self) -> Tensor:
+        """The inner module's drop probabilities (model code may read a dropout's ``p``)."""
+        return self.dropout.p
+
     def forward(self, x: Tensor) -> Tensor:
         if x.dim() < 3:
             raise ValueError(f"channel rates need an (N, C, *) input, but got {tuple(x.shape)}")
@@ -294,15 +326,15 @@ class DropoutMultiheadAttention(nn.MultiheadAttention):
     .. math::
         \mathrm{head}_h = \mathrm{drop}\bigl(\mathrm{softmax}(Q_h K_h^\top/\sqrt{d} + M)\bigr)\,V_h,
 
-    with the same projections, masks (``attn_mask``, ``key_padding_mask``; boolean ``True`` =
-    not attended, or float added to the scores), ``batch_first``, ``kdim``/``vdim`` and returned
-    weights as ``nn.MultiheadAttention``'s reference path, but ``drop`` is the module
-    ``attn_drop`` (for instance a :class:`SingleRateDropout` of a learned family) instead of the
-    functional ``F.dropout(p=dropout)``, so it can learn its rate and samples under
-    :func:`bayesdrop.mc_predict`. :func:`convert` turns every ``nn.MultiheadAttention`` with
-    ``dropout > 0`` into this class (same parameters and ``state_dict`` keys, plus those of
-    ``attn_drop``); ``add_bias_kv`` and ``add_zero_attn`` are not supported. The fused fast
-    path of ``nn.MultiheadAttention`` is not used.
+    with the same projections, masks (``attn_mask``, ``key_padding_mask``; boolean ``True`` = not
+    attended, or float added to the scores), ``batch_first``, ``kdim``/``vdim`` and returned weights
+    as ``nn.MultiheadAttention``'s reference path, but ``drop`` is the module ``attn_drop`` (for
+    instance a :class:`SingleRateDropout` of a learned family) instead of the functional
+    ``F.dropout(p=dropout)``, so it can learn its rate and samples under
+    :func:`bayesdrop.mc_predict`. :func:`~bayesdrop.convert` turns every ``nn.MultiheadAttention``
+    with ``dropout > 0`` into this class (same parameters and ``state_dict`` keys, plus those of
+    ``attn_drop``); ``add_bias_kv`` and ``add_zero_attn`` are not supported. The fused fast path of
+    ``nn.MultiheadAttention`` is not used.
     """
 
     attn_drop: nn.Module
@@ -388,11 +420,11 @@ class StackedRNN(nn.Module):
     """A multi-layer ``nn.LSTM/GRU/RNN`` as a stack of one-layer copies, with dropout modules between.
 
     ``rnns[i]`` is layer ``i`` (a one-layer RNN with the original's weights of that layer, or a
-    wrapper family around it) and ``drops[i]`` the module applied to its input (``nn.Identity``
-    for the first layer and for wrapped layers, whose wrapper drops the input itself). It takes
-    and returns what the original does: ``(x, h0)`` or ``(x, (h0, c0))`` with states stacked over
-    layers and directions, tensors or :class:`~torch.nn.utils.rnn.PackedSequence`. With every
-    dropout off it computes the original RNN's function. :func:`convert` builds it to turn the
+    wrapper family around it) and ``drops[i]`` the module applied to its input (``nn.Identity`` for
+    the first layer and for wrapped layers, whose wrapper drops the input itself). It takes and
+    returns what the original does: ``(x, h0)`` or ``(x, (h0, c0))`` with states stacked over layers
+    and directions, tensors or :class:`~torch.nn.utils.rnn.PackedSequence`. With every dropout off
+    it computes the original RNN's function. :func:`~bayesdrop.convert` builds it to turn the
     dropout *between* the layers (the RNN's ``dropout=`` argument, applied functionally) into a
     learned family.
 
@@ -968,9 +1000,10 @@ def convert(
     example_inputs: Any = None,
     exclude: Iterable[str] = (),
     single_rate: Iterable[str] = (),
-    attention: bool = True,
+    attention: Literal["learned", "fixed"] | bool = "learned",
     rnn: bool = True,
     zero_p: Literal["keep"] | float = "keep",
+    drop_path: Literal["learned", "fixed"] = "learned",
     **options: Any,
 ) -> tuple[nn.Module, ConversionReport]:
     """Return a copy of ``model`` whose ``nn.Dropout*`` layers are replaced by ``family``.
@@ -989,25 +1022,44 @@ def convert(
             feeds and how many features it sees, and the converted copy is run on it, in
             training and in eval mode, before :func:`convert` returns (the random state, the
             buffers and the modes the user sees are restored); a layer that fails there is
-            named in the error. The training-mode run lists in :attr:`ConversionReport.fixed`
+            named in the error. The training-mode run lists in the report's ``fixed``
             every dropout that still fires and is not a bayesdrop module. Without it only
             ``nn.Sequential`` neighbours are known.
         exclude: dotted names of dropout layers to leave as they are (they are not traced).
         single_rate: dotted names of ``nn.Dropout`` layers that get one rate shared by every
             element (for inputs whose last dimension is not a feature, e.g. a sequence position).
-        attention: also convert the attention-probability dropout of every
-            ``nn.MultiheadAttention`` with ``dropout > 0`` (it becomes a
-            :class:`DropoutMultiheadAttention` whose ``attn_drop`` is the family, one rate per
-            layer); ``False`` keeps it functional and fixed. ``exclude`` may name such a layer.
+        attention: ``"learned"`` (default; ``True`` is the same) also converts the
+            attention-probability dropout that no module applies: every
+            ``nn.MultiheadAttention`` with ``dropout > 0`` becomes a
+            :class:`~bayesdrop.conversion.DropoutMultiheadAttention` whose ``attn_drop`` is the
+            family; Hugging Face
+            transformers models (found by duck typing; they need ``example_inputs``) and
+            timm-style attention with ``fused_attn`` are switched, on the copy, to an attention
+            path that calls a dropout module on the attention probabilities
+            (:func:`.route_attention_dropout`: the model's own dropout module, or
+            a new ``nn.Dropout`` named ``attn_drop`` where the model passes a float rate; eval
+            outputs of transformers models stay bit for bit the same), which is then converted
+            like any dropout, one rate per layer. ``"fixed"`` (or ``False``) keeps all of it
+            functional, fixed and listed in the report's ``fixed``. ``exclude`` may name
+            such a layer or its dropout module.
         rnn: also convert the dropout between the layers of every stacked ``nn.LSTM/GRU/RNN``
-            with ``dropout > 0``: it becomes a :class:`StackedRNN` (one-layer copies with the
-            same weights; ``state_dict`` keys ``rnns.<i>...``) whose layers ``1..L-1`` take the
-            family as input dropout (wrapped: one mask per sequence, shared over time). ``False``
-            keeps it functional and fixed. ``exclude`` may name such an RNN.
+            with ``dropout > 0``: it becomes a :class:`~bayesdrop.conversion.StackedRNN`
+            (one-layer copies with the same weights; ``state_dict`` keys ``rnns.<i>...``) whose
+            layers ``1..L-1`` take the family as input dropout (wrapped: one mask per sequence,
+            shared over time). ``False`` keeps it functional and fixed. ``exclude`` may name
+            such an RNN.
         zero_p: what to do with dropout layers of rate 0 (``nn.Dropout(0.0)``, common in model
             libraries as a placeholder): ``"keep"`` (default) leaves them as they are and lists
-            them in :attr:`ConversionReport.fixed`; a float in (0, 1) converts them with that
+            them in the report's ``fixed``; a float in (0, 1) converts them with that
             starting rate (eval outputs are unchanged; training then learns the rate).
+        drop_path: ``"learned"`` (default) replaces every drop-path (stochastic depth) module,
+            found by duck typing (timm's ``DropPath``: ``drop_prob`` and ``scale_by_keep``;
+            torchvision's ``StochasticDepth``: ``p`` and ``mode``), by a
+            :class:`~bayesdrop.nn.DropPath` of the family (bare form, one unit: one learned rate
+            per residual block, one mask per example), starting at its rate; modules with
+            rate 0, ``mode="batch"`` or ``scale_by_keep=False`` stay and are listed in
+            :attr:`.ConversionReport.fixed`, as are all of them with ``"fixed"`` or a family
+            without a bare form. ``exclude`` may name such a module.
         **options: passed to every family constructor (they override the carried-over ``p``).
 
     Returns:
@@ -1043,8 +1095,16 @@ def convert(
     if form == "bare" and not has_bare:
         raise ValueError(f"{cls.__name__} has no bare form (it needs a layer); use form='wrap'")
     wraps = can_wrap and form == "wrap"
+    attention_mode = _choice("attention", attention, bools=True)
+    drop_path_mode = _choice("drop_path", drop_path, bools=False)
 
     new = copy.deepcopy(model)
+    # attention dropout that is read, not called, becomes a called module before the trace
+    routing = (
+        route_attention_dropout(new, example_inputs)
+        if attention_mode == "learned"
+        else AttentionRouting()
+    )
     # every dropout module object, with all the names it is reachable under
     sites: list[_Site] = []
     index: dict[int, _Site] = {}
@@ -1068,8 +1128,10 @@ def convert(
         for name, m in new.named_modules()
         if isinstance(m, nn.RNNBase) and m.num_layers > 1 and m.dropout > 0
     ]
+    drop_paths = find_drop_paths(new)
     known = {n for s in sites for n in s.names} | set(alpha)
     known |= {n for n, _ in attentions} | {n for n, _ in stacked}
+    known |= {n for s in drop_paths for n in s.names}
     excluded = _check_names("exclude", exclude, known)
     single = _check_names("single_rate", single_rate, known)
     for full in alpha:
@@ -1094,12 +1156,12 @@ def convert(
     feeds: dict[str, str] = {}
     units: dict[str, int] = {}
     if traced:
-        layer_calls = _trace(model, example_inputs, active)
+        layer_calls = _trace(new, example_inputs, active)
     else:
         feeds, units = _adjacent(new, active)
 
-    if not isinstance(rnn, bool) or not isinstance(attention, bool):
-        raise TypeError("attention and rnn must be bools")
+    if not isinstance(rnn, bool):
+        raise TypeError(f"rnn must be a bool, but got {rnn!r}")
     report = ConversionReport(cls.__name__)
     split = [(n, m) for n, m in stacked if rnn and n not in excluded]
     for name, m in split:
@@ -1193,7 +1255,7 @@ def convert(
             raise type(err)(f"converting '{name}' to {cls.__name__}: {err}") from err
         converted.append(name)
     for name, mha in attentions:
-        if not attention or name in excluded:
+        if attention_mode == "fixed" or name in excluded:
             continue
         if not has_bare:
             report.notes.append(
@@ -1206,6 +1268,32 @@ def convert(
         except (TypeError, ValueError) as err:
             raise type(err)(f"converting '{name}' to {cls.__name__}: {err}") from err
         converted.append(f"{name}.attn_drop")
+    _report_routing(routing, report)
+    if drop_path_mode == "learned" and has_bare:
+        try:
+            replaced, still = replace_drop_paths(
+                new, partial(_learned_drop_path, cls, params, options), excluded
+            )
+        except (TypeError, ValueError) as err:
+            raise type(err)(f"converting a drop-path module to {cls.__name__}: {err}") from err
+        for dp in replaced:
+            report.replacements.append(
+                Replacement(
+                    dp.name, dp.original, dp.p, dp.name, None, "drop path", 1, _prior(cls, None)
+                )
+            )
+            converted.append(dp.name)
+    else:
+        why = (
+            "drop_path='fixed'" if drop_path_mode == "fixed" else f"{cls.__name__} has no bare form"
+        )
+        still = {dp.name: why for dp in drop_paths if not excluded & set(dp.names)}
+    by_name = {dp.name: dp for dp in drop_paths}
+    for name, why in still.items():
+        report.fixed[name] = (
+            f"{type(new.get_submodule(name)).__name__} (drop path, p={by_name[name].p:g}) left "
+            f"as it was: {why}; its rate stays fixed, is not learned, and is off under mc_predict"
+        )
     _fixed_and_fast_paths(model, new, converted, {n for n, _ in split}, report)
     report.replacements = [_with_granularity(r, new) for r in report.replacements]
     if traced:
@@ -1359,6 +1447,11 @@ def _needs_units(cls: type, params: dict[str, inspect.Parameter], site: _Site) -
 def _prior(cls: type, wrapped: str | None) -> str:
     if getattr(cls, "kl", None) is DropoutModule.kl:
         return "none (fixed rate, no prior term)"
+    if cls.__name__ == "VariationalDropout" and wrapped is None:
+        return (
+            "full: the log-uniform KL, one term per unit as in the wrapped form (the default "
+            "kl_terms='noise'; kl_terms='weight' needs the wrapped form)"
+        )
     if wrapped is not None:
         return f"full: rate term and weight term over the input weights of '{wrapped}'"
     return "rate term only: the weights it feeds are unknown, so no weight term"
@@ -1373,7 +1466,15 @@ def _wrap(
     p: float,
 ) -> Replacement:
     layer = modules[target]
+    if "init_max_log_alpha" in _params(cls):
+        # a trained layer: no weight starts as noise only because it is small (alpha <= 1, and
+        # log alpha at least 1 below the pruning threshold), and eval keeps every weight until
+        # the module is trained
+        threshold = float(kwargs.get("threshold", _params(cls)["threshold"].default))
+        kwargs = {"init_max_log_alpha": min(0.0, threshold - 1.0), **kwargs}
     module = cls(layer, **kwargs)
+    if hasattr(module, "keep_dense_until_trained"):
+        module.keep_dense_until_trained()
     ref = _ref_tensor(layer)
     if ref is not None:
         module.to(device=ref.device, dtype=ref.dtype)
@@ -1502,6 +1603,58 @@ def _rate_kwargs(
         kwargs["p"] = p
     kwargs.update(options)
     return kwargs
+
+
+def _choice(arg: str, value: Any, bools: bool) -> str:
+    """``"learned"`` or ``"fixed"`` from ``value`` (``True``/``False`` too when ``bools``)."""
+    if bools and isinstance(value, bool):
+        return "learned" if value else "fixed"
+    if isinstance(value, str) and value in ("learned", "fixed"):
+        return value
+    accepted = "'learned', 'fixed', True or False" if bools else "'learned' or 'fixed'"
+    raise ValueError(f"{arg} must be {accepted}, but got {value!r}")
+
+
+def _learned_drop_path(
+    cls: type, params: dict[str, inspect.Parameter], options: dict[str, Any], site: DropPathSite
+) -> nn.Module:
+    """A :class:`~bayesdrop.nn.DropPath` of the family, one unit, starting at the site's rate."""
+    kwargs = _rate_kwargs(params, site.p, options)
+    if "num_features" in params:
+        kwargs["num_features"] = 1
+    try:
+        module = DropPath(cls(**kwargs))
+    except (TypeError, ValueError) as err:
+        raise type(err)(f"'{site.name}': {err}") from err
+    return module
+
+
+def _report_routing(routing: AttentionRouting, report: ConversionReport) -> None:
+    """What :func:`route_attention_dropout` changed, in the report's notes and ``fixed``."""
+    for name, why in routing.fixed.items():
+        report.fixed.setdefault(
+            name or "<model>",
+            f"attention-probability dropout left as it was: {why}; its rate stays fixed, is not "
+            "learned, and is off under mc_predict",
+        )
+    if routing.implementation is not None:
+        report.notes.append(
+            f"transformers models switched to the attention implementation "
+            f"'{routing.implementation}': the same computation, with the attention probabilities "
+            "dropped by a called module in training and under mc_predict (eval outputs are bit "
+            "for bit the original's)"
+        )
+    for dotted, rate in routing.attached.items():
+        report.notes.append(
+            f"'{dotted}': nn.Dropout({rate:g}) added for the attention probabilities (the model "
+            "passed the rate as a number to its attention function)"
+        )
+    fused = routing.unfused
+    if fused:
+        report.notes.append(
+            f"fused_attn switched off in {fused} so that attn_drop is called (eval outputs agree "
+            "to rounding)"
+        )
 
 
 def _attention(

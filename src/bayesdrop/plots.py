@@ -2,7 +2,9 @@
 
 matplotlib is imported only when a function here is called. Figures are built with the
 object-oriented API (``matplotlib.figure.Figure``), so no GUI backend and no global pyplot state
-are involved; each function returns the ``Figure`` and, given ``path``, writes it as PNG.
+are involved; each function returns the ``Figure`` and, given ``path``, writes it in the format
+its extension names (one of :data:`FORMATS`). The path is checked before anything is drawn: an
+unknown extension, a missing or unwritable folder and a folder given as the file are refused.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from matplotlib.figure import Figure
 
 __all__ = [
+    "FORMATS",
     "reliability_diagram",
     "pavpu_plot",
     "ood_histogram",
@@ -45,9 +48,41 @@ def _figure(figsize: tuple[float, float]) -> tuple[Figure, Axes]:
     return fig, fig.add_subplot()
 
 
+#: File formats a figure can be written in, chosen by the extension of ``path``.
+FORMATS = ("png", "pdf", "svg", "eps", "ps")
+
+
+def _check_path(path: str | os.PathLike[str] | None) -> None:
+    """Refuse, before anything is drawn, a ``path`` the figure could not be written to."""
+    if path is None:
+        return
+    if not isinstance(path, (str, os.PathLike)):
+        raise TypeError(f"path must be a str or os.PathLike, but got {type(path).__name__}")
+    p = os.fspath(path)
+    if not isinstance(p, str) or not p:
+        raise ValueError(f"path must be a non-empty file path, but got {path!r}")
+    ext = os.path.splitext(p)[1].lower().lstrip(".")
+    if ext not in FORMATS:
+        got = f"extension {'.' + ext!r}" if ext else "no extension"
+        raise ValueError(
+            f"path {p} has {got}; the figure is written in the format its extension names, one "
+            f"of {', '.join('.' + f for f in FORMATS)}"
+        )
+    if os.path.isdir(p):
+        raise ValueError(f"path {p} is a directory; give a file path")
+    folder = os.path.dirname(os.path.abspath(p))
+    if not os.path.isdir(folder):
+        raise ValueError(f"path {p}: directory {folder} does not exist")
+    if not os.access(folder, os.W_OK | os.X_OK) or (
+        os.path.exists(p) and not os.access(p, os.W_OK)
+    ):
+        raise ValueError(f"path {p} is not writable (permission denied)")
+
+
 def _save(fig: Figure, path: str | os.PathLike[str] | None, dpi: int) -> None:
     if path is not None:
-        fig.savefig(os.fspath(path), format="png", dpi=dpi)
+        p = os.fspath(path)
+        fig.savefig(p, format=os.path.splitext(p)[1].lower().lstrip("."), dpi=dpi)
 
 
 def reliability_diagram(
@@ -74,12 +109,14 @@ def reliability_diagram(
         labels: ``(N,)`` class indices (needed with probabilities).
         n_bins: equal-width confidence bins (as :func:`bayesdrop.metrics.ece`).
         title: axes title (default: the ECE).
-        path: write the figure there as PNG.
-        dpi: resolution of the PNG.
+        path: write the figure there, in the format of its extension (one of :data:`FORMATS`);
+            checked before drawing.
+        dpi: resolution of raster formats.
 
     Returns:
         The :class:`matplotlib.figure.Figure` (axes 0: reliability, axes 1: counts).
     """
+    _check_path(path)
     if isinstance(probs, CalibrationBins):
         bins = probs
     else:
@@ -143,6 +180,7 @@ def pavpu_plot(
             shows each curve's mean PAvPU.
         title, path, dpi: as :func:`reliability_diagram`.
     """
+    _check_path(path)
     if isinstance(curves, PAvPUCurve):
         curves = {"model": curves}
     if not isinstance(curves, Mapping) or not curves:
@@ -197,6 +235,7 @@ def ood_histogram(
     Returns:
         The :class:`matplotlib.figure.Figure`; its axes hold two bar containers (in, out).
     """
+    _check_path(path)
     s_in = check_scores("in_scores", in_scores)
     s_out = check_scores("out_scores", out_scores)
     if isinstance(bins, bool) or not isinstance(bins, int) or bins < 1:
@@ -279,6 +318,7 @@ def dropout_rate_plot(
         band: lower and upper quantiles of the shaded band, in [0, 1].
         xlabel, title, path, dpi: labels and output as :func:`reliability_diagram`.
     """
+    _check_path(path)
     lo_q, hi_q = (float(b) for b in band)
     if not 0.0 <= lo_q <= hi_q <= 1.0:
         raise ValueError(f"band must be two quantiles 0 <= lo <= hi <= 1, but got {band}")
@@ -316,6 +356,7 @@ def rate_trajectories(
     band: tuple[float, float] = (0.1, 0.9),
     fraction: float = 0.25,
     tol: float = 0.01,
+    min_steps: int = 100,
     xlabel: str = "step",
     title: str | None = None,
     path: str | os.PathLike[str] | None = None,
@@ -327,17 +368,21 @@ def rate_trajectories(
     line at the mean over its rates with a band between the ``band`` quantiles at each step. The
     last ``fraction`` of the records is shaded, and each panel's title gives the module's drift
     over it, :math:`d = \\frac1K\\sum_k |p_k(t_{\\text{end}}) - p_k(t_{\\text{start}})|`
-    (:meth:`~bayesdrop.RateTracker.drift`), and whether :math:`d <` ``tol`` (settled).
+    (:meth:`~bayesdrop.RateTracker.drift`), and its state by the criterion of
+    :meth:`~bayesdrop.RateTracker.settled`: "not settled" (:math:`d \\ge` ``tol``), "settled",
+    "too short to tell" (:math:`d <` ``tol`` over a run of fewer than ``min_steps`` steps), or
+    "fixed rate" (a module whose rates are not learned).
 
     Args:
         tracker: a :class:`bayesdrop.RateTracker` with at least one record.
         modules: names of the modules to draw (default: all, in model order).
         max_lines: largest number of rates drawn one line each.
         band: lower and upper quantiles of the shaded band, in [0, 1].
-        fraction, tol: the settling criterion stated in the titles
+        fraction, tol, min_steps: the settling criterion stated in the titles
             (:meth:`~bayesdrop.RateTracker.settled`).
         xlabel, title, path, dpi: labels and output as :func:`reliability_diagram`.
     """
+    _check_path(path)
     from .tracking import RateTracker
 
     if not isinstance(tracker, RateTracker):
@@ -353,6 +398,8 @@ def rate_trajectories(
         raise ValueError(f"fraction must be in (0, 1], but got {fraction}")
     if not float(tol) > 0.0:
         raise ValueError(f"tol must be positive, but got {tol}")
+    if isinstance(min_steps, bool) or not isinstance(min_steps, int) or min_steps < 1:
+        raise ValueError(f"min_steps must be an int >= 1, but got {min_steps!r}")
     if not tracker.steps:
         raise ValueError("the tracker holds no records yet: call tracker.step() during training")
     history = tracker.history
@@ -389,7 +436,14 @@ def rate_trajectories(
         label = name or "(model)"
         if name in drift:
             ax.axvspan(xs[start], xs[-1], color="0.85", zorder=0)
-            state = "settled" if drift[name] < tol else "not settled"
+            if name not in tracker.learned:
+                state = "fixed rate"
+            elif drift[name] >= tol:
+                state = "not settled"
+            elif xs[-1] - xs[0] < min_steps:
+                state = "too short to tell"
+            else:
+                state = "settled"
             label += f": drift {drift[name]:.3g} ({state})"
         ax.set_title(label, fontsize="small")
         ax.set_xlabel(xlabel)

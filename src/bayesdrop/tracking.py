@@ -18,6 +18,13 @@ where :math:`t_{\\text{start}}` is the first record in that window; the rates ha
 :math:`d` is below ``tol`` (0.01 by default: one percentage point of drop probability) for every
 module. The mean over rates (rather than the largest change) keeps the criterion meaningful for
 per-weight families, whose individual rates keep fluctuating with the minibatch noise.
+
+A small drift means settled only when the window is long: over 10 steps rates hardly move
+whatever they will do next. :meth:`RateTracker.settled` therefore answers ``None`` (cannot
+tell) when the recorded run spans fewer than ``min_steps`` steps (100 by default, so the default
+window spans at least 25 steps) while the drift is below ``tol``, and also when the model has no
+learned rates at all (fixed ``nn.Dropout`` or :class:`~bayesdrop.nn.MCDropout` rates do not
+settle: they never move). A drift at or above ``tol`` is ``False`` however short the run.
 """
 
 from __future__ import annotations
@@ -28,6 +35,7 @@ import torch
 from torch import Tensor, nn
 
 from ._validation import check_int, check_positive
+from .nn._base import DropoutModule
 from .objectives import dropout_rates
 
 __all__ = ["RateTracker"]
@@ -46,6 +54,8 @@ class RateTracker:
 
     Attributes:
         steps: the step numbers at which rates were recorded.
+        learned: names of the recorded modules whose rates are learned (they have rate
+            parameters); fixed-rate modules are recorded too but cannot settle.
         history: ``{module name: (len(steps), K) float32 tensor}`` of recorded rates (built on
             access from the records).
 
@@ -63,8 +73,10 @@ class RateTracker:
         [0, 1, 2, 3]
         >>> tracker.history["0"].shape
         torch.Size([4, 3])
-        >>> tracker.settled(tol=0.01)
+        >>> tracker.settled(tol=0.01)  # moved by more than tol: not settled, however short
         False
+        >>> tracker.settled(tol=0.5) is None  # small drift, but 3 steps are too few to tell
+        True
     """
 
     def __init__(
@@ -80,6 +92,7 @@ class RateTracker:
         self._records: dict[str, list[Tensor]] = {}
         self._subsets: dict[str, Tensor | None] = {}
         self._calls = 0
+        self.learned: list[str] = []
 
     def step(self) -> None:
         """Count one training step, and record the rates if it is a recording step."""
@@ -99,6 +112,14 @@ class RateTracker:
                 "the model's dropout modules changed since the first record: "
                 f"{sorted(self._records)} then {sorted(rates)}"
             )
+        if not self._records:
+            modules = dict(self.model.named_modules())
+            self.learned = [
+                n
+                for n in rates
+                if isinstance(modules.get(n), DropoutModule)
+                and any(prm.requires_grad for prm in modules[n].rate_parameters())
+            ]
         for name, p in rates.items():
             flat = p.detach().reshape(-1)
             if name not in self._subsets:
@@ -138,10 +159,34 @@ class RateTracker:
             for name, rec in self._records.items()
         }
 
-    def settled(self, tol: float = 0.01, fraction: float = 0.25) -> bool:
-        """Whether every module's :meth:`drift` over the last ``fraction`` is below ``tol``."""
+    def settled(
+        self, tol: float = 0.01, fraction: float = 0.25, min_steps: int = 100
+    ) -> bool | None:
+        """Whether the learned rates settled: ``True``, ``False``, or ``None`` (cannot tell).
+
+        Args:
+            tol: largest :meth:`drift` (mean absolute change of drop probability) of a settled
+                module over the last ``fraction`` of the records.
+            fraction: the window, as a fraction of the records.
+            min_steps: shortest recorded run (``steps[-1] - steps[0]``) over which a drift below
+                ``tol`` counts as settled.
+
+        Returns:
+            ``False`` when some learned module drifted by ``tol`` or more; ``None`` when the
+            model has no learned rates, fewer than two records were made, or the run spans
+            fewer than ``min_steps`` steps (too short a run to tell); ``True`` otherwise. Note
+            that ``None`` is falsy: ``if tracker.settled():`` reads "settled, and known to be".
+        """
         tol = check_positive("tol", tol)
-        return all(d < tol for d in self.drift(fraction).values())
+        min_steps = check_int("min_steps", min_steps)
+        if not self.learned or len(self.steps) < 2:
+            return None
+        drift = self.drift(fraction)
+        if any(drift[name] >= tol for name in self.learned):
+            return False
+        if self.steps[-1] - self.steps[0] < min_steps:
+            return None
+        return True
 
     def final(self) -> dict[str, Tensor]:
         """The last recorded rates of each module (of the recorded subset, for large modules)."""

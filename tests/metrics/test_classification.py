@@ -248,3 +248,26 @@ def test_bad_options():
         M.pavpu(probs, labels, 0.5, uncertainty=torch.zeros(3))
     with pytest.raises(ValueError, match="threshold must not be NaN"):
         M.pavpu(probs, labels, float("nan"))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_ece_bins_are_closed_on_the_right_at_an_edge(dtype):
+    """Bins are (m/M, (m+1)/M]: a confidence exactly on an edge (0.75 with M = 4, exact in binary)
+    belongs to the bin below it. Three predictions, by hand:
+    A conf 0.75 wrong, B conf 0.8 right, C conf 0.6 right; ECE = sum over bins of
+    |sum(conf - acc)| / N. Right-closed groups {A, C}: (|0.75 - 0.4| + |-0.2|) / 3 = 0.55 / 3;
+    left-closed would group {A, B}: (|-0.4| + |0.75 - 0.2|) / 3 = 0.95 / 3."""
+    probs = torch.tensor([[0.75, 0.25], [0.2, 0.8], [0.6, 0.4]], dtype=dtype)
+    labels = torch.tensor([1, 1, 0])
+    bins = M.calibration_bins(probs, labels, n_bins=4)
+    assert float(bins.edges[3]) == 0.75  # the edge is exact
+    assert bins.count.tolist() == [0.0, 0.0, 2.0, 1.0]
+    assert float(bins.confidence[2]) == pytest.approx(0.675, abs=1e-6)
+    assert float(bins.accuracy[2]) == 0.5
+    assert float(M.ece(probs, labels, n_bins=4)) == pytest.approx(0.55 / 3, abs=1e-6)
+    assert abs(0.55 / 3 - 0.95 / 3) > 0.1  # the two conventions are far apart here
+    # confidence 1 (the top edge) is in the last bin, and 0.5 (an inner edge) in bin 1 of 4
+    top = M.calibration_bins(
+        torch.tensor([[1.0, 0.0], [0.5, 0.5]], dtype=dtype), torch.tensor([0, 0]), 4
+    )
+    assert top.count.tolist() == [0.0, 1.0, 0.0, 1.0]

@@ -216,6 +216,52 @@ def test_output_and_checkpoint_paths_are_checked_before_training(env, capsys, tm
     assert env.a_file.read_text() == "x"
 
 
+def test_output_that_is_an_input_file_is_refused_and_the_input_kept(env, capsys, tmp_path):
+    """--output naming the data file (or a checkpoint being read) would overwrite it with JSON."""
+    data = tmp_path / "clicks.csv"
+    data.write_bytes(env.data.read_bytes())
+    ckpt = tmp_path / "trained.pt"
+    ckpt.write_bytes(env.ckpt.read_bytes())
+    link = tmp_path / "link.csv"
+    link.symlink_to(data)
+    common = ["--data", data, "--format", "csv", "--heldout-users", "20", "--no-progress"]
+    for out in (data, link, tmp_path / "." / "clicks.csv"):
+        _fails(
+            ["train", *common, "--model", "popularity", "--output", out],
+            capsys,
+            f"argument --output: {out} is the --data file",
+        )
+        _fails(
+            ["compare", *common, "--models", "popularity", "--output", out],
+            capsys,
+            "is the --data file",
+        )
+    _fails(
+        ["recommend", "--checkpoint", ckpt, "--users", "u1", "--output", ckpt],
+        capsys,
+        f"argument --output: {ckpt} is the --checkpoint file",
+    )
+    _fails(
+        ["compare", "--checkpoints", ckpt, "--output", ckpt], capsys, "is the --checkpoints file"
+    )
+    assert data.read_bytes() == env.data.read_bytes()
+    assert ckpt.read_bytes() == env.ckpt.read_bytes()
+
+
+@pytest.mark.parametrize("flag", ["--output", "--checkpoint"])
+def test_an_output_whose_lock_cannot_be_created_names_the_flag(env, capsys, flag, monkeypatch):
+    """A place every os.access check passes (as for root) where no file can be created (/proc):
+    the message names the flag and the file given, not only the lock file."""
+    monkeypatch.setattr(os, "access", lambda p, mode: True)
+    target = "/proc/bayesdrop-test-out.json"
+    err = _fails(
+        _train(env, flag, target),
+        capsys,
+        f"argument {flag}: cannot write {target}:",
+    )
+    assert err.splitlines()[-1].index(flag) < err.splitlines()[-1].index(".lock")
+
+
 def test_unwritable_paths_are_refused(env, capsys, tmp_path, monkeypatch):
     """Permissions as a non-root user sees them (os.access answers; root may write anywhere)."""
     locked = tmp_path / "ro"
@@ -455,7 +501,26 @@ def _damaged(env, tmp_path):
     out["newer layout"] = (newer, f"has layout version {VERSION + 1}")
     partial = tmp_path / "partial.pt"
     torch.save({"format": FORMAT, "version": VERSION, "config": {}}, partial)
-    out["missing keys"] = (partial, "is incomplete: missing ['data', 'model', 'state']")
+    out["missing keys"] = (partial, "is incomplete: missing ['data', 'model', 'state', 'sha256']")
+    # one bit flipped on disk in a weight, and in the stored split: torch.load reads both
+    # without complaint; the content hash refuses them
+    good = torch.load(env.ckpt, weights_only=True)
+    weight = max(good["model"].values(), key=lambda t: t.numel())
+    indices = good["data"]["split"]["test_heldout"]["indices"]
+    for name, t in (("flipped weight bit", weight), ("flipped split bit", indices)):
+        at = raw.find(t.numpy().tobytes())
+        assert at > 0, name
+        flipped = bytearray(raw)
+        flipped[at + t.element_size() * (t.numel() // 2)] ^= 0x01
+        p = tmp_path / f"{name.replace(' ', '-')}.pt"
+        p.write_bytes(bytes(flipped))
+        assert torch.load(p, weights_only=True)["format"] == FORMAT  # silently readable
+        out[name] = (p, "was altered after it was written")
+    old = {k: v for k, v in good.items() if k != "sha256"}
+    old["version"] = 1
+    p = tmp_path / "no-hash.pt"
+    torch.save(old, p)
+    out["written before hashes"] = (p, "written by an earlier bayesdrop without a content hash")
     out["a directory"] = (tmp_path, "is a directory, not a checkpoint file")
     return out
 

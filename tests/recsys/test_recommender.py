@@ -199,3 +199,43 @@ def test_compare_checkpoints_prints_paired_differences(neural, tmp_path, capsys)
         assert rows[1]["test"][name] == pytest.approx(per[1][name].mean(), rel=1e-9)
     assert "paired differences against" in captured.err
     assert f"ndcg@100 {got['diff']:+.4f} ± {got['se']:.4f}" in captured.err
+
+
+def _numeric_split(as_strings: bool):
+    """The hand example's interactions with users 196, 186, 7, ... and items 50, 181, ...
+    spelt as the data spells them: strings (MovieLens-100K read from RecBole) or ints."""
+    user = {"ann": 196, "bob": 186, "cat": 7, "dan": 22, "eve": 244, "fay": 166}
+    item = {"a": 50, "b": 181, "c": 1, "d": 100, "e": 258}
+    spell = str if as_strings else int
+    users = np.array([spell(user[u]) for u, _ in ROWS])
+    items = np.array([spell(item[i]) for _, i in ROWS])
+    return liang_split(Interactions(users, items, None), 1, min_heldout_items=2, test_prop=0.5)
+
+
+@pytest.mark.parametrize("as_strings", [True, False], ids=["string-ids", "int-ids"])
+def test_ints_and_digit_strings_name_the_same_user(as_strings):
+    from bayesdrop.recsys import Popularity
+
+    split = _numeric_split(as_strings)
+    spell = str if as_strings else int
+    assert isinstance(split.train_user_ids[0].item(), type(spell(1)))
+    model = Popularity().fit(split.train)
+    # every user saw at most 3 of the 5 items: two recommendations each
+    exact = recommend(model, [spell(u) for u in (196, 186, 7)], k=2, split=split)
+    assert all(len(v) == 2 for v in exact.values())
+    # the documented call, whatever the data's id type; keys come back as given
+    assert recommend(model, [196, 186], k=2, split=split) == {
+        196: exact[spell(196)],
+        186: exact[spell(186)],
+    }
+    assert recommend(model, ["196", "7"], k=2, split=split) == {
+        "196": exact[spell(196)],
+        "7": exact[spell(7)],
+    }
+    with pytest.raises(ValueError, match="more than once"):
+        recommend(model, [196, "196"], split=split)
+    # only exact spellings: "007" is not user 7, and True is not an id
+    with pytest.raises(ValueError, match="'007'.* is not in the model's data"):
+        recommend(model, ["007"], split=split)
+    with pytest.raises(ValueError, match="True .* is not in the model's data"):
+        recommend(model, [True], split=split)

@@ -387,3 +387,33 @@ def test_models_that_sample_are_not_reported():
         mc_predict(FunctionalDropout(training_flag=False), torch.randn(5, 4), 6)
         mc_predict(classifier(), X, 6)
         mc_predict(nn.Sequential(nn.Linear(4, 3)), torch.randn(5, 4), 1)  # one pass: no claim
+
+
+def test_num_samples_that_cannot_fit_is_refused_before_allocating(monkeypatch):
+    """10**12 passes need 44 TB of seeds alone: refused with the memory needed and free, before
+    the seeds are drawn; with 1 GiB free, 20,000 passes (0.9 MB of seeds) still run."""
+    import bayesdrop.uncertainty.mc as mc
+    from bayesdrop.nn import MCDropout
+
+    model = nn.Sequential(MCDropout(0.5), nn.Linear(3, 2))
+    x = torch.randn(4, 3)
+
+    def no_seeds(*a, **k):
+        raise AssertionError("allocated the seeds before refusing")
+
+    monkeypatch.setattr(mc, "_available_bytes", lambda device: 2**30)
+    with monkeypatch.context() as m:
+        m.setattr(mc, "sample_seeds", no_seeds)
+        with pytest.raises(
+            ValueError,
+            match=r"num_samples=1000000000000 cannot fit: .* 4\.1e\+04 GiB .* but 1 GiB are free",
+        ):
+            mc_predict(model, x, num_samples=10**12, keep_samples=False)
+        with pytest.raises(ValueError, match="or keep_samples=False"):
+            mc_predict(model, x, num_samples=10**12)
+        # 44 bytes of seed + 16 bytes kept per pass: 2**30 / 60 passes fit, one more does not
+        fits = 2**30 // 60
+        with pytest.raises(ValueError, match="cannot fit"):
+            mc_predict(model, x, num_samples=fits + 1)
+    res = mc_predict(model, x, num_samples=20_000, generator=torch.Generator().manual_seed(0))
+    assert res.num_samples == 20_000 and res.samples.shape[0] == 20_000

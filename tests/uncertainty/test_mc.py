@@ -660,3 +660,35 @@ def test_inexact_mode_is_reproducible_and_keeps_passes_independent():
     shared = SharedWeightNoise().double()
     ref = explicit_loop(shared, x[:, :4], 5, seed=1)
     assert_same_passes(mc_predict(shared, x[:, :4], 5, generator=gen(1), exact=False).samples, ref)
+
+
+class PerExampleNoise(nn.Module):
+    """Noise whose distribution parameters differ per example and per pass (they follow an
+    earlier draw): Bernoulli(sigmoid(h)) masks and Normal(mu, sigma) with tensor mu and sigma."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(5, 6)
+        self.out = nn.Linear(6, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = F.dropout(self.fc(x), 0.3, training=True)  # the parameters below differ per pass
+        h = h * torch.bernoulli(torch.sigmoid(3 * h))
+        h = torch.normal(h, F.softplus(h) + 0.05)  # tensor mean and tensor std
+        h = h + torch.normal(torch.tanh(h), 0.2)  # tensor mean, scalar std
+        h = h + torch.normal(0.0, torch.sigmoid(h))  # scalar mean, tensor std
+        h = h * h.sigmoid().bernoulli()  # the Tensor method
+        return self.out(h)
+
+
+def test_tiling_splits_per_example_distribution_parameters():
+    """Each pass's draws must use that pass's own rows of the parameter tensors (sigmoid(h), mu,
+    sigma): tiled calls of 2, 4 and all 6 passes equal the explicit loop of single passes."""
+    torch.manual_seed(3)
+    model = PerExampleNoise().double()
+    x = torch.randn(4, 5, generator=gen(1), dtype=torch.float64)
+    ref = explicit_loop(model, x, 6, seed=9)
+    assert (ref[0] - ref[1]).abs().max() > 1e-3  # the passes differ
+    for max_batch in (None, 8, 16, 24):
+        res = mc_predict(model, x, 6, generator=gen(9), max_batch=max_batch)
+        assert_same_passes(res.samples, ref)

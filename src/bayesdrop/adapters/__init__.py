@@ -4,11 +4,15 @@
 model and read its prediction through :mod:`bayesdrop.adapters.batches`: keyword batches
 (``model(**batch)``, a Hugging Face ``BatchEncoding``), positional batches (``model(*batch)``) and
 mapping outputs (a Hugging Face ``ModelOutput``, read at ``output_key="logits"`` by default).
-Nothing here imports transformers or timm.
+:func:`bayesdrop.convert` makes attention-probability dropout that a model reads but does not
+call a called module (:mod:`bayesdrop.adapters.attention`) and finds timm/torchvision drop-path
+modules (:mod:`bayesdrop.adapters.drop_path`). Nothing here imports transformers or timm (the
+attention adapter imports transformers only for a model that contains a transformers model).
 """
 
 from __future__ import annotations
 
+from .attention import AttentionRouting, route_attention_dropout
 from .batches import (
     DEFAULT_OUTPUT_KEY,
     batch_size,
@@ -20,6 +24,7 @@ from .batches import (
     tensors,
     tile_batch,
 )
+from .drop_path import DropPathSite, find_drop_paths, replace_drop_paths
 
 __all__ = [
     "DEFAULT_OUTPUT_KEY",
@@ -31,4 +36,9 @@ __all__ = [
     "map_batched",
     "tile_batch",
     "slice_batch",
+    "AttentionRouting",
+    "route_attention_dropout",
+    "DropPathSite",
+    "find_drop_paths",
+    "replace_drop_paths",
 ]

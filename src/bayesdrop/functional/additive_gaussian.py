@@ -1,7 +1,7 @@
 r"""Per-weight Gaussian posteriors in the additive parameterisation (Molchanov et al. 2017).
 
-The sparse variational (:mod:`bayesdrop.functional.sparse_variational`) and ARD
-(:mod:`bayesdrop.functional.ard`) families share a fully factorised posterior
+The sparse variational (``bayesdrop.functional.sparse_variational``) and ARD
+(``bayesdrop.functional.ard``) families share a fully factorised posterior
 :math:`q(w_{ij}) = \mathcal N(\theta_{ij}, \sigma^2_{ij})` parameterised by the mean
 :math:`\theta` and a free :math:`\log\sigma^2` (Molchanov, Ashukha & Vetrov, *Variational Dropout
 Sparsifies Deep Neural Networks*, 2017), with
@@ -261,14 +261,14 @@ def fused_kl_sum(
 
     The value and first derivatives equal those of the straightforward per-weight formula summed
     by autograd (tested in float64); it does not support double backward. ``kernel`` computes the
-    KL and its derivatives over one chunk (:func:`log_alpha_kernel` builds one from a function of
+    KL and its derivatives over one chunk (:func:`.log_alpha_kernel` builds one from a function of
     :math:`\log\alpha`); ``log_sigma2`` is clamped to ``[LOG_SIGMA2_MIN, max_log_sigma2]`` first,
     with zero gradient where that clamp acts.
 
     Args:
         theta: posterior means :math:`\theta`.
         log_sigma2: posterior log-variances, shaped like ``theta``.
-        kernel: the per-chunk KL (see :data:`ChunkKernel`).
+        kernel: the per-chunk KL (see :data:`.ChunkKernel`).
         pruned: optional boolean mask of weights left out of the sum.
         max_log_sigma2: upper clamp of ``log_sigma2``.
 

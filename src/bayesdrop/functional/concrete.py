@@ -102,7 +102,7 @@ def _unit_view(w: Tensor, groups: int) -> Tensor:
 
 
 class _LayerRegularizerFn(torch.autograd.Function):
-    """:func:`concrete_regularizer` of one layer, its weight norms included, as one graph node.
+    """:func:`.concrete_regularizer` of one layer, its weight norms included, as one graph node.
 
     The same value as ``concrete_regularizer(logit_p, input_weight_sq_norms(layer), ...)``; the
     hand-written backward touches each weight once (``2 g λ_w s W``) and replaces the dozens of
@@ -175,9 +175,9 @@ def layer_regularizer(
     dropout_regularizer: float,
     num_units: int,
 ) -> Tensor:
-    """Fused :func:`concrete_regularizer` of a layer from its input weights.
+    """Fused :func:`.concrete_regularizer` of a layer from its input weights.
 
-    The value of :func:`concrete_regularizer` for the weights ``weights`` that the dropped units
+    The value of :func:`.concrete_regularizer` for the weights ``weights`` that the dropped units
     feed (``groups`` units share a rate when they are grouped, e.g. channels), with a one-pass
     backward; :class:`~bayesdrop.nn.ConcreteDropout` calls it.
     """
@@ -214,7 +214,7 @@ def concrete_keep_mask(logit_p: Tensor, u: Tensor, temperature: float) -> Tensor
     :math:`P(\tilde z \le z) = \sigma(\mathrm{logit}\,p + t\,\mathrm{logit}\,z)`, which tends to
     the Bernoulli(1 - p) CDF as :math:`t \to 0`. ``logit_p`` is clamped to
     ``[-LOGIT_BOUND, LOGIT_BOUND]``; ``u`` equal to 0 or 1 gives a mask of exactly 1 or 0 (never
-    NaN); mask values below :data:`KEEP_FLOOR` are set to exactly 0.
+    NaN); mask values below :data:`.KEEP_FLOOR` are set to exactly 0.
 
     Args:
         logit_p: drop logits, broadcastable against ``u``; gradients flow pathwise to them.
@@ -265,7 +265,7 @@ def concrete_dropout(x: Tensor, logit_p: Tensor, temperature: float, u: Tensor) 
 def concrete_dropout_from_uniforms(
     x: Tensor, logit_p: Tensor, temperature: float, u: Tensor, overwrite_u: bool
 ) -> Tensor:
-    """:func:`concrete_dropout` with given uniforms ``u``; with ``overwrite_u`` their storage is
+    """:func:`.concrete_dropout` with given uniforms ``u``; with ``overwrite_u`` their storage is
     reused for the relaxed mask (the module passes uniforms it has just drawn)."""
     t = _check_temperature(temperature)
     logit_p = logit_p.to(x.dtype).clamp(-LOGIT_BOUND, LOGIT_BOUND)

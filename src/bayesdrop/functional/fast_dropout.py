@@ -4,7 +4,7 @@ Wang & Manning (2013), *Fast dropout training*, ICML.
 Under dropout the pre-activation :math:`Y = \sum_i w_i x_i z_i/(1-p_i)` of a unit is a weighted sum
 of many independent Bernoulli variables; by Lyapunov's central limit theorem it is close to a
 Gaussian with the exact mean and variance of :math:`Y`. Fast dropout carries these two moments
-through the network (:func:`fast_dropout_linear`, then :func:`relu_moments` or
+through the network (:func:`.fast_dropout_linear`, then :func:`relu_moments` or
 :func:`sigmoid_moments` for the hidden units) and replaces the sampled loss by its expectation
 under the output Gaussian:
 
@@ -132,7 +132,7 @@ def check_drop_probability(p: float | Tensor, name: str = "p") -> float | Tensor
 
 
 def _check_layer(mean: Tensor, var: Tensor | None, weight: Tensor, p: float | Tensor) -> None:
-    """Shapes of :func:`fast_dropout_linear`'s arguments."""
+    """Shapes of :func:`.fast_dropout_linear`'s arguments."""
     if not isinstance(weight, Tensor) or weight.dim() != 2:
         shape = tuple(weight.shape) if isinstance(weight, Tensor) else type(weight).__name__
         raise ValueError(f"weight must be a 2-d tensor (out_features, in_features), got {shape}")
@@ -264,7 +264,7 @@ def fast_dropout_linear(
 def _linear_moments(
     mean: Tensor, var: Tensor | None, weight: Tensor, bias: Tensor | None, p: float | Tensor
 ) -> Moments:
-    """:func:`fast_dropout_linear` without the argument checks (for validated inputs)."""
+    """:func:`.fast_dropout_linear` without the argument checks (for validated inputs)."""
     keep = 1.0 - p
     w2 = weight * weight
     out_mean = _mm(mean, weight.t())
@@ -560,7 +560,7 @@ def expected_softmax(
     depends on its own moments only); its error falls roughly like ``1/samples``.
     ``"quadrature"`` (two classes only) is exact to :math:`10^{-9}`: the softmax of two logits is
     :math:`\sigma(Y_2 - Y_1)`, and the difference is Gaussian with mean :math:`\mu_2-\mu_1` and
-    variance :math:`\Sigma_{11}+\Sigma_{22}-2\Sigma_{12}`, so :func:`expected_sigmoid` applies.
+    variance :math:`\Sigma_{11}+\Sigma_{22}-2\Sigma_{12}`, so :func:`.expected_sigmoid` applies.
 
     For two classes the unscented rule is coarse when one logit is known exactly, as for a
     binary model written as the class logits :math:`(0, Y)`: it averages
@@ -949,7 +949,7 @@ def linear_logit_moments(
         \mathbb E[Y] = Wx + c,\qquad
         \mathrm{Cov}[Y_k, Y_l] = \frac{p}{1-p}\sum_i W_{ki}W_{li}\,x_i^2
 
-    (:func:`fast_dropout_linear` gives the diagonal; the logits are correlated because they share
+    (:func:`.fast_dropout_linear` gives the diagonal; the logits are correlated because they share
     the masks).
 
     Args:

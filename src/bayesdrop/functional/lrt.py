@@ -32,7 +32,7 @@ __all__ = [
 #: The layers whose pre-activations the local reparameterisation trick samples.
 LRT_LAYERS: tuple[type[nn.Module], ...] = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
 
-#: :func:`sample_gaussian` takes the square root of ``max(var, VAR_FLOOR)``: the added standard
+#: :func:`.sample_gaussian` takes the square root of ``max(var, VAR_FLOOR)``: the added standard
 #: deviation is at most ``1e-8`` (far below float32 resolution of any O(1) activation), and the
 #: derivative ``1 / (2 sqrt(var))`` stays below ``5e7`` instead of becoming ``inf`` at ``var = 0``
 #: (where the gradient is exactly zero).
@@ -217,7 +217,7 @@ def lrt_sample(
         b = \mathbb E[b] + \sqrt{\mathrm{Var}[b]}\,\varepsilon,\qquad
         \varepsilon \sim \mathcal N(0, 1)\ \text{per example and output},
 
-    with the moments of :func:`lrt_moments` (:func:`sample_gaussian` draws it).
+    with the moments of :func:`lrt_moments` (:func:`.sample_gaussian` draws it).
 
     Args:
         x: layer input.
@@ -248,7 +248,7 @@ def sample_gaussian(
     r"""Reparameterised draw :math:`\mu + \sqrt{\max(\sigma^2, 10^{-16})}\,\varepsilon`.
 
     :math:`\varepsilon \sim \mathcal N(0, 1)` has the shape of ``mean`` unless given. The floor
-    :data:`VAR_FLOOR` keeps the gradient finite where the variance is zero (e.g. all inputs zero,
+    :data:`.VAR_FLOOR` keeps the gradient finite where the variance is zero (e.g. all inputs zero,
     or all weight means zero); below it the gradient with respect to ``var`` is exactly zero.
 
     Args:

@@ -25,7 +25,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-__all__ = ["uniform", "standard_normal"]
+__all__ = ["uniform", "standard_normal", "seeded_uniform"]
 
 _SEEDED = (torch.Tag.nondeterministic_seeded,)
 
@@ -43,6 +43,22 @@ def _standard_normal_op(shape: list[int], dtype: torch.dtype, device: torch.devi
 @_uniform_op.register_fake
 @_standard_normal_op.register_fake
 def _draw_fake(shape: list[int], dtype: torch.dtype, device: torch.device) -> Tensor:
+    return torch.empty(shape, dtype=dtype, device=device)
+
+
+@torch.library.custom_op("bayesdrop::seeded_uniform", mutates_args=(), tags=_SEEDED)
+def _seeded_uniform_op(
+    shape: list[int], seed: Tensor, dtype: torch.dtype, device: torch.device
+) -> Tensor:
+    g = torch.Generator(device=device)
+    g.manual_seed(int(seed.item()))
+    return torch.rand(shape, dtype=dtype, device=device, generator=g)
+
+
+@_seeded_uniform_op.register_fake
+def _seeded_fake(
+    shape: list[int], seed: Tensor, dtype: torch.dtype, device: torch.device
+) -> Tensor:
     return torch.empty(shape, dtype=dtype, device=device)
 
 
@@ -95,3 +111,25 @@ def standard_normal(
     if torch.compiler.is_compiling():
         return _standard_normal_op(list(shape), dtype, _device(device))
     return torch.randn(shape, dtype=dtype, device=device)
+
+
+def seeded_uniform(
+    shape: Sequence[int],
+    seed: Tensor,
+    *,
+    dtype: torch.dtype,
+    device: torch.device | str | None,
+) -> Tensor:
+    """Uniform(0, 1) draws from a fresh generator seeded with ``int(seed)``, touching no other
+    random stream.
+
+    ``seed`` is a 0-dim integer tensor (not an int), so that a compiled graph takes a new seed at
+    every call without being recompiled for it; inside a graph the draw is the opaque operator
+    ``bayesdrop::seeded_uniform`` (a compiled graph can neither create nor take a generator).
+
+    Example:
+        >>> u = seeded_uniform((2, 3), torch.tensor(7), dtype=torch.float32, device="cpu")
+        >>> torch.equal(u, torch.rand(2, 3, generator=torch.Generator().manual_seed(7)))
+        True
+    """
+    return _seeded_uniform_op(list(shape), seed, dtype, _device(device))

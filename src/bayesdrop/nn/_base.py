@@ -28,7 +28,7 @@ class DropoutModule(nn.Module):
     Attributes:
         mc_sampling: when ``True`` the module samples noise even in eval mode (MC prediction).
             It is a plain attribute, never part of ``state_dict``; use
-            :func:`bayesdrop.uncertainty.mc_sampling` to switch it for a whole model.
+            :func:`bayesdrop.mc_sampling` to switch it for a whole model.
         generator: optional :class:`torch.Generator` used for every random draw of this module
             (not saved in ``state_dict``).
     """

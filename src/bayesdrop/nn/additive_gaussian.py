@@ -14,13 +14,13 @@ additively (Molchanov et al. 2017) by the layer's own weight :math:`\theta` and 
 Training (and MC sampling) uses the local reparameterisation trick: pre-activations are drawn
 from :math:`\mathcal N(x\theta^\top + b,\ x^{2}\sigma^{2\top})` (the bias only shifts the mean).
 Eval mode is deterministic: the mean weights with the weights the pruning rule drops set to zero.
-The math lives in :mod:`bayesdrop.functional.additive_gaussian`.
+The math lives in ``bayesdrop.functional.additive_gaussian`` (:func:`bayesdrop.functional.fused_kl_sum`).
 """
 
 from __future__ import annotations
 
 import math
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -32,6 +32,7 @@ from ..functional.additive_gaussian import (
     ADDITIVE_LOG_ALPHA_MIN,
     LOG_SIGMA2_MAX,
     LOG_SIGMA2_MIN,
+    THETA_SQ_EPS,
     additive_log_alpha,
     additive_variance,
 )
@@ -77,7 +78,22 @@ class AdditiveGaussianDropout(DropoutModule):
             :math:`|\theta|` below it (> 0).
         init_log_sigma2: initial :math:`\log\sigma^2` of every weight.
         max_log_sigma2: optional upper clip of :math:`\log\sigma^2` (below ``LOG_SIGMA2_MAX``).
+        init_max_log_alpha: optional cap on every weight's initial :math:`\log\alpha`:
+            :math:`\log\sigma^2_{ij}` starts at
+            :math:`\min(\text{init\_log\sigma2},\ \log(\theta_{ij}^2 + \epsilon) +
+            \text{init\_max\_log\alpha})` (not below ``LOG_SIGMA2_MIN``), so that no weight of
+            a trained layer starts out as noise only because it is small. ``None`` (default):
+            every weight starts at ``init_log_sigma2``, as in the papers.
         generator: optional generator for the Gaussian noise.
+
+    **Dense until trained.** :meth:`keep_dense_until_trained` (which :func:`bayesdrop.convert`
+    calls on the modules it creates) makes eval mode, :meth:`keep_mask` and :meth:`prune` keep
+    every weight not already removed until the module has run one forward pass in training mode
+    with gradients enabled, so that wrapping a trained layer leaves the model's eval outputs
+    exactly as they were until it is trained (the magnitude rule would otherwise drop every
+    small weight of the trained layer at once, and the :math:`\log\alpha` rule every weight
+    below :math:`e^{(\text{init\_log\sigma2} - \text{threshold})/2}`). The state is the
+    boolean buffer ``dense_until_trained``, saved in ``state_dict``.
 
     Attributes:
         log_sigma2: the posterior log-variances, a parameter shaped like ``layer.weight``.
@@ -96,6 +112,7 @@ class AdditiveGaussianDropout(DropoutModule):
         magnitude_threshold: float = 1e-2,
         init_log_sigma2: float = -10.0,
         max_log_sigma2: float | None = None,
+        init_max_log_alpha: float | None = None,
         generator: torch.Generator | None = None,
     ) -> None:
         super().__init__(generator)
@@ -120,7 +137,17 @@ class AdditiveGaussianDropout(DropoutModule):
             )
         init = _check_real("init_log_sigma2", init_log_sigma2, LOG_SIGMA2_MIN, self.max_log_sigma2)
         weight: Tensor = layer.weight  # type: ignore[assignment]
-        self.log_sigma2 = nn.Parameter(torch.full_like(weight.detach(), init))
+        log_sigma2 = torch.full_like(weight.detach(), init)
+        if init_max_log_alpha is not None:
+            cap = _check_real(
+                "init_max_log_alpha",
+                init_max_log_alpha,
+                ADDITIVE_LOG_ALPHA_MIN,
+                ADDITIVE_LOG_ALPHA_MAX,
+            )
+            small = torch.log(weight.detach().square() + THETA_SQ_EPS) + cap
+            log_sigma2 = torch.minimum(log_sigma2, small).clamp(min=LOG_SIGMA2_MIN)
+        self.log_sigma2 = nn.Parameter(log_sigma2)
         self.register_buffer("weight_mask", torch.ones_like(weight.detach(), dtype=torch.bool))
         self._pruned_key: tuple[int, int, int] | None = None
         self._pruned_cache: Tensor | None = None
@@ -145,13 +172,31 @@ class AdditiveGaussianDropout(DropoutModule):
         r"""Drop probabilities :math:`\alpha/(1+\alpha)`, one per weight (detached)."""
         return torch.sigmoid(self.log_alpha).detach()
 
+    def keep_dense_until_trained(self) -> None:
+        """Keep every weight in eval mode until the module is trained (see the class docstring)."""
+        self.register_buffer(
+            "dense_until_trained", torch.ones((), dtype=torch.bool, device=self.weight_mask.device)
+        )
+
+    def _load_from_state_dict(self, state_dict: Any, prefix: str, *args: Any) -> None:
+        key = prefix + "dense_until_trained"
+        if hasattr(self, "dense_until_trained") and key not in state_dict:
+            state_dict[key] = torch.zeros((), dtype=torch.bool)  # saved before: trained
+        super()._load_from_state_dict(state_dict, prefix, *args)
+
     def keep_mask(self) -> Tensor:
-        r"""Boolean mask of the weights eval mode keeps (by ``prune_rule``), pruned ones excluded."""
+        r"""Boolean mask of the weights eval mode keeps (by ``prune_rule``), pruned ones excluded.
+
+        Every weight not removed by :meth:`prune` while ``dense_until_trained`` holds.
+        """
         with torch.no_grad():
             if self.prune_rule == "magnitude":
                 keep = self.theta.abs() >= self.magnitude_threshold
             else:
                 keep = self.log_alpha <= self.threshold
+            dense = self.__dict__["_buffers"].get("dense_until_trained")
+            if dense is not None:
+                keep = keep | dense
             return keep & self.weight_mask
 
     def sparse_weight(self) -> Tensor:
@@ -218,6 +263,9 @@ class AdditiveGaussianDropout(DropoutModule):
     def forward(self, x: Tensor) -> Tensor:
         self._check_input(x)
         layer = self.layer
+        dense = self.__dict__["_buffers"].get("dense_until_trained")
+        if dense is not None and self.training and torch.is_grad_enabled():
+            dense.fill_(False)  # trained from now on
         if not self.sampling:
             weight = self.theta * self.keep_mask()
             if isinstance(layer, nn.Linear):

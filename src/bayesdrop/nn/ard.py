@@ -73,6 +73,10 @@ class ARDDropout(AdditiveGaussianDropout):
         init_log_sigma2: initial :math:`\log\sigma^2` of every weight.
         max_log_sigma2: upper clip of :math:`\log\sigma^2`; ``None`` means
             ``GAMMA_MAX_LOG_SIGMA2`` (-8) with the Gamma prior and no clip (20) with ``"ard"``.
+        init_max_log_alpha: optional cap on every weight's initial :math:`\log\alpha` (``None``:
+            none, the papers' constant initialisation; see
+            :class:`~bayesdrop.nn.additive_gaussian.AdditiveGaussianDropout`, which also describes
+            :meth:`keep_dense_until_trained`, used by :func:`bayesdrop.convert`).
         generator: optional generator for the Gaussian noise.
 
     Shape:
@@ -103,6 +107,7 @@ class ARDDropout(AdditiveGaussianDropout):
         magnitude_threshold: float = 1e-2,
         init_log_sigma2: float = -10.0,
         max_log_sigma2: float | None = None,
+        init_max_log_alpha: float | None = None,
         generator: torch.Generator | None = None,
     ) -> None:
         prior = check_choice("prior", prior, ARD_PRIORS)  # type: ignore[assignment]
@@ -116,6 +121,7 @@ class ARDDropout(AdditiveGaussianDropout):
             magnitude_threshold=magnitude_threshold,
             init_log_sigma2=init_log_sigma2,
             max_log_sigma2=max_log_sigma2,
+            init_max_log_alpha=init_max_log_alpha,
             generator=generator,
         )
         self.prior = prior

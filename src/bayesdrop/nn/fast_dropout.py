@@ -109,7 +109,8 @@ class FastDropoutLinear(DropoutModule):
         """Output ``(mean, var)`` for exactly known inputs ``x``.
 
         Raises:
-            ValueError: the moments overflow the dtype (see :func:`_check_no_overflow`).
+            ValueError: the moments overflow the dtype (an input whose square exceeds its largest
+                number).
         """
         self._check_input(x)
         return _check_no_overflow(self.moments(x, None), x, type(self).__name__)

@@ -12,6 +12,7 @@ them warns once.
 from __future__ import annotations
 
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -27,12 +28,12 @@ from ..functional.bernoulli import (
     gal_bernoulli_kl,
     uniform_dtype,
 )
-from ..functional.noise import uniform
+from ..functional.noise import seeded_uniform, uniform
 from ._base import DropoutModule
 from .wrapped_layers import batch_dim as layer_batch_dim
 from .wrapped_layers import check_layer, input_weight_sq_norms, mask_shape
 
-__all__ = ["LearnableBernoulliDropout", "AntitheticPair"]
+__all__ = ["LearnableBernoulliDropout", "AntitheticPair", "PairStreams"]
 
 
 @dataclass
@@ -41,8 +42,63 @@ class _Draw:
     z1: Tensor
     z2: Tensor
     batch_dim: int
-    #: state of the generator right after the draw (for the replayed second pass)
-    state_after: Tensor | None = None
+    #: when the draw was made on the pair's clock (orders it against batch-coupled layers)
+    tick: int = 0
+
+
+class PairStreams:
+    """The random streams of the LBD uniforms for one step of :func:`bayesdrop.objective`.
+
+    ARM and DisARM are unbiased when the uniforms :math:`u` of the antithetic pair are
+    independent of every other random quantity of the step. The two evaluations of the pair may
+    consume the other noise of the model differently (a layer that draws a number of values that
+    depends on the activations, which differ between :math:`z^{(1)}` and :math:`z^{(2)}`), so the
+    uniforms must not come from a stream that other noise reads: a value that was a uniform in one
+    evaluation could be read as other noise in the other, correlated with the estimator's
+    coefficient. Hence:
+
+    * a module's own ``generator`` that no other module holds (only LBD modules) is a stream of
+      the uniforms alone and is used as it is (``torch.rand(..., generator=g)``);
+    * for the global stream (modules without a generator) and for a generator that another
+      module holds too, one seed is drawn from it when the pair opens, before any other noise of
+      the step, and the uniforms are drawn from generators seeded with it, one per source and
+      device, that nothing else reads. Such a source advances by one draw per step whatever the
+      model does.
+
+    Args:
+        modules: the model's LBD modules.
+        shared: ``id`` of every generator that a module other than an LBD module holds.
+    """
+
+    def __init__(self, modules: list[LearnableBernoulliDropout], shared: set[int]) -> None:
+        #: ids of the generators used directly (held by LBD modules only)
+        self.dedicated: set[int] = set()
+        self._seeds: dict[int, int] = {}
+        for m in modules:
+            g = m.generator
+            if g is not None and id(g) not in shared:
+                self.dedicated.add(id(g))
+                continue
+            key = id(g) if g is not None else 0
+            if key not in self._seeds:
+                device = g.device if g is not None else torch.device("cpu")
+                seed = torch.randint(0, 2**62, (1,), generator=g, device=device)
+                self._seeds[key] = int(seed.item())
+        #: the global source's seed as a tensor, for draws inside a compiled graph
+        self.seed_tensor = torch.tensor(self._seeds.get(0, 0))
+        self._streams: dict[tuple[int, torch.device], torch.Generator] = {}
+
+    def generator(self, source: torch.Generator | None, device: torch.device) -> torch.Generator:
+        """The generator of the uniforms of a module whose ``generator`` is ``source``."""
+        if source is not None and id(source) in self.dedicated:
+            return source
+        key = (id(source) if source is not None else 0, device)
+        g = self._streams.get(key)
+        if g is None:
+            g = torch.Generator(device=device)
+            g.manual_seed(self._seeds[key[0]])
+            self._streams[key] = g
+        return g
 
 
 @dataclass
@@ -51,15 +107,14 @@ class AntitheticPair:
 
     ``mode`` is ``"concat"`` (the input batch holds the pair: first half uses ``z1``, second half
     ``z2``), ``"first"`` (this pass uses ``z1`` and records the draws) or ``"second"`` (this pass
-    replays the recorded draws with ``z2``). Draws are kept in call order, so a module called
-    several times per forward (weight sharing, loops) is handled.
+    uses the recorded draws with ``z2`` and draws nothing). Draws are kept in call order, so a
+    module called several times per forward (weight sharing, loops) is handled.
 
     ``batch_dim`` is the batch dimension of the objective's inputs (used by the linear and bare
     forms, see :class:`LearnableBernoulliDropout`); ``batch_size`` the number of examples of one
-    half (``None``: unchecked); ``replay``: the random state is replayed for the second pass, which
-    must then advance every random stream exactly as the first did: the module sets its generator
-    to the state recorded after its first-pass draw (or draws again where that state cannot be
-    read), and uses the recorded draws.
+    half (``None``: unchecked); ``streams`` the step's streams of uniforms (:class:`PairStreams`;
+    ``None``: the module's ``generator`` or the global one); ``clock`` a counter shared with the
+    objective, read at every draw so that draws can be ordered against batch-coupled layers.
     """
 
     mode: str = "concat"
@@ -67,7 +122,8 @@ class AntitheticPair:
     cursor: int = 0
     batch_dim: int = 0
     batch_size: int | None = None
-    replay: bool = False
+    streams: PairStreams | None = None
+    clock: list[int] | None = None
 
     def check_draws(self) -> None:
         """Check the batch size of the recorded draws (the modules skip the check inside a
@@ -118,7 +174,10 @@ class LearnableBernoulliDropout(DropoutModule):
         estimator: ``"arm"`` or ``"disarm"`` (used by :func:`bayesdrop.objective`).
         length_scale: prior length-scale :math:`l` (prior precision :math:`l^2`); default 1.0
             gives an effective weight decay :math:`1/(2N(1-p))` per example.
-        generator: optional generator for the uniforms.
+        generator: optional generator for the uniforms. Outside :func:`bayesdrop.objective` they
+            are drawn from it (or from the global generator); inside, from it as well when no
+            other module holds it, else from a stream of the step's own seeded by one draw from it
+            (:class:`.PairStreams`), so that no other noise of the model can read them.
         batch_dim: batch dimension of this module's input for the linear and bare forms
             (``None``: the objective's); not accepted for convolutions and RNNs, whose layout
             fixes it.
@@ -231,21 +290,21 @@ class LearnableBernoulliDropout(DropoutModule):
             )
         return bd
 
-    def _stream(self, device: torch.device) -> torch.Generator | None:
-        """The generator ``torch.rand`` draws this module's uniforms from (``None``: unknown)."""
-        if self.generator is not None:
-            return self.generator
-        if device.type == "cpu":
-            return torch.default_generator
-        if device.type == "cuda":
-            index = device.index if device.index is not None else torch.cuda.current_device()
-            return torch.cuda.default_generators[index]
-        return None
-
     def _uniforms(self, shape: tuple[int, ...], bd: int, dtype: torch.dtype, x: Tensor) -> Tensor:
         """Uniform(0, 1) draws of ``shape``, drawn in batch-first order and moved to ``bd``."""
         first = (shape[bd],) + shape[:bd] + shape[bd + 1 :]
-        u = uniform(first, dtype=dtype, device=x.device, generator=self.generator)
+        pair = self._pair
+        g = self.generator
+        if pair is not None and pair.streams is not None:
+            if g is None and torch.compiler.is_compiling():
+                # a graph can neither create nor take a generator: each draw of the step gets a
+                # fresh one, seeded with the step's seed plus the draw's place in the step
+                tick = pair.clock[0] if pair.clock is not None else len(pair.draws)
+                seed = pair.streams.seed_tensor + tick
+                u = seeded_uniform(first, seed, dtype=dtype, device=x.device)
+                return u.movedim(0, bd) if bd else u
+            g = pair.streams.generator(self.generator, x.device)
+        u = uniform(first, dtype=dtype, device=x.device, generator=g)
         return u.movedim(0, bd) if bd else u
 
     def _drop(self, x: Tensor) -> Tensor:
@@ -273,19 +332,14 @@ class LearnableBernoulliDropout(DropoutModule):
             half[bd] //= 2
             u = self._uniforms(tuple(half), bd, dtype, x)
             z1, z2 = antithetic_masks(keep_logit, u)
-            pair.draws.append(_Draw(u, z1, z2, bd))
+            pair.draws.append(_Draw(u, z1, z2, bd, self._tick(pair)))
             keep = torch.cat([z1, z2], dim=bd)
         elif pair.mode == "first":
             if not torch.compiler.is_compiling():
                 self._check_batch(shape, bd, 1, pair)
             u = self._uniforms(shape, bd, dtype, x)
             z1, z2 = antithetic_masks(keep_logit, u)
-            # (compiled: the stream's state cannot be read inside a graph, and compiled random
-            # ops do not draw from it in eager order; the second pass then draws again instead)
-            replay = pair.replay and not torch.compiler.is_compiling()
-            stream = self._stream(x.device) if replay else None
-            state = stream.get_state() if stream is not None else None
-            pair.draws.append(_Draw(u, z1, z2, bd, state))
+            pair.draws.append(_Draw(u, z1, z2, bd, self._tick(pair)))
             keep = z1
         else:
             if pair.cursor >= len(pair.draws):
@@ -296,15 +350,15 @@ class LearnableBernoulliDropout(DropoutModule):
             pair.cursor += 1
             if tuple(draw.u.shape) != tuple(shape):
                 raise RuntimeError("the two passes of the antithetic pair saw different shapes")
-            if pair.replay:  # leave the random stream where the first pass's draw left it
-                state = draw.state_after
-                stream = None if state is None else self._stream(x.device)
-                if state is not None and stream is not None and not torch.compiler.is_compiling():
-                    stream.set_state(state)
-                else:
-                    self._uniforms(shape, bd, dtype, x)
             keep = draw.z2
         return bernoulli_dropout(x, logit_p, keep)
+
+    @staticmethod
+    def _tick(pair: AntitheticPair) -> int:
+        if pair.clock is None:
+            return 0
+        pair.clock[0] += 1
+        return pair.clock[0]
 
     @staticmethod
     def _check_batch(shape: tuple[int, ...], bd: int, copies: int, pair: AntitheticPair) -> None:
@@ -344,14 +398,15 @@ class LearnableBernoulliDropout(DropoutModule):
 
         logit_p.register_hook(hook)
 
-    def rate_surrogate(self, delta: Tensor) -> Tensor:
+    def rate_surrogate(self, delta: Tensor | Sequence[Tensor]) -> Tensor:
         r"""Surrogate whose gradient is the ARM/DisARM estimate for this module's rates.
 
         ``delta`` holds either :math:`f_i(z^{(1)}) - f_i(z^{(2)})` per example (shape
         ``(batch,)``, already divided by the batch size as the objective's mean requires; the
         per-example form) or one number, :math:`\bar f(z^{(1)}) - \bar f(z^{(2)})` of the batch
         means, that multiplies every unit's coefficient (0-dim; the whole-batch form, which treats
-        all masks of the batch as one Bernoulli vector). Returns a 0-dim tensor
+        all masks of the batch as one Bernoulli vector), or a sequence of such tensors, one per
+        recorded draw (each draw with its own form). Returns a 0-dim tensor
         :math:`\sum \phi \cdot \mathrm{sg}(\hat g)` over the recorded draws, with
         :math:`\phi = -\mathrm{logit\_p}` the keep logits. The coefficients are computed in the
         uniforms' dtype (float32 or float64).
@@ -360,11 +415,15 @@ class LearnableBernoulliDropout(DropoutModule):
         coefficient = COEFFICIENTS[self.estimator]
         logit_p = self._logit_p()
         total = logit_p.new_zeros(())
-        for d in self._pair.draws:
+        draws = self._pair.draws
+        deltas = [delta] * len(draws) if isinstance(delta, Tensor) else list(delta)
+        if len(deltas) != len(draws):
+            raise ValueError(f"delta holds {len(deltas)} differences for {len(draws)} draws")
+        for d, diff in zip(draws, deltas):
             keep_logit = self._unit_view(-logit_p, d.u.dim())
             with torch.no_grad():
                 coef = coefficient(d.u, d.z1, d.z2, keep_logit.detach().to(d.u.dtype))
-                dl = delta.detach().to(coef.dtype)
+                dl = diff.detach().to(coef.dtype)
                 if dl.dim() == 0:
                     g = coef * dl
                 else:

@@ -19,7 +19,7 @@ class MCDropout(DropoutModule):
         y = x \odot z / (1 - p), \qquad z \sim \mathrm{Ber}(1 - p)
 
     Unlike :class:`torch.nn.Dropout` it keeps sampling under MC prediction
-    (:func:`bayesdrop.mc_predict` or :func:`bayesdrop.uncertainty.mc_sampling`) while every other
+    (:func:`bayesdrop.mc_predict` or :func:`bayesdrop.mc_sampling`) while every other
     module is in eval mode. In plain eval mode it is the identity. It has no parameters and no KL
     (Gal's weight-decay reading of the prior is left to the optimiser).
 

@@ -53,6 +53,10 @@ class SparseVariationalDropout(AdditiveGaussianDropout):
             :math:`|\theta|` below it (default :math:`10^{-2}`).
         init_log_sigma2: initial :math:`\log\sigma^2` of every weight, in [-40, 20].
         max_log_sigma2: optional upper clip of :math:`\log\sigma^2`, in [-40, 20].
+        init_max_log_alpha: optional cap on every weight's initial :math:`\log\alpha` (``None``:
+            none, the papers' constant initialisation; see
+            :class:`~bayesdrop.nn.additive_gaussian.AdditiveGaussianDropout`, which also describes
+            :meth:`keep_dense_until_trained`, used by :func:`bayesdrop.convert`).
         generator: optional generator for the Gaussian noise.
 
     Shape:
@@ -81,6 +85,7 @@ class SparseVariationalDropout(AdditiveGaussianDropout):
         magnitude_threshold: float = 1e-2,
         init_log_sigma2: float = -10.0,
         max_log_sigma2: float | None = None,
+        init_max_log_alpha: float | None = None,
         generator: torch.Generator | None = None,
     ) -> None:
         super().__init__(
@@ -90,6 +95,7 @@ class SparseVariationalDropout(AdditiveGaussianDropout):
             magnitude_threshold=magnitude_threshold,
             init_log_sigma2=init_log_sigma2,
             max_log_sigma2=max_log_sigma2,
+            init_max_log_alpha=init_max_log_alpha,
             generator=generator,
         )
 

@@ -12,11 +12,17 @@ reading it). It holds
   split itself (train matrix, validation and test fold-in/held-out matrices, item ids and user
   ids in the data's own ids), so a checkpoint can be evaluated and asked for recommendations
   without the data file;
-* ``model``, ``optimizer`` and ``state`` (epoch, update count, history, best-epoch weights).
+* ``model``, ``optimizer`` and ``state`` (epoch, update count, history, best-epoch weights);
+* ``sha256``: a SHA-256 over all of the above (:func:`content_hash`), checked on every read, so
+  a checkpoint whose tensors, split or settings were altered after writing (a flipped bit on
+  disk, an edit) is refused instead of silently resumed, evaluated or asked for recommendations.
 
 Writes are atomic (:func:`save_atomic`: temporary file in the same folder, ``fsync``,
 ``os.replace``; the temporary file is removed if the write fails), so a crash leaves either the
-previous checkpoint or the new one, never a truncated file. :func:`run_lock` holds an exclusive
+previous checkpoint or the new one, never a truncated file. A process killed during a write
+(SIGKILL, power loss) cannot remove its temporary file; the next write or read of the same
+checkpoint on the same host removes the temporary files of this naming pattern left by processes
+that no longer run. :func:`run_lock` holds an exclusive
 ``fcntl.flock`` on ``<path>.lock`` for the whole run, so a second run on the same checkpoint or
 output file is refused instead of racing it.
 """
@@ -30,6 +36,7 @@ import json
 import os
 import pickle
 import re
+import socket
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -51,6 +58,7 @@ __all__ = [
     "CheckpointError",
     "RunLockedError",
     "split_fingerprint",
+    "content_hash",
     "split_to_dict",
     "split_from_dict",
     "save_atomic",
@@ -63,8 +71,10 @@ __all__ = [
 
 #: Value of the ``format`` key of every checkpoint this module writes.
 FORMAT = "bayesdrop.recsys.checkpoint"
-#: Layout version of the checkpoint dictionary.
-VERSION = 1
+#: Layout version of the checkpoint dictionary, 2 since it holds the ``sha256`` content hash.
+VERSION = 2
+#: Key of the content hash in a checkpoint dictionary.
+HASH_KEY = "sha256"
 
 
 class CheckpointError(ValueError):
@@ -174,6 +184,55 @@ def split_from_dict(d: dict[str, Any]) -> CFSplit:
     )
 
 
+# ------------------------------------------------------------------------------------ content hash
+def _feed(h: Any, obj: Any) -> None:
+    """Feed ``obj`` to the hash ``h`` in a canonical, type-tagged, length-prefixed encoding."""
+
+    def put(tag: bytes, payload: bytes) -> None:
+        h.update(tag + len(payload).to_bytes(8, "little") + payload)
+
+    if obj is None:
+        put(b"N", b"")
+    elif isinstance(obj, bool):
+        put(b"b", b"1" if obj else b"0")
+    elif isinstance(obj, int):
+        put(b"i", str(obj).encode("ascii"))
+    elif isinstance(obj, float):
+        put(b"f", obj.hex().encode("ascii"))
+    elif isinstance(obj, str):
+        put(b"s", obj.encode("utf-8"))
+    elif isinstance(obj, bytes):
+        put(b"y", obj)
+    elif isinstance(obj, torch.Tensor):
+        t = obj.detach().to("cpu").contiguous()
+        put(b"T", f"{t.dtype}{tuple(t.shape)}".encode("ascii"))
+        put(b"D", t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    elif isinstance(obj, dict):
+        put(b"d", str(len(obj)).encode("ascii"))
+        for key, value in obj.items():
+            _feed(h, key)
+            _feed(h, value)
+    elif isinstance(obj, (list, tuple)):
+        put(b"l" if isinstance(obj, list) else b"t", str(len(obj)).encode("ascii"))
+        for value in obj:
+            _feed(h, value)
+    else:
+        raise TypeError(f"a checkpoint cannot hold a {type(obj).__name__}: {obj!r:.80}")
+
+
+def content_hash(obj: dict[str, Any]) -> str:
+    """SHA-256 (hex) of a checkpoint dictionary's content, its ``sha256`` entry left out.
+
+    The content is serialised canonically: every tensor by dtype, shape and raw bytes, every
+    number, string, list and dictionary (in its order) by type and value, each length-prefixed;
+    so the hash changes whenever any stored value changes, and does not depend on how
+    ``torch.save`` lays out the file.
+    """
+    h = hashlib.sha256()
+    _feed(h, {k: v for k, v in obj.items() if k != HASH_KEY})
+    return h.hexdigest()
+
+
 # ------------------------------------------------------------------------------------ writing
 def _fsync_dir(path: Path) -> None:
     with contextlib.suppress(OSError):  # not every file system lets a folder be fsync'ed
@@ -184,10 +243,54 @@ def _fsync_dir(path: Path) -> None:
             os.close(fd)
 
 
+def _host() -> str:
+    return re.sub(r"[^A-Za-z0-9_.]", "_", socket.gethostname())[:64] or "host"
+
+
+def _temp_path(p: Path) -> Path:
+    """The temporary file a write of ``p`` goes through: ``.<name>.tmp-<host>-<pid>``."""
+    return p.with_name(f".{p.name}.tmp-{_host()}-{os.getpid()}")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError):
+        return True  # another user's process (or no answer): keep its file
+    return True
+
+
+def remove_stale_temporaries(path: str | os.PathLike[str]) -> list[Path]:
+    """Remove the temporary files that killed writes of ``path`` left behind; return them.
+
+    Only files of this module's own pattern ``.<name>.tmp-<host>-<pid>`` are touched, and only
+    those of this host whose process no longer runs (a write in progress, here or on another
+    host sharing the folder, is left alone). Errors (a read-only folder) are ignored.
+    """
+    p = Path(path)
+    pattern = re.compile(rf"^\.{re.escape(p.name)}\.tmp-{re.escape(_host())}-(\d+)$")
+    removed: list[Path] = []
+    try:
+        entries = list(p.parent.iterdir()) if p.parent.is_dir() else []
+    except OSError:
+        return removed
+    for entry in entries:
+        m = pattern.match(entry.name)
+        if m is None or int(m.group(1)) == os.getpid() or _alive(int(m.group(1))):
+            continue
+        with contextlib.suppress(OSError):
+            entry.unlink()
+            removed.append(entry)
+    return removed
+
+
 def _write_atomic(path: str | os.PathLike[str], write: Any) -> None:
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
-    tmp = p.with_name(f".{p.name}.tmp-{os.getpid()}")
+    remove_stale_temporaries(p)
+    tmp = _temp_path(p)
     try:
         with open(tmp, "wb") as f:
             write(f)
@@ -205,8 +308,11 @@ def save_atomic(obj: dict[str, Any], path: str | os.PathLike[str]) -> None:
     """``torch.save(obj)`` to ``path`` atomically: temporary file, ``fsync``, ``os.replace``.
 
     If anything fails (disk full, interrupt) the temporary file is removed and ``path`` keeps
-    its previous content.
+    its previous content. A checkpoint dictionary (``format`` :data:`FORMAT`) is written with its
+    :func:`content_hash` under ``sha256``.
     """
+    if isinstance(obj, dict) and obj.get("format") == FORMAT:
+        obj = {**{k: v for k, v in obj.items() if k != HASH_KEY}, HASH_KEY: content_hash(obj)}
     _write_atomic(path, lambda f: torch.save(obj, f))
 
 
@@ -231,6 +337,7 @@ def load_checkpoint_file(path: str | os.PathLike[str], map_location: str = "cpu"
     naming the file (missing, a folder, unreadable, truncated or corrupt, written by something
     else, or by a newer layout)."""
     p = Path(path)
+    remove_stale_temporaries(p)
     if not p.exists():
         raise CheckpointError(f"checkpoint {p} does not exist")
     if p.is_dir():
@@ -263,13 +370,30 @@ def load_checkpoint_file(path: str | os.PathLike[str], map_location: str = "cpu"
             f"checkpoint {p} is not a bayesdrop recsys checkpoint (no format marker {FORMAT!r}; found {what})"
         )
     version = obj.get("version")
+    if version == 1:
+        raise CheckpointError(
+            f"checkpoint {p} was written by an earlier bayesdrop without a content hash, so its "
+            "integrity cannot be verified; train it again to write a checkpoint that can be"
+        )
     if version != VERSION:
         raise CheckpointError(
             f"checkpoint {p} has layout version {version!r}; this bayesdrop reads version {VERSION}"
         )
-    missing = [k for k in ("config", "data", "model", "state") if k not in obj]
+    missing = [k for k in ("config", "data", "model", "state", HASH_KEY) if k not in obj]
     if missing:
         raise CheckpointError(f"checkpoint {p} is incomplete: missing {missing}")
+    try:
+        actual = content_hash(obj)
+    except TypeError as exc:
+        raise CheckpointError(
+            f"checkpoint {p} holds something no checkpoint holds: {exc}"
+        ) from None
+    if actual != obj[HASH_KEY]:
+        raise CheckpointError(
+            f"checkpoint {p} was altered after it was written: its content hash is {actual[:16]}..., "
+            f"the stored one {str(obj[HASH_KEY])[:16]}... (a damaged disk or an edit); it is not "
+            "used: restore it from a copy or train again"
+        )
     return obj
 
 

@@ -27,13 +27,14 @@ loss became non-finite); 130 interrupted.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import math
 import os
 import re
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import fields
 from pathlib import Path
 from typing import Any, NoReturn
@@ -546,12 +547,57 @@ def _check_output(path: str | None, flag: str, err: Any) -> None:
         err(f"argument {flag}: {exc}")
 
 
+def _same_file(a: str | os.PathLike[str], b: str | os.PathLike[str]) -> bool:
+    try:
+        return os.path.samefile(a, b)
+    except OSError:  # one of them does not exist (yet)
+        return Path(a).resolve() == Path(b).resolve()
+
+
+def _check_not_an_input(
+    path: str | None, flag: str, inputs: Sequence[tuple[str, str | None]], err: Any
+) -> None:
+    """Refuse an output file that is one of the command's input files (it would be overwritten)."""
+    if path is None:
+        return
+    for in_flag, in_path in inputs:
+        if in_path is not None and in_path not in BUILTIN_DATA and _same_file(path, in_path):
+            err(
+                f"argument {flag}: {path} is the {in_flag} file; writing the result there would "
+                "overwrite it (choose another file)"
+            )
+
+
+def _lock_failed(path: str, flag: str, exc: OSError) -> str:
+    lock = f"{path}.lock"
+    at = f" at {exc.filename}" if exc.filename and str(exc.filename) != lock else ""
+    return (
+        f"argument {flag}: cannot write {path}: {exc.strerror or exc} (creating the run's lock "
+        f"file {lock} beside it failed{at})"
+    )
+
+
 def _probe_lock(path: str, flag: str, err: Any) -> None:
     try:
         with run_lock([path]):
             pass
     except RunLockedError as exc:
         err(f"argument {flag}: {exc}")
+    except OSError as exc:
+        err(_lock_failed(path, flag, exc))
+
+
+@contextlib.contextmanager
+def _output_lock(path: str | None, flag: str) -> Iterator[None]:
+    """:func:`run_lock` on ``path`` (nothing for ``None``); a lock file that cannot be created
+    is reported as the flag's file not being writable, naming the flag."""
+    with contextlib.ExitStack() as stack:
+        if path:
+            try:
+                stack.enter_context(run_lock([path]))
+            except OSError as exc:
+                raise ValueError(_lock_failed(path, flag, exc)) from None
+        yield
 
 
 # --------------------------------------------------------------------------------- data
@@ -625,6 +671,7 @@ def _cmd_train(args: argparse.Namespace, argv: Sequence[str]) -> int:
     _check_data_args(args, argv, err)
     _check_train_args(args, argv, [args.model], err)
     _check_output(args.output, "--output", err)
+    _check_not_an_input(args.output, "--output", [("--data", args.data)], err)
     if args.resume and not args.checkpoint:
         err("argument --resume: needs --checkpoint FILE")
     if args.allow_change and not args.resume:
@@ -648,7 +695,7 @@ def _cmd_train(args: argparse.Namespace, argv: Sequence[str]) -> int:
                 load_checkpoint_file(args.checkpoint), _config(args, args.model), world_size=world
             )
     rank = int(os.environ.get("RANK", "0"))
-    with run_lock([args.output] if args.output and rank == 0 else []):
+    with _output_lock(args.output if rank == 0 else None, "--output"):
         split = load_split(args)
         _report(split, rank)
         result = train(split, _config(args, args.model))
@@ -692,6 +739,8 @@ def _print_row(result: dict[str, Any], rank: int) -> None:
 def _cmd_compare(args: argparse.Namespace, argv: Sequence[str]) -> int:
     err = args._parser.error
     _check_output(args.output, "--output", err)
+    inputs = [("--data", args.data)] + [("--checkpoints", c) for c in args.checkpoints or []]
+    _check_not_an_input(args.output, "--output", inputs, err)
     if args.checkpoints is not None:
         return _compare_checkpoints(args, argv, err)
     if args.data is None:
@@ -702,7 +751,7 @@ def _cmd_compare(args: argparse.Namespace, argv: Sequence[str]) -> int:
     _check_data_args(args, argv, err)
     _check_train_args(args, argv, models, err)
     rank = int(os.environ.get("RANK", "0"))
-    with run_lock([args.output] if args.output and rank == 0 else []):
+    with _output_lock(args.output if rank == 0 else None, "--output"):
         split = load_split(args)
         _report(split, rank)
         configs = [_config(args, name) for name in models]
@@ -825,6 +874,7 @@ def _paired(runs: list[TrainedRun], rows: list[dict[str, Any]], device: str) -> 
 def _cmd_recommend(args: argparse.Namespace, argv: Sequence[str]) -> int:
     err = args._parser.error
     _check_output(args.output, "--output", err)
+    _check_not_an_input(args.output, "--output", [("--checkpoint", args.checkpoint)], err)
     try:
         check_device(args.device)
     except ValueError as exc:

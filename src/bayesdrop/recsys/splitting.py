@@ -20,7 +20,7 @@ logger = logging.getLogger("bayesdrop.recsys.data")
 class CFSplit:
     """The Liang et al. split: train users, and fold-in/held-out parts of validation/test users.
 
-    All matrices are binary ``float32`` CSR with one column per item of :attr:`item_ids`.
+    All matrices are binary ``float32`` CSR with one column per item of ``item_ids``.
     Validation and test rows follow the shuffled user order; a held-out user whose items all
     fell outside the training item set has an empty row (and no held-out item, so the metrics
     skip it).

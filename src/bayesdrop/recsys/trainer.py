@@ -90,7 +90,7 @@ _NEURAL = MODELS[:5]
 RESUMABLE_CHANGES = ("epochs", "eval_batch_size", "device", "world_size")
 #: Fields of :class:`TrainConfig` that say how to run, not what the run is.
 _NOT_RUN = ("checkpoint", "resume", "allow_change", "progress")
-#: Liang et al. (2018) anneal over 200,000 updates with a cap of 0.2 on ML-20M: 116,677 training
+#: The anneal steps of Liang et al. (2018), with a cap of 0.2 on ML-20M. There 116,677 training
 #: users in batches of 500 (234 updates per epoch) for 200 epochs are 46,800 updates, so the KL
 #: weight reaches the cap after 40,000 updates, 85.5% of the run.
 PAPER_ANNEAL_STEPS = 200_000
@@ -163,7 +163,7 @@ class TrainConfig:
             ML-20M with the paper's settings). ``0`` uses the cap from the first update.
         anneal_cap: the largest KL weight :math:`\\beta_{max}` (0.2).
         n_extra, estimator, arm_product, init_p, temperature: SIVAE options
-            (:class:`~bayesdrop.recsys.SIVAE`).
+            (:class:`~bayesdrop.recsys.sivae.SIVAE`).
         ease_l2: EASE's :math:`\\lambda`.
         seed: seed of the initialisation, the user order and the noise, in ``[0, 2**32 - 1]``.
         eval_batch_size: users per evaluation batch.
@@ -466,7 +466,7 @@ def check_resumable(
     """Refuse to resume ``ckpt`` (from :func:`~bayesdrop.recsys.checkpoint.load_checkpoint_file`)
     with ``cfg`` unless it is the same run: every field of :meth:`TrainConfig.run_config` and the
     number of processes must match, except those in ``cfg.allow_change``, and (when
-    ``fingerprint`` is given) the data split. The :class:`CheckpointError` names every
+    ``fingerprint`` is given) the data split. The :class:`~bayesdrop.recsys.checkpoint.CheckpointError` names every
     difference."""
     run = {**cfg.run_config(), "world_size": world_size}
     path = cfg.checkpoint
@@ -548,8 +548,7 @@ def train(
     beta and validation NDCG@100), ``seconds``, ``world_size``, ``checkpoint``,
     ``resumed_after_epoch`` and, for SIVAE, summary statistics of the learned drop rates.
 
-    With ``cfg.checkpoint`` the file is locked for the run (:func:`~bayesdrop.recsys.checkpoint.
-    run_lock`), refused if it exists and ``resume`` is false (nothing is overwritten), and
+    With ``cfg.checkpoint`` the file is locked for the run (:func:`~bayesdrop.recsys.checkpoint.run_lock`), refused if it exists and ``resume`` is false (nothing is overwritten), and
     rewritten atomically after every epoch. ``resume=True`` continues it only if it is the same
     run: every field of :meth:`TrainConfig.run_config` and the split's fingerprint must match,
     except the fields named in ``allow_change``; the continued run then equals an

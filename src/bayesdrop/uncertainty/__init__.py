@@ -1,4 +1,4 @@
-"""Uncertainty from dropout models: MC prediction (:func:`mc_predict`) and MC sampling switch."""
+"""Uncertainty from dropout models: MC prediction (:func:`~bayesdrop.mc_predict`) and MC sampling switch."""
 
 from .mc import (
     OUTPUTS,

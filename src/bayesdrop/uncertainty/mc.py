@@ -1,4 +1,4 @@
-r"""Monte Carlo prediction with dropout left on: :func:`mc_predict` and :func:`mc_sampling`.
+r"""Monte Carlo prediction with dropout left on: :func:`~bayesdrop.mc_predict` and :func:`~bayesdrop.mc_sampling`.
 
 MC dropout (Gal & Ghahramani, 2016) reads the dropout noise as samples from an approximate
 posterior: the predictive distribution is estimated by averaging ``S`` stochastic forward passes
@@ -21,6 +21,7 @@ For regression with homoscedastic noise precision :math:`\tau`,
 from __future__ import annotations
 
 import math
+import os
 import time
 import warnings
 import weakref
@@ -69,11 +70,11 @@ _SEED_HIGH = 2**62
 
 
 class NoSamplingWarning(UserWarning):
-    """:func:`mc_predict` ran several passes and all gave the same output: nothing sampled."""
+    """:func:`~bayesdrop.mc_predict` ran several passes and all gave the same output: nothing sampled."""
 
 
 class MCClassification:
-    """Result of :func:`mc_predict` for classification (all entropies in nats).
+    """Result of :func:`~bayesdrop.mc_predict` for classification (all entropies in nats).
 
     Attributes:
         probs: mean predictive probabilities :math:`\\bar p`, shaped like the model output (the
@@ -157,7 +158,7 @@ class MCClassification:
 
 @dataclass(frozen=True)
 class MCRegression:
-    """Result of :func:`mc_predict` for regression.
+    """Result of :func:`~bayesdrop.mc_predict` for regression.
 
     Attributes:
         mean: :math:`\\bar y`, shaped like the model output.
@@ -218,7 +219,7 @@ def mc_sampling(model: nn.Module) -> Iterator[nn.Module]:
 
 # --------------------------------------------------------------------------- helpers
 def sample_seeds(num_samples: int, generator: torch.Generator | None = None) -> list[int]:
-    """The per-pass seeds :func:`mc_predict` uses: ``torch.randint(0, 2**62, (num_samples,))``.
+    """The per-pass seeds :func:`~bayesdrop.mc_predict` uses: ``torch.randint(0, 2**62, (num_samples,))``.
 
     Drawn on the CPU from ``generator`` (or from the global generator when ``None``).
     """
@@ -303,7 +304,7 @@ _REPS = 3
 class _TilePlan:
     """How many passes one forward call holds, for one model and one kind of input.
 
-    The choice is measured on the passes :func:`mc_predict` runs anyway (their results are kept,
+    The choice is measured on the passes :func:`~bayesdrop.mc_predict` runs anyway (their results are kept,
     so measuring costs no extra forward pass): one untimed warm-up pass, then tiles of 1, 2, 4,
     ... passes (the last candidate is all the passes of a call), each timed in ``_REPS`` calls
     (more, up to ``_MAX_REPS``, while they add up to less than ``_MIN_SECONDS``).
@@ -313,7 +314,7 @@ class _TilePlan:
     tile needs for them, the remainder's call included. ``_MISSES`` tiles in a row that are not
     faster end the search (a small model on a CPU loses with 2 passes per call, whose random
     streams cost more than the call they save, and gains from 4 or more). A
-    measurement may continue over several :func:`mc_predict` calls (a tile larger than the
+    measurement may continue over several :func:`~bayesdrop.mc_predict` calls (a tile larger than the
     passes left in a call is measured in a later call that has room for it).
     """
 
@@ -412,7 +413,7 @@ def tile_choice(
     batch_dim: int = 0,
     exact: bool = True,
 ) -> int | None:
-    """Passes per forward call that :func:`mc_predict` has settled on for ``model`` and inputs
+    """Passes per forward call that :func:`~bayesdrop.mc_predict` has settled on for ``model`` and inputs
     shaped like ``x`` (``None`` while it is still measuring or before the first call).
 
     Multiply by the batch size to get the ``max_batch`` that fixes the same tiling.
@@ -432,7 +433,7 @@ def tile_choice(
 
 def clear_tile_choices(model: nn.Module | None = None) -> None:
     """Forget the measured tiling of ``model`` (of every model when ``None``): the next
-    :func:`mc_predict` call measures again (e.g. after the machine's load has changed)."""
+    :func:`~bayesdrop.mc_predict` call measures again (e.g. after the machine's load has changed)."""
     if model is None:
         _PLANS.clear()
     else:
@@ -537,8 +538,8 @@ def mc_predict(
     faster per pass than the best so far (three tiles in a row that are not end the search; all
     the passes in one call win when they beat the best tile's calls, remainder included), and
     use the best (the search takes about ten calls for a small model); the choice is cached per
-    model, input shapes, dtype, device, ``batch_dim``, ``exact`` and torch thread count (:func:`tile_choice` reads it,
-    :func:`clear_tile_choices` forgets it). The measured passes are part of the result, so
+    model, input shapes, dtype, device, ``batch_dim``, ``exact`` and torch thread count (:func:`~bayesdrop.uncertainty.tile_choice` reads it,
+    :func:`~bayesdrop.uncertainty.clear_tile_choices` forgets it). The measured passes are part of the result, so
     measuring costs no extra pass, and the results do not depend on the tile (see below).
     ``max_batch`` fixes the tile instead: at most that many rows per call (at least one pass,
     ``B`` rows, is always run together). When a tiled call runs out of memory the tile is
@@ -558,8 +559,8 @@ def mc_predict(
                 outputs.append(model(x))
 
     whatever the tiling, because every random draw of a tiled call is split along the batch and
-    each pass's slice comes from that pass's own stream (see
-    :mod:`bayesdrop.uncertainty._per_sample_streams` for the draws covered). The noise is
+    each pass's slice comes from that pass's own stream (the private module
+    ``bayesdrop.uncertainty._per_sample_streams`` lists the draws covered). The noise is
     identical bit for bit; the outputs agree up to the floating-point rounding of kernels whose
     reduction order depends on the batch size (matrix products may differ in the last bit).
     Modules' own ``generator`` attributes are overridden during the call. A model whose noise has
@@ -583,7 +584,7 @@ def mc_predict(
 
     **Passes that did not sample.** If two or more passes are all identical (up to rounding) the
     model did not sample: its mutual information and model variance are zero for that reason
-    only. A :class:`NoSamplingWarning` says so, naming the likely cause: no dropout layer that
+    only. A :class:`~bayesdrop.uncertainty.NoSamplingWarning` says so, naming the likely cause: no dropout layer that
     samples under :func:`mc_sampling` (``nn.Dropout*`` or a bayesdrop module), or functional
     dropout written as ``F.dropout(x, p, self.training)``, which is off because the model is in
     eval mode during MC prediction. Turn it into an error with
@@ -591,7 +592,7 @@ def mc_predict(
 
     **Moment models.** A model with an ``output_moments(x) -> (mean, var)`` method (the fast
     dropout modules) is answered from the Gaussian moments of its output without sampling:
-    probabilities from :func:`bayesdrop.functional.fast_dropout.expected_softmax`, expected
+    probabilities from :func:`bayesdrop.functional.expected_softmax`, expected
     entropy and mutual information from the :math:`2K` unscented sigma points
     :math:`m \pm \sqrt{K v_k}\,e_k` (:math:`\bar p_\sigma` their mean softmax, MI
     :math:`= H[\bar p_\sigma] - \overline{H[p_\sigma]} \ge 0`); regression gives ``mean`` and
@@ -631,7 +632,8 @@ def mc_predict(
             prediction (default ``"logits"``); not used for outputs of other types.
 
     Returns:
-        :class:`MCClassification` or :class:`MCRegression`.
+        :class:`~bayesdrop.uncertainty.MCClassification` or
+        :class:`~bayesdrop.uncertainty.MCRegression`.
 
     Raises:
         ValueError, TypeError: for arguments out of range, an output without the batch or class
@@ -707,6 +709,7 @@ def mc_predict(
     if callable(moments):
         return _from_moments(model, inputs, task, class_dim, noise_var, moments_method)
 
+    _check_passes_fit(num_samples, batch, keep_samples, entries[0][1].device)
     seeds = sample_seeds(num_samples, generator)
     acc = _Accumulator(task, output, class_dim, keep_samples, batch, obd, num_samples)
     # exact=False results depend on the tile, so its tile is never measured (all passes at once)
@@ -1045,3 +1048,50 @@ def _from_moments(
     mi = (_entropy(p_sigma.mean(-2), -1) - exp_h).clamp_min(0.0)
     probs = probs.movedim(-1, class_dim)
     return MCClassification(probs, None, _entropy(probs, class_dim), exp_h, mi, 0, class_dim)
+
+
+def _available_bytes(device: torch.device) -> int | None:
+    """Free memory of ``device`` (host: ``MemAvailable``), or ``None`` when it cannot be told."""
+    if device.type == "cuda":
+        return int(torch.cuda.mem_get_info(device)[0])
+    if device.type != "cpu":
+        return None
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return int(os.sysconf("SC_AVPHYS_PAGES")) * int(os.sysconf("SC_PAGE_SIZE"))
+    except (AttributeError, OSError, ValueError):
+        return None
+
+
+#: Host bytes per pass for its seed: 8 in the seed tensor, 36 as a Python int in the list.
+_SEED_BYTES = 44
+
+
+def _check_passes_fit(num_samples: int, batch: int, keep: bool, device: torch.device) -> None:
+    """Refuse, before allocating anything, a number of passes whose bookkeeping cannot fit.
+
+    Every pass needs its seed on the host (:data:`_SEED_BYTES`) and, with ``keep_samples``, at
+    least one 4-byte value per example for its kept output on ``device``: a lower bound on the
+    memory :func:`mc_predict` must hold, compared with the memory free now.
+    """
+    host = _SEED_BYTES * num_samples
+    kept = 4 * num_samples * batch if keep else 0
+    needs = [(torch.device("cpu"), host + (kept if device.type == "cpu" else 0))]
+    if device.type != "cpu" and kept:
+        needs.append((device, kept))
+    for where, need in needs:
+        free = _available_bytes(where)
+        if free is not None and need > free:
+            hint = "; or keep_samples=False (running sums only)" if keep else ""
+            raise ValueError(
+                f"num_samples={num_samples} cannot fit: the passes need at least "
+                f"{need / 2**30:.3g} GiB of {where.type} memory (a seed per pass"
+                f"{', and its kept output' if keep else ''}) but {free / 2**30:.3g} GiB are "
+                f"free; use fewer passes{hint}"
+            )
