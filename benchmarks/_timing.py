@@ -13,6 +13,7 @@ def interleaved_median(
     reps: int = 10,
     warmup: int = 3,
     clock: Callable[[], float] = time.process_time,
+    stat: Callable[[list[float]], float] = statistics.median,
 ) -> dict[str, float]:
     """Median seconds per call of each function, measured in interleaved rounds.
 
@@ -20,7 +21,8 @@ def interleaved_median(
     ratios stay meaningful on a busy machine even when absolute times drift. The default clock is
     the *process CPU time*: what a side costs, unaffected by how often other processes pre-empt
     this one on a shared machine (run with one torch thread for per-core costs). Pass
-    ``clock=time.perf_counter`` for wall time (e.g. on a GPU, after synchronising).
+    ``clock=time.perf_counter`` for wall time (e.g. on a GPU, after synchronising). ``stat=min``
+    reports the best round instead of the median (for long calls timed in few rounds).
     """
     for fn in fns.values():
         for _ in range(warmup):
@@ -32,4 +34,4 @@ def interleaved_median(
             for _ in range(reps):
                 fn()
             samples[name].append((clock() - t0) / reps)
-    return {k: statistics.median(v) for k, v in samples.items()}
+    return {k: stat(v) for k, v in samples.items()}

@@ -75,6 +75,104 @@ def test_plain_lr_at_p0_matches_scikit_learn() -> None:
     np.testing.assert_allclose(ours.predict_proba(x), ref.predict_proba(x), atol=1e-5)
 
 
+def _newton_optimum(est, x, y, k: int) -> tuple[np.ndarray, np.ndarray]:  # type: ignore[no-untyped-def]
+    """A high-precision optimum of the estimator's objective by Newton's method on its torch form
+    (the functional expectations, autograd Hessian, float64), started from ``est``'s fit, and the
+    Hessian eigenvalues there (on the complement of the bias shift that leaves a softmax
+    unchanged)."""
+    rows, d = est.coef_.shape
+    design = DesignMatrix(x, F64)
+    yt = torch.as_tensor(np.searchsorted(est.classes_, y))
+
+    def objective(theta: torch.Tensor) -> torch.Tensor:
+        w, b = theta[: rows * d].reshape(rows, d), theta[rows * d :]
+        return (
+            est._nll(design, yt, w, b, k, torch.Generator()).mean() + 0.5 * est.l2 * (w * w).sum()
+        )
+
+    theta = torch.tensor(np.concatenate([est.coef_.ravel(), est.intercept_]), dtype=F64)
+    null = torch.zeros_like(theta)
+    if rows > 1:
+        null[rows * d :] = 1.0 / math.sqrt(rows)
+    for _ in range(30):
+        grad = torch.autograd.functional.jacobian(objective, theta)
+        if float(grad.abs().max()) < 1e-14:
+            break
+        hess = torch.autograd.functional.hessian(objective, theta)
+        hess = hess + torch.outer(null, null)  # fixes the shift; the gradient has no part on it
+        theta = theta - torch.linalg.solve(hess, grad)
+    hess = torch.autograd.functional.hessian(objective, theta) + torch.outer(null, null)
+    assert float(grad.abs().max()) < 1e-12
+    return theta.numpy(), torch.linalg.eigvalsh(hess).numpy()
+
+
+@pytest.mark.parametrize(
+    "k, kwargs",
+    [(2, {}), (2, {"objective": "unscented"}), (3, {}), (4, {"covariance": "diagonal"})],
+)
+def test_fit_reaches_the_optimum_within_the_tolerance_bound(k: int, kwargs: dict) -> None:
+    """L-BFGS-B stops when the largest gradient component is at most ``tol`` or when the loss
+    falls by less than ``64 eps max(|f|, 1)`` in an iteration; near the minimum a quasi-Newton
+    step lowers the loss by about ``|g|^2 / (2 lambda_max)``, so the second rule still implies
+    ``|g| <= sqrt(128 eps lambda_max max(|f|, 1))``. Near a strict minimum with smallest Hessian
+    eigenvalue ``lambda_min``, ``||theta - theta*|| <= ||g|| / lambda_min`` to first order: the
+    fit must lie within twice that of a Newton-polished optimum of the torch objective."""
+    rng = np.random.default_rng(11)
+    x = rng.normal(size=(90, 4)) * np.array([1.0, 2.0, 0.5, 1.0])
+    if k == 2:
+        y = (x[:, 0] + x[:, 1] + 0.7 * rng.normal(size=90) > 0).astype(int)
+    else:
+        y = np.digitize(x[:, 0] + 0.5 * rng.normal(size=90), [-1.0, 0.0, 1.0][: k - 1])
+    tol = 1e-9
+    est = FastDropoutLogisticRegression(
+        p=0.4, l2=0.05, tol=tol, max_iter=1000, dtype="float64", **kwargs
+    ).fit(x, y)
+    assert est.n_iter_ < 1000
+    theta = np.concatenate([est.coef_.ravel(), est.intercept_])
+    loss = est._exact_loss(x, np.searchsorted(est.classes_, y), k, est._check_params())
+    value, grad = loss(theta)
+    ref, eig = _newton_optimum(est, x, y, k)
+    assert eig[0] > 1e-3
+    eps = np.finfo(np.float64).eps
+    assert float(np.abs(grad).max()) <= max(tol, math.sqrt(128 * eps * eig[-1] * max(value, 1)))
+    if k > 2:  # compare the biases up to the common shift
+        rows, d = est.coef_.shape
+        theta[rows * d :] -= theta[rows * d :].mean()
+        ref[rows * d :] -= ref[rows * d :].mean()
+    bound = 2.0 * float(np.linalg.norm(grad)) / eig[0]
+    assert float(np.linalg.norm(theta - ref)) <= bound + 1e-12
+
+
+def test_warm_start_resumes_from_the_previous_fit() -> None:
+    x, y = _binary_data(n=120, d=5)
+    kw = {"p": 0.5, "l2": 1e-2, "tol": 1e-8, "dtype": "float64"}
+    cold = FastDropoutLogisticRegression(**kw).fit(x, y)
+    warm = FastDropoutLogisticRegression(warm_start=True, **kw).fit(x, y)
+    np.testing.assert_array_equal(warm.coef_, cold.coef_)
+    first = warm.n_iter_
+    warm.fit(x, y)  # starts at the optimum: at most one iteration
+    assert warm.n_iter_ <= 1 < first
+    np.testing.assert_allclose(warm.coef_, cold.coef_, rtol=1e-6, atol=1e-8)
+    again = FastDropoutLogisticRegression(**kw).fit(x, y)
+    assert again.n_iter_ == first  # warm_start=False restarts from zeros
+    warm.fit(x[:, :4], y)  # other shape: starts from zeros
+    assert warm.coef_.shape == (1, 4)
+    mc = MCDropoutLogisticRegression(p=0.5, samples=2, max_iter=5, warm_start=True, random_state=0)
+    w0 = mc.fit(x, y).coef_.copy()
+    assert not np.array_equal(mc.fit(x, y).coef_, w0)  # continued, not restarted
+
+
+def test_mc_lr_at_p0_is_the_plain_lr_of_the_exact_fit() -> None:
+    x, y = _binary_data(n=100, d=5)
+    y3 = np.digitize(x[:, 1], [-0.5, 0.5])
+    for labels in (y, y3):
+        kw = {"p": 0.0, "l2": 1e-2, "tol": 1e-9, "max_iter": 500, "dtype": "float64"}
+        fast = FastDropoutLogisticRegression(**kw).fit(x, labels)
+        mc = MCDropoutLogisticRegression(**kw).fit(x, labels)
+        np.testing.assert_allclose(mc.coef_, fast.coef_, rtol=1e-6, atol=1e-7)
+        assert mc.n_evals_ == fast.n_evals_  # the same deterministic L-BFGS run
+
+
 def test_any_label_type_and_numpy_outputs() -> None:
     x, y = _binary_data()
     words = np.where(y == 1, "spam", "ham")

@@ -728,6 +728,247 @@ def _exact_centred_gradient(net: nn.Sequential) -> torch.Tensor:
     return torch.autograd.grad(loss, lbd.logit_p)[0]
 
 
+# ------------------------------------------------------------------------------------------------
+# The form per draw: whole batch only for draws that reach a batch-coupled layer
+# ------------------------------------------------------------------------------------------------
+
+
+def _rate_grads(net, lbd, u_by_module, x=X2, **kw):
+    """Gradients of every LBD module's logit_p for one fixed set of uniforms."""
+    for m, u in zip(lbd, u_by_module):
+        m._uniforms = lambda shape, bd, dtype, x, u=u: u.reshape(shape).to(dtype)
+    net.zero_grad()
+    objective(net, x, Y2, sq_err, 10, kl_weight=0.0, **kw).backward()
+    for m in lbd:
+        del m._uniforms
+    return [m.logit_p.grad.clone() for m in lbd]
+
+
+def _expected_over_regions(net, lbd, x=X2, **kw):
+    """E_u of objective's gradient (all parameters), summing over the uniform regions of every
+    draw of every LBD module (batch of 2)."""
+    sizes = [2 * m.units for m in lbd]
+    keep = torch.cat([(-m.logit_p).repeat(2) for m in lbd])
+    u_all, prob = antithetic_regions(keep)
+    total = torch.zeros(sum(p.numel() for p in net.parameters()), dtype=torch.float64)
+    for u, w in zip(u_all, prob):
+        parts = torch.split(u, sizes)
+        for m, part in zip(lbd, parts):
+            m._uniforms = lambda shape, bd, dtype, x, part=part: part.reshape(shape).to(dtype)
+        net.zero_grad()
+        objective(net, x, Y2, sq_err, 10, kl_weight=0.0, **kw).backward()
+        total += w * grads(net)
+    for m in lbd:
+        del m._uniforms
+    return total
+
+
+def _batch_stats(h, bn):
+    """BatchNorm over dimension 1 (the batch of 2) of h (masks, batch, features), by hand."""
+    mean, var = h.mean(1, keepdim=True), h.var(1, unbiased=False, keepdim=True)
+    return (h - mean) / torch.sqrt(var + bn.eps) * bn.weight + bn.bias
+
+
+@pytest.mark.parametrize(("estimator", "split"), [("arm", None), ("disarm", False)])
+def test_batchnorm_only_before_lbd_gets_the_exact_per_example_form(estimator, split):
+    """Linear -> BatchNorm -> tanh -> LBD(Linear): the LBD draws reach no coupled layer, so the
+    per-example form is used, and it is exact (all 2^6 masks of the batch enumerated)."""
+    torch.manual_seed(6)
+    net = nn.Sequential(
+        nn.Linear(3, 3),
+        nn.BatchNorm1d(3),
+        nn.Tanh(),
+        LearnableBernoulliDropout(nn.Linear(3, 1), estimator=estimator),
+    ).double()
+    lbd = net[3]
+    with torch.no_grad():
+        lbd.logit_p.copy_(LOGIT_P3)
+        net[1].weight.copy_(torch.tensor([1.5, 0.7, -1.2]))
+        net[1].bias.copy_(torch.tensor([0.1, -0.3, 0.2]))
+    z = all_masks(6).reshape(64, 2, 3)
+    prob = bernoulli_log_prob(z.reshape(64, 6), (-lbd.logit_p).repeat(2)).exp()
+    h = torch.tanh(_batch_stats(net[0](X2).expand(64, 2, 3), net[1]))
+    out = lbd.layer(h * z * (1 + torch.exp(lbd.logit_p))).squeeze(-1)
+    loss = (prob * ((out - Y2) ** 2).mean(1)).sum()
+    exact = torch.cat([g.reshape(-1) for g in torch.autograd.grad(loss, list(net.parameters()))])
+    got = _expected_over_regions(net, [lbd], split=split)
+    assert torch.allclose(got, exact, rtol=1e-9, atol=1e-12), (got, exact)
+    u = [torch.tensor([[0.05, 0.62, 0.93], [0.71, 0.2, 0.47]], dtype=torch.float64)]
+    auto, per, whole = (_rate_grads(net, [lbd], u, coupled=c)[0] for c in (None, False, True))
+    assert torch.equal(auto, per) and not torch.allclose(auto, whole)
+
+
+@pytest.mark.parametrize("estimator", ["arm", "disarm"])
+def test_each_draw_gets_the_whole_batch_form_only_when_it_reaches_batchnorm(estimator):
+    """LBD1(Linear(1, 2)) -> BatchNorm -> tanh -> LBD2(Linear(2, 1)): LBD1's draws reach the
+    BatchNorm (whole-batch form), LBD2's do not (per-example form); both exact (2^6 masks)."""
+    torch.manual_seed(7)
+    net = nn.Sequential(
+        LearnableBernoulliDropout(nn.Linear(1, 2), estimator=estimator),
+        nn.BatchNorm1d(2),
+        nn.Tanh(),
+        LearnableBernoulliDropout(nn.Linear(2, 1), estimator=estimator),
+    ).double()
+    l1, l2 = net[0], net[3]
+    with torch.no_grad():
+        l1.logit_p.copy_(torch.tensor([0.6]))
+        l2.logit_p.copy_(torch.tensor([-0.4, 0.9]))
+        net[1].weight.copy_(torch.tensor([1.3, -0.8]))
+        net[1].bias.copy_(torch.tensor([0.2, 0.5]))
+    x = X2[:, :1]
+    z = all_masks(6)
+    z1, z2 = z[:, :2].reshape(64, 2, 1), z[:, 2:].reshape(64, 2, 2)
+    keep = torch.cat([(-l1.logit_p).repeat(2), (-l2.logit_p).repeat(2)])
+    prob = bernoulli_log_prob(z, keep).exp()
+    h = torch.tanh(_batch_stats(l1.layer(x * z1 * (1 + torch.exp(l1.logit_p))), net[1]))
+    out = l2.layer(h * z2 * (1 + torch.exp(l2.logit_p))).squeeze(-1)
+    loss = (prob * ((out - Y2) ** 2).mean(1)).sum()
+    exact = torch.cat([g.reshape(-1) for g in torch.autograd.grad(loss, list(net.parameters()))])
+    got = _expected_over_regions(net, [l1, l2], x)
+    assert torch.allclose(got, exact, rtol=1e-9, atol=1e-12), (got, exact)
+    u = [
+        torch.tensor([[0.3], [0.85]], dtype=torch.float64),
+        torch.tensor([[0.05, 0.62], [0.71, 0.2]], dtype=torch.float64),
+    ]
+    auto = _rate_grads(net, [l1, l2], u, x)
+    per = _rate_grads(net, [l1, l2], u, x, coupled=False)
+    whole = _rate_grads(net, [l1, l2], u, x, coupled=True)
+    assert torch.equal(auto[0], whole[0]) and not torch.allclose(auto[0], per[0])
+    assert torch.equal(auto[1], per[1]) and not torch.allclose(auto[1], whole[1])
+    if estimator == "disarm":  # power: the per-example form is biased for LBD1's draws
+        biased = _expected_over_regions(net, [l1, l2], x, coupled=False)
+        assert (biased[:1] - exact[:1]).abs().max() > 1e-3, (biased[:1], exact[:1])
+
+
+# ------------------------------------------------------------------------------------------------
+# Ghost batch normalisation: the difference summed per ghost batch, exact
+# ------------------------------------------------------------------------------------------------
+
+X4 = torch.tensor([[[0.9, -0.4]], [[-0.6, 1.1]], [[0.3, 0.8]], [[-1.2, 0.5]]], dtype=torch.float64)
+Y4 = torch.tensor([0.5, -0.8, 0.2, 1.0], dtype=torch.float64)
+
+
+def ghost_net(norm: nn.Module, estimator: str = "disarm") -> nn.Sequential:
+    """LBD(Conv1d(1, 2, 1)) (one channel mask per example) -> norm -> tanh -> Linear(4, 1)."""
+    torch.manual_seed(9)
+    net = nn.Sequential(
+        LearnableBernoulliDropout(nn.Conv1d(1, 2, 1), estimator=estimator),
+        norm,
+        nn.Tanh(),
+        nn.Flatten(),
+        nn.Linear(4, 1),
+    ).double()
+    with torch.no_grad():
+        net[0].logit_p.fill_(0.4)
+        net[1].weight.copy_(torch.tensor([1.4, -0.9]))
+        net[1].bias.copy_(torch.tensor([0.3, -0.2]))
+        if net[1].running_mean is not None:
+            net[1].running_mean.copy_(torch.tensor([0.2, -0.5]))
+            net[1].running_var.copy_(torch.tensor([1.5, 0.6]))
+    return net
+
+
+def exact_ghost_gradient(net: nn.Sequential, groups: list[list[int]] | None) -> torch.Tensor:
+    """Gradient of E_z[mean_i (out_i - y_i)^2] over the 2^4 channel masks of the batch of 4, the
+    statistics by hand over each ghost batch in ``groups`` (``None``: running statistics)."""
+    lbd, bn = net[0], net[1]
+    z = all_masks(4)  # (16, 4): example i's mask
+    prob = bernoulli_log_prob(z, (-lbd.logit_p).expand(4)).exp()
+    inp = X4[None] * z[:, :, None, None] * (1 + torch.exp(lbd.logit_p))  # (16, 4, 1, 2)
+    h = lbd.layer(inp.reshape(64, 1, 2)).reshape(16, 4, 2, 2)
+    if groups is None:
+        mean, var = bn.running_mean[:, None], bn.running_var[:, None]
+        h = (h - mean) / torch.sqrt(var + bn.eps)
+    else:
+        parts = []
+        for g in groups:
+            hg = h[:, g]
+            mean = hg.mean((1, 3), keepdim=True)
+            var = hg.var((1, 3), unbiased=False, keepdim=True)
+            parts.append((hg - mean) / torch.sqrt(var + bn.eps))
+        h = torch.cat(parts, 1)
+    h = h * bn.weight[:, None] + bn.bias[:, None]
+    out = net[4](torch.tanh(h).flatten(2)).squeeze(-1)
+    loss = (prob * ((out - Y4) ** 2).mean(1)).sum()
+    return torch.cat([g.reshape(-1) for g in torch.autograd.grad(loss, list(net.parameters()))])
+
+
+def expected_ghost_estimate(net: nn.Sequential, **kw) -> torch.Tensor:
+    """E_u of objective's gradient over the uniform regions of the 4 channel masks (exact)."""
+    u_all, prob = antithetic_regions((-net[0].logit_p).expand(4))
+    total = torch.zeros(sum(p.numel() for p in net.parameters()), dtype=torch.float64)
+    for u, w in zip(u_all, prob):
+        net[0]._uniforms = lambda shape, bd, dtype, x, u=u: u.reshape(shape).to(dtype)
+        net.zero_grad()
+        objective(net, X4, Y4, sq_err, 10, kl_weight=0.0, **kw).backward()
+        total += w * grads(net)
+    del net[0]._uniforms
+    return total
+
+
+@pytest.mark.parametrize(
+    ("ghost_size", "groups"), [(2, [[0, 1], [2, 3]]), (3, [[0, 1, 2], [3]])], ids=["2of4", "3of4"]
+)
+@pytest.mark.parametrize("estimator", ["arm", "disarm"])
+def test_ghost_batchnorm_gets_the_exact_per_ghost_batch_form(ghost_size, groups, estimator):
+    from bayesdrop.nn import GhostBatchNorm
+
+    net = ghost_net(GhostBatchNorm(2, ghost_size), estimator)
+    exact = exact_ghost_gradient(net, groups)
+    got = expected_ghost_estimate(net)
+    assert torch.allclose(got, exact, rtol=1e-9, atol=1e-12), (got, exact)
+    # power: the per-example form is biased here, the whole-batch one exact (and noisier)
+    per_example = expected_ghost_estimate(net, coupled=False)
+    assert (per_example - exact).abs().max() > 1e-3, (per_example, exact)
+    assert torch.allclose(expected_ghost_estimate(net, coupled=True), exact, rtol=1e-9, atol=1e-12)
+
+
+def test_ghost_batchnorm_form_sums_the_difference_within_each_ghost_batch():
+    """One draw: the rate gradient equals the ARM/DisARM sum built by hand from the per-example
+    losses of both evaluations, summed within ghost batches of 2."""
+    from bayesdrop.estimators import COEFFICIENTS
+    from bayesdrop.nn import GhostBatchNorm
+
+    net = ghost_net(GhostBatchNorm(2, 2))
+    lbd = net[0]
+    u = torch.tensor([0.1, 0.45, 0.8, 0.3], dtype=torch.float64)
+    keep = torch.sigmoid(-lbd.logit_p.detach())
+    z1, z2 = (u > 1 - keep).double(), (u < keep).double()
+    losses = []
+    for z in (z1, z2):
+        h = lbd.layer(X4 * z[:, None, None] * (1 + torch.exp(lbd.logit_p.detach())))
+        ref = GhostBatchNorm(2, 2).double()
+        ref.load_state_dict(net[1].state_dict())
+        losses.append(sq_err(net[4](torch.tanh(ref(h)).flatten(1)), Y4).detach())
+    d = (losses[0] - losses[1]) / 4
+    d_group = torch.stack([d[:2].sum(), d[:2].sum(), d[2:].sum(), d[2:].sum()])
+    coef = COEFFICIENTS["disarm"](u, z1, z2, (-lbd.logit_p.detach()).expand(4))
+    ghat_keep = (coef * d_group).sum()
+    # pathwise part (through 1/(1-p)), from the trained evaluation with z2 alone
+    lbd.logit_p.grad = None
+    lp = lbd.logit_p
+    h = lbd.layer(X4 * z2[:, None, None] * (1 + torch.exp(lp)))
+    ref = GhostBatchNorm(2, 2).double()
+    ref.load_state_dict(net[1].state_dict())
+    pathwise = torch.autograd.grad(sq_err(net[4](torch.tanh(ref(h)).flatten(1)), Y4).mean(), lp)[0]
+    lbd._uniforms = lambda shape, bd, dtype, x: u.reshape(shape).to(dtype)
+    net.zero_grad()
+    objective(net, X4, Y4, sq_err, 10, kl_weight=0.0).backward()
+    del lbd._uniforms
+    expected = pathwise - ghat_keep  # the keep logit is -logit_p
+    assert torch.allclose(lbd.logit_p.grad, expected, rtol=1e-10, atol=1e-13)
+
+
+def test_frozen_batchnorm_statistics_get_the_exact_per_example_form():
+    """BatchNorm in eval mode (running statistics, as in fine-tuning) couples nothing: the
+    per-example form, exact against enumeration with the running statistics."""
+    net = ghost_net(nn.BatchNorm1d(2))
+    net[1].eval()
+    assert bayesdrop.objectives.batch_coupled_modules(net) == []
+    exact = exact_ghost_gradient(net, None)
+    assert torch.allclose(expected_ghost_estimate(net), exact, rtol=1e-9, atol=1e-12)
+
+
 def test_rate_group_never_inherits_the_weights_options_and_misspellings_are_refused():
     """SGD with momentum 0.9 (Nesterov) and weight decay for the weights: three steps with a
     constant gradient g move a rate by exactly -3 * rate_lr * g (plain SGD, the optimiser's

@@ -195,6 +195,7 @@ class ConversionReport:
     family: str
     replacements: list[Replacement] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    #: Every dropout that stays as it was, by module name, with the reason (see above).
     fixed: dict[str, str] = field(default_factory=dict)
 
     def __len__(self) -> int:
@@ -1056,7 +1057,7 @@ def convert(
             :class:`~bayesdrop.nn.DropPath` of the family (bare form, one unit: one learned rate
             per residual block, one mask per example), starting at its rate; modules with
             rate 0, ``mode="batch"`` or ``scale_by_keep=False`` stay and are listed in
-            ``report.fixed``, as are all of them with ``"fixed"`` or a family
+            :attr:`.ConversionReport.fixed`, as are all of them with ``"fixed"`` or a family
             without a bare form. ``exclude`` may name such a module.
         **options: passed to every family constructor (they override the carried-over ``p``).
 

@@ -41,11 +41,13 @@ from collections.abc import Callable
 from typing import Any
 
 import numpy as np
+import scipy.sparse
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 try:
+    from scipy.optimize import minimize
     from sklearn.base import BaseEstimator, ClassifierMixin
     from sklearn.utils import check_random_state
     from sklearn.utils.multiclass import check_classification_targets
@@ -55,6 +57,7 @@ except ImportError as err:  # pragma: no cover - depends on the environment
         "bayesdrop.linear_model needs scikit-learn >= 1.6: pip install 'bayesdrop[sklearn]'"
     ) from err
 
+from ._linear_loss import FastDropoutLinearLoss
 from ._validation import check_choice, check_int, check_positive
 from .functional.fast_dropout import (
     DesignMatrix,
@@ -175,11 +178,40 @@ class _DropoutLogisticRegression(ClassifierMixin, BaseEstimator):
         k = len(classes)
         self._check_objective(k)
         dtype = opts["dtype"]
+        rows = 1 if k == 2 else k
+        init = self._warm_start_weights(rows, X.shape[1])
+        start = time.perf_counter()
+        loss_fn = self._exact_loss(X, y_idx, k, opts)
+        if loss_fn is not None:  # deterministic objective: scipy's L-BFGS on the exact gradient
+            theta0 = (
+                np.zeros(loss_fn.size)
+                if init is None
+                else np.concatenate([init[0].ravel(), init[1]])
+            )
+            res = minimize(
+                loss_fn, theta0, method="L-BFGS-B", jac=True,
+                options={
+                    "maxiter": opts["max_iter"], "maxls": 50, "gtol": opts["tol"],
+                    "ftol": 64 * np.finfo(np.float64).eps,
+                },
+            )  # fmt: skip
+            w64, b64 = loss_fn.unpack(res.x)
+            self.fit_time_ = time.perf_counter() - start
+            self.n_iter_ = int(res.nit)
+            self.n_evals_ = int(res.nfev)
+            self.classes_ = classes
+            np_dtype = np.float32 if dtype == torch.float32 else np.float64
+            self.coef_ = np.array(w64, dtype=np_dtype)
+            self.intercept_ = np.array(b64, dtype=np_dtype)
+            return self
         design = DesignMatrix(X, dtype)
         y_t = torch.from_numpy(np.asarray(y_idx, dtype=np.int64))
-        rows = 1 if k == 2 else k
-        weight = torch.zeros(rows, design.num_features, dtype=dtype, requires_grad=True)
-        bias = torch.zeros(rows, dtype=dtype, requires_grad=True)
+        if init is None:
+            weight = torch.zeros(rows, design.num_features, dtype=dtype, requires_grad=True)
+            bias = torch.zeros(rows, dtype=dtype, requires_grad=True)
+        else:
+            weight = torch.tensor(init[0], dtype=dtype, requires_grad=True)
+            bias = torch.tensor(init[1], dtype=dtype, requires_grad=True)
         seed = self._seed()
         noise = self._generator(seed)
         l2 = opts["l2"]
@@ -193,7 +225,6 @@ class _DropoutLogisticRegression(ClassifierMixin, BaseEstimator):
                 out = out + 0.5 * l2 * (weight * weight).sum()
             return out
 
-        start = time.perf_counter()
         if opts["optimizer"] == "lbfgs":
             lr = 1.0 if opts["lr"] is None else opts["lr"]
             n_iter = _fit_lbfgs(
@@ -213,6 +244,20 @@ class _DropoutLogisticRegression(ClassifierMixin, BaseEstimator):
         return self
 
     _stochastic = False
+
+    def _exact_loss(
+        self, X: Any, y_idx: np.ndarray, num_classes: int, opts: dict[str, Any]
+    ) -> FastDropoutLinearLoss | None:
+        """The loss-and-gradient function of a deterministic L-BFGS fit (``None``: torch path)."""
+        return None
+
+    def _warm_start_weights(self, rows: int, num_features: int) -> tuple[Any, Any] | None:
+        """The previous fit's ``(coef_, intercept_)`` as float64 when ``warm_start`` applies."""
+        if not getattr(self, "warm_start", False) or not hasattr(self, "coef_"):
+            return None
+        if self.coef_.shape != (rows, num_features):
+            return None
+        return np.array(self.coef_, dtype=np.float64), np.array(self.intercept_, dtype=np.float64)
 
     def _nll(
         self,
@@ -260,6 +305,15 @@ class _DropoutLogisticRegression(ClassifierMixin, BaseEstimator):
             weight = torch.cat([torch.zeros_like(weight), weight])
             bias = torch.cat([torch.zeros_like(bias), bias])
         return weight, bias
+
+
+def _float64_features(X: Any) -> Any:
+    """Validated features as a float64 C-ordered array or canonical CSR matrix."""
+    if scipy.sparse.issparse(X):
+        X = scipy.sparse.csr_matrix(X, dtype=np.float64)
+        X.sum_duplicates()
+        return X
+    return np.ascontiguousarray(X, dtype=np.float64)
 
 
 def _fit_lbfgs(
@@ -369,16 +423,29 @@ class FastDropoutLogisticRegression(_DropoutLogisticRegression):
             or ``"qmc"`` (1024 quasi-Monte Carlo points, about :math:`2\cdot10^{-4}`; use it
             for calibration). Two classes always use the exact quadrature.
         l2: L2 penalty :math:`\tfrac{l2}{2}\|W\|^2` added to the mean loss (``>= 0``).
-        optimizer: ``"lbfgs"`` (full batch, strong Wolfe line search; ``objective="sample"``
-            draws new noise once per iteration and keeps it during the line search) or
-            ``"adam"`` (``max_iter`` epochs of mini-batches of ``batch_size``).
+        optimizer: ``"lbfgs"`` (full batch) or ``"adam"`` (``max_iter`` epochs of mini-batches
+            of ``batch_size``). With a deterministic objective (``"closed_form"``,
+            ``"unscented"``) L-BFGS is fitted as scikit-learn fits ``LogisticRegression``:
+            SciPy's L-BFGS-B on the loss and its exact analytic gradient, in float64;
+            ``objective="sample"`` uses torch's L-BFGS (strong Wolfe line search), drawing new
+            noise once per iteration and keeping it during the line search.
         max_iter: L-BFGS iterations or Adam epochs.
-        lr: step size; ``None``: 1 for L-BFGS, 0.05 for Adam.
+        lr: step size of Adam and of the stochastic L-BFGS; ``None``: 0.05 for Adam, 1 for
+            L-BFGS. The deterministic L-BFGS fit takes its line search's steps and does not use
+            it.
         batch_size: Adam mini-batch size; ``None``: the full batch.
-        tol: L-BFGS stops when the loss or the step changes by less than ``tol``.
+        tol: deterministic L-BFGS: stop when the largest component of the gradient of the
+            (mean) loss is at most ``tol`` (scikit-learn's criterion; also when the loss falls by
+            less than 64 machine epsilons, relatively); stochastic L-BFGS: stop when the loss or
+            the step changes by less than ``tol``.
+        warm_start: start ``fit`` from the previous fit's ``coef_`` and ``intercept_`` when the
+            numbers of features and of classes match (as scikit-learn's ``warm_start``);
+            otherwise from zeros.
         random_state: seeds the Gaussian draws of ``objective="sample"`` and the Adam batch order
             (an int, a ``numpy.random.RandomState`` or ``None``).
-        dtype: ``"float32"`` or ``"float64"``, the precision of training and prediction.
+        dtype: ``"float32"`` or ``"float64"``: the precision of ``coef_``, ``intercept_`` and
+            prediction, and of training on the torch paths (Adam, ``objective="sample"``); the
+            deterministic L-BFGS fit computes in float64 and stores its result in ``dtype``.
 
     Attributes:
         classes_: the class labels, sorted (``classes_[1]`` is the positive class).
@@ -415,6 +482,7 @@ class FastDropoutLogisticRegression(_DropoutLogisticRegression):
         lr: float | None = None,
         batch_size: int | None = None,
         tol: float = 1e-6,
+        warm_start: bool = False,
         random_state: Any = None,
         dtype: str = "float32",
     ) -> None:
@@ -429,6 +497,7 @@ class FastDropoutLogisticRegression(_DropoutLogisticRegression):
         self.lr = lr
         self.batch_size = batch_size
         self.tol = tol
+        self.warm_start = warm_start
         self.random_state = random_state
         self.dtype = dtype
 
@@ -453,6 +522,22 @@ class FastDropoutLogisticRegression(_DropoutLogisticRegression):
     @property
     def _stochastic(self) -> bool:  # type: ignore[override]
         return self.objective == "sample"
+
+    def _exact_loss(
+        self, X: Any, y_idx: np.ndarray, num_classes: int, opts: dict[str, Any]
+    ) -> FastDropoutLinearLoss | None:
+        objective = self._resolved_objective(num_classes)
+        if opts["optimizer"] != "lbfgs" or objective == "sample":
+            return None
+        return FastDropoutLinearLoss(
+            _float64_features(X),
+            y_idx,
+            num_classes,
+            opts["p"],
+            opts["l2"],
+            objective,
+            self.covariance,
+        )
 
     def _nll(
         self,
@@ -582,10 +667,14 @@ class MCDropoutLogisticRegression(_DropoutLogisticRegression):
         optimizer: ``"lbfgs"`` (full batch; new masks once per iteration, kept during its line
             search) or ``"adam"`` (``max_iter`` epochs of mini-batches of ``batch_size``).
         max_iter: L-BFGS iterations or Adam epochs.
-        lr: step size; ``None``: 1 for L-BFGS, 0.05 for Adam.
+        lr: step size; ``None``: 1 for L-BFGS, 0.05 for Adam (not used by L-BFGS at ``p == 0``).
         batch_size: Adam mini-batch size; ``None``: the full batch.
-        tol: L-BFGS tolerance on the loss and step changes (used when ``p == 0``: the objective
-            is then deterministic).
+        tol: used when ``p == 0`` (the objective is then deterministic, plain logistic
+            regression, and L-BFGS is fitted as in :class:`FastDropoutLogisticRegression`:
+            SciPy's L-BFGS-B on the exact gradient in float64, stopping when the largest
+            gradient component is at most ``tol``).
+        warm_start: start ``fit`` from the previous fit's weights when the numbers of features
+            and of classes match; otherwise from zeros.
         random_state: seeds the masks and the Adam batch order (an int, a
             ``numpy.random.RandomState`` or ``None``).
         dtype: ``"float32"`` or ``"float64"``.
@@ -613,6 +702,7 @@ class MCDropoutLogisticRegression(_DropoutLogisticRegression):
         lr: float | None = None,
         batch_size: int | None = None,
         tol: float = 1e-6,
+        warm_start: bool = False,
         random_state: Any = None,
         dtype: str = "float32",
     ) -> None:
@@ -624,6 +714,7 @@ class MCDropoutLogisticRegression(_DropoutLogisticRegression):
         self.lr = lr
         self.batch_size = batch_size
         self.tol = tol
+        self.warm_start = warm_start
         self.random_state = random_state
         self.dtype = dtype
 
@@ -633,6 +724,16 @@ class MCDropoutLogisticRegression(_DropoutLogisticRegression):
     @property
     def _stochastic(self) -> bool:  # type: ignore[override]
         return float(self.p) > 0
+
+    def _exact_loss(
+        self, X: Any, y_idx: np.ndarray, num_classes: int, opts: dict[str, Any]
+    ) -> FastDropoutLinearLoss | None:
+        if opts["optimizer"] != "lbfgs" or opts["p"] > 0:
+            return None
+        objective = "closed_form" if num_classes == 2 else "unscented"
+        return FastDropoutLinearLoss(
+            _float64_features(X), y_idx, num_classes, 0.0, opts["l2"], objective, "diagonal"
+        )
 
     def _nll(
         self,

@@ -11,6 +11,7 @@ are plain sums that never see :math:`N`; the division happens here and only here
 
 from __future__ import annotations
 
+import math
 import numbers
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -23,7 +24,9 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from ._validation import check_choice, check_positive
 from .adapters.batches import batch_size, call_model, check_batch, prediction, tile_batch
 from .functional.bernoulli import uniform_dtype
+from .functional.ghost_batch_norm import ghost_groups
 from .nn._base import DropoutModule
+from .nn.ghost_batch_norm import GhostBatchNorm
 from .nn.learnable_bernoulli import AntitheticPair, LearnableBernoulliDropout, PairStreams
 
 __all__ = [
@@ -217,8 +220,9 @@ _COUPLED_TYPES: list[type[nn.Module]] = [_BatchNorm]
 def register_batch_coupled(*module_types: type[nn.Module]) -> None:
     """Declare module types whose training-mode output for one example depends on the others.
 
-    :func:`objective` then uses the whole-batch ARM/DisARM form for any model that contains one
-    of them in training mode (see its ``coupled`` argument). Every torch BatchNorm variant
+    :func:`objective` then uses the whole-batch ARM/DisARM form for the LBD draws whose output
+    reaches one of them in training mode (see its ``coupled`` argument); instances of subclasses
+    count as the registered type. Every torch BatchNorm variant
     (``BatchNorm1d/2d/3d``, their lazy forms, ``SyncBatchNorm``: every subclass of torch's
     ``_BatchNorm``) is registered already; a BatchNorm without running statistics couples the
     batch in eval mode too. Per-example normalisations (LayerNorm, GroupNorm, InstanceNorm) do
@@ -482,17 +486,27 @@ def objective(
     rates and ordinary gradients for everything else (the pathwise dependence of the inverted
     dropout scale on the rates included).
 
-    Two forms of the estimate, both unbiased where they are used:
+    Three forms of the estimate, each unbiased where it is used, chosen per LBD draw:
 
-    * **per-example** (models whose example :math:`i` depends only on its own masks):
+    * **per-example** (the draw reaches no layer that couples examples: example :math:`i`
+      depends only on its own masks of this draw):
       :math:`\hat g_k = \frac1B\sum_i (f_i(z^{(1)}) - f_i(z^{(2)}))\,c_{ik}`, with :math:`c`
       ARM's :math:`u - \tfrac12` or DisARM's coefficient; the lower-variance form.
-    * **whole-batch** (models with layers that couple the examples, e.g. BatchNorm in training
-      mode): all masks of the batch are one Bernoulli vector whose loss is the batch mean, so
-      every coefficient multiplies the same number,
-      :math:`\hat g_k = (\bar f(z^{(1)}) - \bar f(z^{(2)}))\sum_i c_{ik}`. With
-      ``pair="nograd"`` each evaluation of the pair sees its own batch statistics, which is
-      exactly the function being differentiated.
+    * **whole-batch** (the draw's output reaches a layer that couples the examples, e.g.
+      BatchNorm in training mode): all masks of the batch are one Bernoulli vector whose loss is
+      the batch mean, so every coefficient multiplies the same number,
+      :math:`\hat g_k = (\bar f(z^{(1)}) - \bar f(z^{(2)}))\sum_i c_{ik}`; its variance is about
+      :math:`B` times the per-example form's. With ``pair="nograd"`` each evaluation of the pair
+      sees its own batch statistics, which is exactly the function being differentiated.
+    * **per ghost batch** (the draw reaches only :class:`~bayesdrop.nn.GhostBatchNorm` layers,
+      whose statistics are over contiguous ghost batches :math:`G` of :math:`g` examples):
+      :math:`\hat g_k = \frac1B\sum_{i} \big(\sum_{j \in G(i)} f_j(z^{(1)}) - f_j(z^{(2)})\big)
+      c_{ik}`; about :math:`g` times the per-example form's variance.
+
+    A draw reaches a coupled layer when that layer finishes its forward after the draw in the
+    first evaluation (a superset of the layers its output flows into, so the choice errs only
+    towards the whole batch): an LBD module after the last BatchNorm of a network gets the
+    per-example form, one before it the whole-batch form.
 
     The LBD uniforms come from streams that no other noise reads, so they are independent of all
     other noise of the model whatever it does: a module's own ``generator`` when only LBD modules
@@ -539,10 +553,11 @@ def objective(
             with batch-coupled layers, whose statistics would pool both halves.
         coupled: ``None`` (default) detects batch-coupled layers
             (:func:`batch_coupled_modules`: every BatchNorm variant in training mode and the types
-            given to :func:`register_batch_coupled`) and uses the whole-batch form when there is
-            one; ``True`` declares a coupling the detection cannot see (a custom layer, a model
-            that reshapes its batch) and always uses the whole-batch form, which is unbiased for
-            every model; ``False`` asserts that no example's loss depends on another's masks.
+            given to :func:`register_batch_coupled`) and chooses the form per draw as above;
+            ``True`` declares a coupling the detection cannot see (a custom layer, a model that
+            reshapes its batch) and always uses the whole-batch form, which is unbiased for every
+            model; ``False`` asserts that no example's loss depends on another's masks (the
+            per-example form everywhere).
         common_random_numbers: replay the random state for the second evaluation of
             ``pair="nograd"`` (default ``True``); ``False`` draws other noise afresh. Either way
             the rate gradient is unbiased; the replay lowers its variance.
@@ -634,7 +649,8 @@ def objective(
                 batch,
                 lbd,
                 batch_dim=batch_dim,
-                coupled=found if whole_batch else None,
+                found=found,
+                coupled=coupled,
                 replay=common_random_numbers,
                 split=split,
             )
@@ -647,14 +663,69 @@ def objective(
     return loss
 
 
-def _sum_surrogates(lbd: Sequence[LearnableBernoulliDropout], delta: Tensor) -> Tensor:
-    """Sum of the modules' rate surrogates for one loss difference (per example or whole batch)."""
+def _sum_surrogates(
+    lbd: Sequence[LearnableBernoulliDropout], delta: Tensor | Callable[[Any], Tensor]
+) -> Tensor:
+    """Sum of the modules' rate surrogates: ``delta`` is the loss difference of every draw (per
+    example or whole batch), or a function giving the one for each recorded draw."""
     total: Tensor | None = None
     for m in lbd:
-        s = m.rate_surrogate(delta)
+        assert m._pair is not None
+        d = delta if isinstance(delta, Tensor) else [delta(draw) for draw in m._pair.draws]
+        s = m.rate_surrogate(d)
         total = s if total is None else total + s.to(total.device)
     assert total is not None
     return total
+
+
+class _CouplingLog:
+    """Forward hooks on the batch-coupled modules that log, on the pair's clock, when each one
+    finished during the first evaluation and which examples it coupled: ``None`` for the whole
+    batch, an int ``g`` for contiguous ghost batches of ``g`` examples."""
+
+    def __init__(
+        self,
+        found: list[tuple[str, nn.Module]],
+        clock: list[int],
+        batch: int,
+        batch_dim: int,
+    ) -> None:
+        self.events: list[tuple[int, int | None]] = []
+        self.recording = True
+        self._clock, self._batch, self._batch_dim = clock, batch, batch_dim
+        self._handles = [m.register_forward_hook(self._hook) for _, m in found]
+
+    def _hook(self, module: nn.Module, args: tuple[Any, ...], output: Any) -> None:
+        if not self.recording:
+            return
+        group: int | None = None
+        x = args[0] if args else None
+        if (
+            isinstance(module, GhostBatchNorm)
+            and self._batch_dim == 0
+            and isinstance(x, Tensor)
+            and x.dim() >= 2
+            and x.shape[0] == self._batch
+            and module.ghost_size < self._batch
+        ):
+            group = module.ghost_size
+        self._clock[0] += 1
+        self.events.append((self._clock[0], group))
+
+    def group_after(self, tick: int) -> int | None:
+        """The coupling of a draw made at ``tick``: the join of every coupling logged after it
+        (``1``: none; ``None``: the whole batch; ``g``: contiguous blocks of ``g`` examples)."""
+        g = 1
+        for t, group in self.events:
+            if t > tick:
+                if group is None:
+                    return None
+                g = g * group // math.gcd(g, group)
+        return None if g >= self._batch else g
+
+    def remove(self) -> None:
+        for h in self._handles:
+            h.remove()
 
 
 def _nograd_pair(
@@ -667,46 +738,58 @@ def _nograd_pair(
     lbd: Sequence[LearnableBernoulliDropout],
     *,
     batch_dim: int,
-    coupled: list[tuple[str, nn.Module]] | None,
+    found: list[tuple[str, nn.Module]],
+    coupled: bool | None,
     replay: bool,
     split: tuple[Callable[[Any], Any], Callable[[Any], Any]] | Literal[False] | None,
 ) -> tuple[Tensor, Tensor]:
     """The pair as a gradient-free evaluation with :math:`z^{(1)}` and an ordinary one with
-    :math:`z^{(2)}`; returns the data loss and the rate surrogate."""
+    :math:`z^{(2)}`; returns the data loss and the rate surrogate.
+
+    The form of each draw's estimate: ``coupled=True`` whole batch, ``False`` per example, and
+    ``None`` per draw, from the batch-coupled modules (``found``) that finished after the draw in
+    the first evaluation (a module that consumes the draw's output finishes after it): none, the
+    per-example form; ghost batch normalisations only, the difference summed per ghost batch;
+    any other, the whole batch."""
     parts = None if split is False else split
     if parts is None and split is None:
         parts = _sequential_split(model, inputs, lbd)
-    whole_batch = coupled is not None
-    with _pair_context(lbd, "first", batch_dim, None if whole_batch else batch, model) as (
-        streams,
-        clock,
-    ):
-        if parts is not None:
-            head, tail = parts
-            x = call_model(head, inputs)
-            if any(m._pair is not None and m._pair.draws for m in lbd):
-                raise ValueError(
-                    "the head of split called an LBD module; split before the first LBD module"
-                )
-            forward: Callable[[Any], Any] = tail
-        else:
-            x, forward = inputs, run
-        state = _RandomState(model, streams.dedicated) if replay else None
-        # Buffers the gradient-free pass updates in place (BatchNorm running statistics) are put
-        # back, so that only the trained evaluation updates them. Only changed buffers are
-        # written: an unchanged one (in a split's head) may be saved for backward already.
-        buffers = [(b, b.clone()) for b in model.buffers()]
-        with torch.no_grad():
-            f1 = _per_example(nll(forward(x), targets), batch)
-            for b, saved in buffers:
-                if not torch.equal(b, saved):
-                    b.copy_(saved)
-        if state is not None:
-            state.restore()
-        for m in lbd:
-            assert m._pair is not None
-            m._pair.mode = "second"
-        f2 = _per_example(nll(forward(x), targets), batch)
+    auto = coupled is None and bool(found)
+    checked = None if coupled or auto else batch
+    with _pair_context(lbd, "first", batch_dim, checked, model) as (streams, clock):
+        log = _CouplingLog(found, clock, batch, batch_dim) if auto else None
+        try:
+            if parts is not None:
+                head, tail = parts
+                x = call_model(head, inputs)
+                if any(m._pair is not None and m._pair.draws for m in lbd):
+                    raise ValueError(
+                        "the head of split called an LBD module; split before the first LBD module"
+                    )
+                forward: Callable[[Any], Any] = tail
+            else:
+                x, forward = inputs, run
+            state = _RandomState(model, streams.dedicated) if replay else None
+            # Buffers the gradient-free pass updates in place (BatchNorm running statistics) are
+            # put back, so that only the trained evaluation updates them. Only changed buffers
+            # are written: an unchanged one (in a split's head) may be saved for backward already.
+            buffers = [(b, b.clone()) for b in model.buffers()]
+            with torch.no_grad():
+                f1 = _per_example(nll(forward(x), targets), batch)
+                for b, saved in buffers:
+                    if not torch.equal(b, saved):
+                        b.copy_(saved)
+            if log is not None:
+                log.recording = False
+            if state is not None:
+                state.restore()
+            for m in lbd:
+                assert m._pair is not None
+                m._pair.mode = "second"
+            f2 = _per_example(nll(forward(x), targets), batch)
+        finally:
+            if log is not None:
+                log.remove()
         for m in lbd:
             assert m._pair is not None
             if m._pair.cursor != len(m._pair.draws):
@@ -716,6 +799,30 @@ def _nograd_pair(
                 )
         dt = uniform_dtype(f2.dtype)
         a, b2 = f1.detach().to(dt), f2.detach().to(dt)
-        delta = _whole_batch_delta(a, b2, coupled) if coupled is not None else (a - b2) / batch
-        surrogate = _sum_surrogates(lbd, delta)
+        per_example = (a - b2) / batch
+        if coupled is True:
+            surrogate = _sum_surrogates(lbd, _whole_batch_delta(a, b2, found))
+        elif log is None:
+            surrogate = _sum_surrogates(lbd, per_example)
+        else:
+            forms: dict[int | None, Tensor] = {}
+
+            def delta(draw: Any) -> Tensor:
+                group = log.group_after(draw.tick)
+                if group is not None and draw.u.shape[draw.batch_dim] != batch:
+                    group = None  # not one entry per example: the whole batch (always exact)
+                if group not in forms:
+                    if group is None:
+                        forms[group] = _whole_batch_delta(a, b2, found)
+                    elif group == 1:
+                        forms[group] = per_example
+                    else:
+                        ids = ghost_groups(batch, group, per_example.device)
+                        sums = per_example.new_zeros(int(ids[-1]) + 1).index_add(
+                            0, ids, per_example
+                        )
+                        forms[group] = sums[ids]
+                return forms[group]
+
+            surrogate = _sum_surrogates(lbd, delta)
     return f2.mean(), surrogate

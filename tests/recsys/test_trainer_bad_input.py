@@ -327,7 +327,9 @@ RECOMMEND_CASES = [
     (dict(users=[]), ValueError, "users must name at least one user"),
     (dict(users=[5, 5]), ValueError, "users lists 5 more than once"),
     (dict(users=[99]), ValueError, "user 99 \\(int\\) is not in the model's data"),
-    (dict(users=["5"]), ValueError, "user '5' \\(str\\) is not in .*ids are integers"),
+    # "5" names the int id 5 (exact spelling); a string that spells no user's id is refused
+    (dict(users=["5x"]), ValueError, "user '5x' \\(str\\) is not in .*ids are integers"),
+    (dict(users=["99999"]), ValueError, "user 99999 \\(int\\) is not in .*ids are integers"),
     (dict(users=[5], exclude_seen="yes"), TypeError, "exclude_seen must be a bool"),
 ]
 

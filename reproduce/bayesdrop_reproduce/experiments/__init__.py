@@ -34,6 +34,7 @@ HEADLINE: tuple[str, ...] = (
 #: The papers' further experiments, in run order.
 FURTHER: tuple[str, ...] = (
     "uci-regression",
+    "uci-benchmark",
     "sentiment-lstm",
     "segmentation",
     "control-dynamics",

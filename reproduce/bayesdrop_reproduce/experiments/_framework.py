@@ -19,7 +19,7 @@ import os
 import platform
 import time
 import traceback
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,6 +35,9 @@ __all__ = [
     "write_json",
     "write_figure",
     "write_report",
+    "read_results",
+    "provenance",
+    "source_commit",
     "to_jsonable",
     "run_experiment",
     "progress",
@@ -46,6 +49,7 @@ __all__ = [
     "BUDGETS",
     "SETTLE_TOL",
     "SETTLE_FRACTION",
+    "MEDIUM_DECAY_FROM",
     "rate_settling",
 ]
 
@@ -66,6 +70,7 @@ JSON_KEYS = (
     "versions",
     "config",
     "rates",
+    "run",
 )
 
 #: The run settings, cheapest first (``tiny`` is the test suite's smoke setting, not listed).
@@ -76,6 +81,10 @@ BUDGETS = ("quick", "medium", "full")
 SETTLE_TOL = 0.01
 #: The closing fraction of training over which :data:`SETTLE_TOL` is checked.
 SETTLE_FRACTION = 0.25
+#: In the ``medium`` budget the experiments that learn rates decay their learning rates linearly
+#: to zero over the last half of training (``_training.linear_decay``): with a constant step
+#: the rates jitter about their optimum by more than :data:`SETTLE_TOL` and never settle.
+MEDIUM_DECAY_FROM = 0.5
 
 _QUICK = object()  # RunConfig.pick: no medium value given, the quick one is used
 
@@ -127,6 +136,13 @@ class RunConfig:
         if self.medium:
             return quick if medium is _QUICK else medium
         return full
+
+    @property
+    def decay_from(self) -> float | None:
+        """Where the learning rates start their linear decay to zero, as a fraction of training
+        (:data:`MEDIUM_DECAY_FROM` in the medium budget, also with ``tiny`` so that the tests
+        reach it; ``None``, a constant step, otherwise)."""
+        return MEDIUM_DECAY_FROM if self.medium else None
 
     def generator(self, offset: int = 0) -> torch.Generator:
         """A CPU generator seeded with ``seed + offset``."""
@@ -224,6 +240,8 @@ class Record:
     files: dict[str, str] = field(default_factory=dict)
     #: The files of this experiment that could not be written, each as ``"<file>: <error>"``.
     write_errors: list[str] = field(default_factory=list)
+    #: When the experiment finished (UTC).
+    finished: str = field(default_factory=lambda: _now())
 
     @property
     def ok(self) -> bool:
@@ -272,8 +290,49 @@ def _versions() -> dict[str, str]:
     }
 
 
+_COMMIT: list[str] = []
+
+
+def source_commit() -> str:
+    """The git commit of the checkout this suite runs from (``"unknown"`` outside a git
+    checkout), with ``+changes`` when its tracked files differ from that commit."""
+    if not _COMMIT:
+        import subprocess
+
+        here = Path(__file__).resolve().parent
+        try:
+            head = subprocess.run(
+                ["git", "rev-parse", "--short=12", "HEAD"],
+                cwd=here,
+                capture_output=True,
+                text=True,
+                timeout=10,
+                check=True,
+            ).stdout.strip()
+            dirty = subprocess.run(
+                ["git", "status", "--porcelain", "--untracked-files=no"],
+                cwd=here,
+                capture_output=True,
+                text=True,
+                timeout=10,
+                check=True,
+            ).stdout.strip()
+            _COMMIT.append(head + ("+changes" if dirty else ""))
+        except (OSError, subprocess.SubprocessError):
+            _COMMIT.append("unknown")
+    return _COMMIT[0]
+
+
+def _now() -> str:
+    return time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+
+
 def write_json(result: Result | Failure, out: Path, cfg: RunConfig, wall_time_s: float) -> Path:
-    """Write ``out/<name>.json`` and return its path."""
+    """Write ``out/<name>.json`` and return its path.
+
+    Besides the result it holds ``config`` (budget, seed, device) and ``run`` (``commit``, from
+    :func:`source_commit`, and ``date``), which ``report.md`` shows beside each experiment.
+    """
     config = {
         "quick": cfg.quick,
         "tiny": cfg.tiny,
@@ -314,6 +373,7 @@ def write_json(result: Result | Failure, out: Path, cfg: RunConfig, wall_time_s:
     payload["wall_time_s"] = wall_time_s
     payload["versions"] = _versions()
     payload["config"] = config
+    payload["run"] = {"commit": source_commit(), "date": _now()}
     path = out / f"{result.name}.json"
     _write_text(path, json.dumps(to_jsonable(payload), indent=2) + "\n")
     return path
@@ -367,54 +427,173 @@ def _markdown_table(rows: list[dict]) -> list[str]:
     return lines
 
 
-def write_report(records: Iterable[Record], out: Path, cfg: RunConfig) -> Path:
-    """Write ``out/report.md``: one section per experiment and a summary of wall times."""
+#: Keys a JSON file in ``--out`` must hold to count as an earlier result of this suite.
+_RESULT_KEYS = frozenset({"name", "status", "table", "verdict", "config"})
+
+
+def read_results(out: Path) -> dict[str, dict[str, Any]]:
+    """The results already in ``out`` (``<name>.json`` files written by an earlier run), by
+    experiment name. Files that do not parse or are not a result of this suite are left out."""
+    found: dict[str, dict[str, Any]] = {}
+    for path in sorted(out.glob("*.json")):
+        try:
+            payload = json.loads(path.read_text())
+        except (OSError, UnicodeDecodeError, ValueError):
+            continue
+        if isinstance(payload, dict) and _RESULT_KEYS <= set(payload):
+            if payload["name"] == path.stem:
+                found[path.stem] = payload
+    return found
+
+
+def provenance(payload: Mapping[str, Any]) -> str:
+    """``"budget quick, commit 1a2b3c, 2026-01-01 12:00 UTC"`` for a result's JSON payload."""
+    config = payload.get("config") or {}
+    run = payload.get("run") or {}
+    return (
+        f"budget {config.get('budget', '?')}, commit {run.get('commit', 'unknown')}, "
+        f"{run.get('date', 'date unknown')}"
+    )
+
+
+def _row(
+    name: str, status: str, budget: str, settled: str, wall: float, commit: str, date: str
+) -> str:
+    return (
+        f"| [{name}](#{name}) | {status} | {budget} | {settled} | {wall:.1f} | {commit} | {date} |"
+    )
+
+
+def write_report(
+    records: Iterable[Record],
+    out: Path,
+    cfg: RunConfig,
+    earlier: Mapping[str, Mapping[str, Any]] | None = None,
+    order: Sequence[str] = (),
+) -> Path:
+    """Write ``out/report.md``: one section per experiment and a summary table.
+
+    ``earlier`` holds the results that were in ``out`` before this run (:func:`read_results`):
+    those of experiments this run did not redo stay in the report, each with its own budget,
+    commit and date; those it redid are named as replaced. Sections follow ``order`` (the
+    registry's run order), then the names' order.
+    """
     records = list(records)
+    earlier = dict(earlier or {})
+    done = {rec.result.name: rec for rec in records}
+    kept = {n: p for n, p in earlier.items() if n not in done}
+    replaced = {n: p for n, p in earlier.items() if n in done}
+    rank = {n: i for i, n in enumerate(order)}
+    names = sorted([*done, *kept], key=lambda n: (rank.get(n, len(rank)), n))
     v = _versions()
+    commit = source_commit()
     lines = [
         "# bayesdrop-reproduce — report",
         "",
-        f"Budget: **{cfg.mode}**, seed {cfg.seed}, device {cfg.device}; "
-        f"bayesdrop {v['bayesdrop']}, torch {v['torch']}.",
+        f"Budget: **{cfg.mode}** (this run), seed {cfg.seed}, device {cfg.device}; "
+        f"bayesdrop {v['bayesdrop']}, torch {v['torch']}, commit {commit}.",
         "",
+    ]
+    if kept:
+        lines += [
+            f"Kept from earlier runs in this folder (not redone by this run; each row says its own "
+            f"budget, commit and date): {', '.join(n for n in names if n in kept)}.",
+            "",
+        ]
+    if replaced:
+        lines += [
+            "Replaced by this run: "
+            + "; ".join(f"{n} (was {provenance(replaced[n])})" for n in names if n in replaced)
+            + ".",
+            "",
+        ]
+    lines += [
         f"Learned rates *settled* when, over the last {SETTLE_FRACTION:.0%} of training, the mean "
         f"absolute change of every module's rates (bayesdrop.RateTracker.drift) is below "
         f"{SETTLE_TOL}.",
         "",
-        "| experiment | status | budget | rates settled | wall time (s) |",
-        "|---|---|---|---|---|",
+        "| experiment | status | budget | rates settled | wall time (s) | commit | date |",
+        "|---|---|---|---|---|---|---|",
     ]
-    for rec in records:
-        status = _status(rec)
-        rates = rec.result.rates if isinstance(rec.result, Result) else None
-        settled = _settled_cell(rates) if isinstance(rec.result, Result) else "—"
-        lines.append(
-            f"| [{rec.result.name}](#{rec.result.name}) | {status} | {cfg.mode} | {settled} | "
-            f"{rec.wall_time_s:.1f} |"
-        )
-    for rec in records:
-        res = rec.result
-        lines += ["", f"## {res.name}", "", f"**{res.title}**", ""]
-        for error in rec.write_errors:
-            lines += [f"**Not written**: `{error}`", ""]
-        if isinstance(res, Failure):
-            lines += [f"**Failed**: `{res.error}` (traceback in `{res.name}.json`).", ""]
-            continue
-        lines += [
-            f"- Paper's data set: {res.paper_dataset}",
-            f"- Stand-in here: {res.stand_in}",
-            f"- Wall time: {rec.wall_time_s:.1f} s",
-            f"- Budget: {cfg.mode}",
-            f"- Learned rates settled: {_settled_line(res.rates)}",
-            "",
-        ]
-        lines += _markdown_table(res.table)
-        lines += ["", f"**Verdict.** {res.verdict}", ""]
-        if "figure" in rec.files:
-            lines += [f"![{res.name}]({Path(rec.files['figure']).name})", ""]
+    for name in names:
+        if name in done:
+            rec = done[name]
+            rates = rec.result.rates if isinstance(rec.result, Result) else None
+            settled = _settled_cell(rates) if isinstance(rec.result, Result) else "—"
+            lines.append(
+                _row(name, _status(rec), cfg.mode, settled, rec.wall_time_s, commit, rec.finished)
+            )
+        else:
+            p = kept[name]
+            settled = _settled_cell(p.get("rates")) if p.get("status") == "ok" else "—"
+            run = p.get("run") or {}
+            lines.append(
+                _row(
+                    name,
+                    f"{p.get('status', '?')} (earlier run)",
+                    str((p.get("config") or {}).get("budget", "?")),
+                    settled,
+                    float(p.get("wall_time_s") or 0.0),
+                    str(run.get("commit", "unknown")),
+                    str(run.get("date", "unknown")),
+                )
+            )
+    for name in names:
+        if name in done:
+            lines += _section(done[name], cfg, replaced.get(name))
+        else:
+            lines += _earlier_section(kept[name], out)
     path = out / "report.md"
     _write_text(path, "\n".join(lines) + "\n")
     return path
+
+
+def _section(rec: Record, cfg: RunConfig, replaced: Mapping[str, Any] | None) -> list[str]:
+    res = rec.result
+    lines = ["", f"## {res.name}", "", f"**{res.title}**", ""]
+    if replaced is not None:
+        lines += [f"Replaces the earlier result ({provenance(replaced)}).", ""]
+    for error in rec.write_errors:
+        lines += [f"**Not written**: `{error}`", ""]
+    if isinstance(res, Failure):
+        return lines + [f"**Failed**: `{res.error}` (traceback in `{res.name}.json`).", ""]
+    lines += [
+        f"- Paper's data set: {res.paper_dataset}",
+        f"- Stand-in here: {res.stand_in}",
+        f"- Wall time: {rec.wall_time_s:.1f} s",
+        f"- Budget: {cfg.mode}",
+        f"- Learned rates settled: {_settled_line(res.rates)}",
+        "",
+    ]
+    lines += _markdown_table(res.table)
+    lines += ["", f"**Verdict.** {res.verdict}", ""]
+    if "figure" in rec.files:
+        lines += [f"![{res.name}]({Path(rec.files['figure']).name})", ""]
+    return lines
+
+
+def _earlier_section(p: Mapping[str, Any], out: Path) -> list[str]:
+    name = str(p["name"])
+    lines = ["", f"## {name}", "", f"**{p.get('title', name)}**", ""]
+    lines += [f"From an earlier run ({provenance(p)}).", ""]
+    if p.get("status") != "ok":
+        return lines + [f"**Failed**: `{p.get('error', p.get('verdict'))}` (in `{name}.json`).", ""]
+    budget = (p.get("config") or {}).get("budget", "?")
+    lines += [
+        f"- Paper's data set: {p.get('paper_dataset', '')}",
+        f"- Stand-in here: {p.get('stand_in', '')}",
+        f"- Wall time: {float(p.get('wall_time_s') or 0.0):.1f} s",
+        f"- Budget: {budget}",
+        f"- Learned rates settled: {_settled_line(p.get('rates'))}",
+        "",
+    ]
+    table = p.get("table")
+    lines += _markdown_table(table if isinstance(table, list) else [])
+    lines += ["", f"**Verdict.** {p.get('verdict', '')}", ""]
+    figure = p.get("figure")
+    if isinstance(figure, str) and (out / figure).is_file():
+        lines += [f"![{name}]({figure})", ""]
+    return lines
 
 
 def _settled_line(rates: dict | None) -> str:

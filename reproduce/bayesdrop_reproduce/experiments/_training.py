@@ -18,7 +18,7 @@ from torch import Tensor, nn
 
 from bayesdrop import objective
 
-__all__ = ["shuffled_epochs", "sampled_batches", "training_step", "fit"]
+__all__ = ["shuffled_epochs", "sampled_batches", "training_step", "fit", "linear_decay"]
 
 
 def shuffled_epochs(
@@ -50,6 +50,37 @@ def sampled_batches(
         torch.randint(0, n, (min(batch_size, n),), generator=generator).to(device)
         for _ in range(steps)
     )
+
+
+def linear_decay(
+    optimizer: torch.optim.Optimizer, total: float, start: float = 0.5
+) -> Callable[[float], None]:
+    r"""A :func:`fit` ``schedule``: every group's learning rate stays at its initial value until
+    ``start * total`` (in :func:`fit`'s progress units, epochs), then falls linearly to zero at
+    ``total``:
+
+    .. math::
+        \eta(t) = \eta_0 \min\Bigl(1, \max\Bigl(0, \frac{T - t}{(1 - s)T}\Bigr)\Bigr).
+
+    A constant step leaves stochastic-gradient noise in learned dropout rates, so that they jitter
+    about their optimum instead of settling; decaying the step (Robbins & Monro, "A Stochastic
+    Approximation Method", 1951) lets them converge. The ``medium`` budget uses it.
+
+    Raises:
+        ValueError: ``total`` not positive or ``start`` outside ``[0, 1)``.
+    """
+    if not total > 0:
+        raise ValueError(f"total must be positive, got {total}")
+    if not 0 <= start < 1:
+        raise ValueError(f"start must lie in [0, 1), got {start}")
+    base = [g["lr"] for g in optimizer.param_groups]
+
+    def schedule(progress: float) -> None:
+        left = min(1.0, max(0.0, (total - progress) / ((1.0 - start) * total)))
+        for group, lr in zip(optimizer.param_groups, base, strict=True):
+            group["lr"] = lr * left
+
+    return schedule
 
 
 def training_step(

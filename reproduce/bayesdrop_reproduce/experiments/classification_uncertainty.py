@@ -130,7 +130,7 @@ def run(cfg: RunConfig) -> Result:
     """Train every method on ``seeds`` seeds (same initial weights across methods per seed)."""
     data = image_split(cfg, n_train=cfg.pick(None, None, 500), n_test=cfg.pick(None, 1000, 297))
     hidden = cfg.pick(512, 256, 32)
-    epochs = cfg.pick(30, 8, 2, medium=24)
+    epochs = cfg.pick(30, 8, 2, medium=60)
     seeds = cfg.pick(3, 3, 1)
     batch_size, lr, rate_lr = 64, 1e-3, 5e-2
     samples = 10
@@ -156,6 +156,7 @@ def run(cfg: RunConfig) -> Result:
             desc=f"{method} (seed {s})",
             offset=s,
             on_step=None if tracker is None else tracker.record,
+            lr_decay_from=cfg.decay_from,
         )
         probs = predict(model, method, data.x_test, samples, cfg.seed + 100 * s + 1)
         row = evaluate(probs, data.y_test, ts)

@@ -10,7 +10,10 @@ training for the experiments that learn dropout rates, so that their rates settl
 an hour for the suite on 2 CPU cores; ``report.md`` says per experiment whether they did) or
 ``full`` (the papers' budgets; the default). A usage error (an ``--out`` that is a file or
 not writable, an unknown experiment, a seed out of range, ``--device cuda`` without CUDA) exits
-with status 2 before any work starts.
+with status 2 before any work starts. Results already in ``--out`` from earlier runs are kept:
+``report.md`` lists every experiment with a result there, each with its budget, commit and date,
+and says which earlier results this run replaced (also said on stderr when the run starts).
+Ctrl-C ends the run with status 130 and one line on stderr.
 """
 
 from __future__ import annotations
@@ -25,7 +28,15 @@ import torch
 from tqdm.auto import tqdm
 
 from . import ALL
-from ._framework import BUDGETS, Failure, RunConfig, run_experiment, write_report
+from ._framework import (
+    BUDGETS,
+    Failure,
+    RunConfig,
+    provenance,
+    read_results,
+    run_experiment,
+    write_report,
+)
 
 __all__ = ["main", "build_parser"]
 
@@ -101,7 +112,20 @@ def _check_out(parser: argparse.ArgumentParser, out: Path) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; returns the exit status: 0 when every experiment ran and wrote its files,
-    1 when one failed or could not write a file (the others still ran), 2 for a usage error."""
+    1 when one failed or could not write a file (the others still ran), 2 for a usage error,
+    130 when interrupted (Ctrl-C: one line on stderr, no traceback; ``report.md`` keeps every
+    experiment that had finished)."""
+    try:
+        return _main(argv)
+    except KeyboardInterrupt:
+        print(
+            "bayesdrop-reproduce: interrupted (report.md keeps the experiments that finished)",
+            file=sys.stderr,
+        )
+        return 130
+
+
+def _main(argv: Sequence[str] | None) -> int:
     parser = build_parser()
     args = parser.parse_args(list(sys.argv[1:] if argv is None else argv))
     names = list(dict.fromkeys(args.experiments)) or list(ALL)
@@ -132,6 +156,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         tiny=args.tiny,
         progress=not args.no_progress,
     )
+    # Results of earlier runs in --out stay in report.md; those this run redoes are replaced.
+    earlier = read_results(args.out)
+    replaced = [n for n in names if n in earlier]
+    kept = [n for n in earlier if n not in names]
+    if replaced:
+        print(
+            f"bayesdrop-reproduce: replacing earlier results in {args.out}: "
+            + "; ".join(f"{n} ({provenance(earlier[n])})" for n in replaced),
+            file=sys.stderr,
+        )
+    if kept:
+        print(
+            f"bayesdrop-reproduce: keeping in report.md the earlier results of {', '.join(kept)}",
+            file=sys.stderr,
+        )
     records = []
     report: Path | None = None
     report_error = None
@@ -145,7 +184,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             status += ", files not written"
         tqdm.write(f"{name}: {status} in {rec.wall_time_s:.1f} s")
         try:  # rewritten after each experiment: an interrupted run still has its report
-            report = write_report(records, cfg.out, cfg)
+            report = write_report(records, cfg.out, cfg, earlier=earlier, order=ALL)
             report_error = None
         except OSError as err:
             report_error = f"{cfg.out / 'report.md'}: {type(err).__name__}: {err}"

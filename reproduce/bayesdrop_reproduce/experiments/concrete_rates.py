@@ -148,6 +148,7 @@ def rates_vs_size(
             offset=k,
             max_steps=steps,
             on_step=on_step,
+            lr_decay_from=cfg.decay_from,
         )
         recent_t = torch.tensor(recent, dtype=torch.float64)
         tail_t, before_t = recent_t[-tail_len:], recent_t[:-tail_len]
@@ -184,7 +185,7 @@ def run(cfg: RunConfig) -> Result:
     )
     hidden = cfg.pick(512, 256, 32)
     fractions = cfg.pick((1 / 64, 1 / 16, 1 / 4, 1.0), (0.05, 0.15, 0.4, 1.0), (0.25, 1.0))
-    steps = cfg.pick(20000, 800, 20, medium=4000)
+    steps = cfg.pick(20000, 800, 20, medium=12000)
     results = rates_vs_size(
         data.x_train,
         data.y_train,

@@ -49,7 +49,7 @@ from bayesdrop.uncertainty import MCRegression, mc_predict
 
 from ..datasets.cartpole import cartpole_transitions
 from ._framework import SETTLE_FRACTION, Result, RunConfig, cpu_timer, progress, rate_settling
-from ._training import fit, sampled_batches
+from ._training import fit, linear_decay, sampled_batches
 
 __all__ = ["NAME", "TITLE", "NOISE_STD", "DynamicsModel", "fit_dynamics", "epistemic", "run"]
 
@@ -127,6 +127,7 @@ def fit_dynamics(
     rate_lr: float = 1e-2,
     tau_lr: float = 3e-2,
     trackers: list[RateTracker] | None = None,
+    decay_from: float | None = None,
 ) -> DynamicsModel:
     """Fit a :class:`DynamicsModel` to standardised inputs ``x`` and targets ``y``.
 
@@ -134,7 +135,9 @@ def fit_dynamics(
     ``log_tau`` get their own, larger steps ``rate_lr`` and ``tau_lr``: they have to travel
     several nats within the run, and Adam moves a parameter by at most about its rate per step.
     Given a list ``trackers``, a :class:`bayesdrop.RateTracker` of the new model is appended to
-    it and records the rates before the first and after every step.
+    it and records the rates before the first and after every step. ``decay_from`` (a fraction
+    of ``steps``) decays every learning rate linearly to zero from there on
+    (:func:`._training.linear_decay`).
     """
     torch.manual_seed(int(torch.randint(0, 2**31 - 1, (), generator=generator)))
     model = DynamicsModel(hidden, noise_std=noise_std).to(x.device)
@@ -161,6 +164,9 @@ def fit_dynamics(
         nll=nll,
         n_data=n,
         on_step=None if tracker is None else tracker.record,
+        schedule=None
+        if decay_from is None
+        else linear_decay(opt, steps * min(batch_size, n) / n, decay_from),
     )
     return model
 
@@ -251,6 +257,7 @@ def run(cfg: RunConfig) -> Result:
                     hidden=hidden,
                     noise_std=noise_std,
                     trackers=trackers[variant],
+                    decay_from=cfg.decay_from,
                 )
                 scores = epistemic(model, x_test, y_test, samples, cfg.generator(4))
                 drift = max(trackers[variant][-1].drift(SETTLE_FRACTION).values())

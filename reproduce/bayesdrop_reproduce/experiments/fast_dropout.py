@@ -211,5 +211,50 @@ def run(cfg: RunConfig) -> Result:
         metrics={"per_set": per_set, "claims": claims},
         table=table,
         verdict=verdict,
-        figure=None,
+        figure=_figure(per_set),
     )
+
+
+#: Marker and colour per method in the figure: the fast-dropout variants in blue, MC dropout in
+#: red, plain logistic regression in grey.
+_STYLE = {
+    "plain": ("s", "tab:gray"),
+    "fast": ("o", "tab:blue"),
+    "fast-iters": ("^", "tab:blue"),
+    "fast-gauss": ("v", "tab:cyan"),
+    "mc": ("D", "tab:red"),
+    "mc-adam": ("P", "tab:orange"),
+}
+
+
+def _figure(per_set: dict[str, Any]) -> Any:
+    """Test accuracy (± 1 binomial SE) against training CPU time (log scale), one panel per set."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = list(per_set)
+    fig, axes = plt.subplots(1, len(names), figsize=(4.6 * len(names), 3.6), squeeze=False)
+    for ax, name in zip(axes[0], names):
+        for m in METHODS:
+            v = per_set[name]["methods"][m]
+            marker, colour = _STYLE[m]
+            ax.errorbar(
+                max(v["cpu_seconds"], 1e-4),
+                100 * v["accuracy"],
+                yerr=100 * v["accuracy_se"],
+                fmt=marker,
+                color=colour,
+                capsize=3,
+                label=m,
+            )
+        ax.set_xscale("log")
+        ax.set_xlabel("training CPU time (s, one thread)")
+        ax.set_ylabel("test accuracy (%)")
+        ax.set_title(f"{name}: accuracy vs time", fontsize=10)
+        ax.grid(alpha=0.3)
+    axes[0][0].legend(fontsize=7)
+    fig.suptitle("Fast dropout, MC dropout and plain logistic regression (p = 0.5)", fontsize=10)
+    fig.tight_layout()
+    return fig

@@ -189,7 +189,7 @@ def run(cfg: RunConfig) -> Result:
     n_train, n_in = cfg.pick(4000, 4000, 300), cfg.pick(1000, 1000, 100)
     n_out = cfg.pick(2000, 1000, 100)
     hidden = cfg.pick(512, 128, 16)
-    epochs = cfg.pick(20, 3, 1)
+    epochs = cfg.pick(20, 3, 1, medium=30)
     seeds = cfg.pick(5, 3, 2)
     samples = cfg.pick(50, 20, 5)
     batch_size, lr, rate_lr = 64, 1e-3, 5e-2
@@ -217,6 +217,7 @@ def run(cfg: RunConfig) -> Result:
             desc=f"{family} (seed {s})",
             offset=s,
             on_step=None if tracker is None else tracker.record,
+            lr_decay_from=cfg.decay_from,
         )
         sc = scores(model, x_in, x_out, samples, cfg.seed + 100 * s + 1)
         row: dict[str, Any] = evaluate(sc, y_in)

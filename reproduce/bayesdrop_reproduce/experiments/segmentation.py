@@ -25,6 +25,13 @@ Every model trains through :func:`bayesdrop.objective` with the per-image mean p
 cross-entropy as ``nll`` and ``n_data`` = the number of training *pixels* (each pixel is an
 observation), so the learned-rate families get the exact KL of a length-scale-1 prior. The
 stochastic families predict with 10 MC samples (:func:`bayesdrop.mc_predict`), as in the paper.
+
+The normalisation layers are :class:`~bayesdrop.nn.GhostBatchNorm` (Hoffer, Hubara & Soudry,
+"Train longer, generalize better", 2017) with ghost batches of :data:`GHOST_SIZE` images, for
+every family alike: an LBD draw then couples only the images of one ghost batch, and its unbiased
+rate gradient is summed per ghost batch instead of over the whole minibatch, whose variance
+(about the batch size times the per-example one) drowned the per-layer rate signal behind
+ordinary BatchNorm.
 """
 
 from __future__ import annotations
@@ -35,6 +42,7 @@ from torch import Tensor, nn
 
 from bayesdrop import RateTracker, dropout_rates
 from bayesdrop.metrics.segmentation import mean_iou, patch_pavpu_curve, pixel_accuracy
+from bayesdrop.nn import GhostBatchNorm
 from bayesdrop.nn.concrete import ConcreteDropout
 from bayesdrop.nn.learnable_bernoulli import LearnableBernoulliDropout
 from bayesdrop.nn.mc_dropout import MCDropout
@@ -51,7 +59,7 @@ from ._framework import (
     rate_settling,
     single_thread,
 )
-from ._training import fit, shuffled_epochs
+from ._training import fit, linear_decay, shuffled_epochs
 
 __all__ = ["NAME", "TITLE", "METHODS", "SegmentationFCN", "run"]
 
@@ -77,6 +85,8 @@ PAPER = {
 
 #: Hand-tuned rate of the fixed families and initial rate of the learned ones (the paper's 0.2).
 RATE = 0.2
+#: Images per ghost batch of the normalisation layers (minibatches of 16 hold 4 ghost batches).
+GHOST_SIZE = 4
 
 
 def _dropped(method: str, conv: nn.Conv2d) -> nn.Module:
@@ -97,7 +107,8 @@ def _dropped(method: str, conv: nn.Conv2d) -> nn.Module:
 class SegmentationFCN(nn.Module):
     """A small encoder–decoder FCN (U-Net-like) predicting at half resolution.
 
-    ``conv → BN → ReLU`` blocks: full resolution (``width`` channels), ½ (``2·width``), ¼ (two
+    ``conv → BN → ReLU`` blocks (ghost batch normalisation, :data:`GHOST_SIZE` images per
+    ghost batch, for every family): full resolution (``width`` channels), ½ (``2·width``), ¼ (two
     blocks, the second dilated), back to ½ with a skip connection, a 1×1 classifier, and
     bilinear upsampling of the logits to the input size (cheap on a CPU; boundaries are left to
     the upsampling, as in many segmentation networks). Every convolution but the first reads its
@@ -117,7 +128,9 @@ class SegmentationFCN(nn.Module):
         self.c4 = _dropped(method, nn.Conv2d(2 * c, 2 * c, 3, padding=2, dilation=2))
         self.c5 = _dropped(method, nn.Conv2d(4 * c, c, 3, padding=1))
         self.head = _dropped(method, nn.Conv2d(c, classes, 1))
-        self.norms = nn.ModuleList(nn.BatchNorm2d(k) for k in (c, 2 * c, 2 * c, 2 * c, c))
+        self.norms = nn.ModuleList(
+            GhostBatchNorm(k, ghost_size=GHOST_SIZE) for k in (c, 2 * c, 2 * c, 2 * c, c)
+        )
 
     def forward(self, x: Tensor) -> Tensor:
         n1, n2, n3, n4, n5 = self.norms
@@ -153,7 +166,18 @@ def _train(
     if tracker is not None:
         tracker.record(0)
     on_step = None if tracker is None else tracker.record
-    fit(model, opt, x, y, batches, nll=_pixel_nll, n_data=n * y[0].numel(), on_step=on_step)
+    decay = None if cfg.decay_from is None else linear_decay(opt, epochs, cfg.decay_from)
+    fit(
+        model,
+        opt,
+        x,
+        y,
+        batches,
+        nll=_pixel_nll,
+        n_data=n * y[0].numel(),
+        on_step=on_step,
+        schedule=decay,
+    )
 
 
 @torch.no_grad()
@@ -306,6 +330,7 @@ def run(cfg: RunConfig) -> Result:
         "network": "U-Net-like FCN, width 16, 6 conv+BN+ReLU blocks (1×1 classifier), logits at "
         "half resolution upsampled bilinearly; channel-wise dropout on the input of the 5 "
         "convolutions after the first; rates shared per layer",
+        "normalisation": f"GhostBatchNorm, ghost batches of {GHOST_SIZE} images (every family)",
         "nll": "mean pixel cross-entropy per image; n_data = training pixels",
         "patch_pavpu": "2×2 non-overlapping windows, accurate if ≥ 50% of pixels correct, "
         "11 thresholds min + t (max − min) of the patch entropies",

@@ -148,6 +148,7 @@ def fit(
     evals_per_epoch: int = 1,
     train_subset: Tensor | None = None,
     tracker: RateTracker | None = None,
+    decay_from: float | None = None,
 ) -> tuple[dict[str, list], Tensor]:
     """Adam on :func:`bayesdrop.objective`; validation accuracy ``evals_per_epoch`` times an epoch.
 
@@ -155,6 +156,8 @@ def fit(
     — by default the first ``len(y_val)`` training rows —, ``rate``) and the per-snippet
     correctness of the best validation evaluation. A ``tracker`` records the rates before the
     first step and after every step (:meth:`bayesdrop.RateTracker.record` with the step count).
+    ``decay_from`` (a fraction of ``epochs``) decays the learning rate linearly to zero from
+    there on (:func:`._training.linear_decay`).
     """
     n = len(y_train)
     sub = torch.arange(min(n, len(y_val))) if train_subset is None else train_subset
@@ -189,7 +192,10 @@ def fit(
         model.train()
 
     batches = shuffled_epochs(n, batch_size, epochs, generator, x_train.device)
-    _training.fit(model, opt, x_train, y_train, batches, nll=_ce, n_data=n, on_step=evaluate)
+    decay = None if decay_from is None else _training.linear_decay(opt, epochs, decay_from)
+    _training.fit(
+        model, opt, x_train, y_train, batches, nll=_ce, n_data=n, on_step=evaluate, schedule=decay
+    )
     return curve, best_right
 
 
@@ -261,6 +267,7 @@ def run(cfg: RunConfig) -> Result:
                 evals_per_epoch=evals_per_epoch,
                 train_subset=sub,
                 tracker=trackers.get(method),
+                decay_from=cfg.decay_from,
             )
         best = max(range(len(curve["test_accuracy"])), key=curve["test_accuracy"].__getitem__)
         results[method] = {

@@ -70,6 +70,7 @@ from ._framework import (
     rate_settling,
     single_thread,
 )
+from ._training import linear_decay
 
 __all__ = [
     "NAME",
@@ -155,13 +156,17 @@ def per_user_metrics(model: Any, fold_in: sp.csr_matrix, heldout: sp.csr_matrix)
     return np.stack(rows)
 
 
-def fit(split: CFSplit, tc: TrainConfig, *, track: bool = False) -> dict[str, Any]:
+def fit(
+    split: CFSplit, tc: TrainConfig, *, track: bool = False, decay_from: float | None = None
+) -> dict[str, Any]:
     """Train ``tc.model`` on ``split`` (neural models: the trainer's loop, best validation epoch
     kept) and score it on the validation and test users.
 
     Returns ``val_ndcg`` (best validation NDCG@100), ``best_epoch``, ``test`` (per-user
     metrics, :func:`per_user_metrics`), and for SIVAE ``rates`` (the final per-item drop rates)
     and, with ``track``, the :class:`~bayesdrop.RateTracker` that recorded them after every update.
+    ``decay_from`` (a fraction of the updates) decays every learning rate linearly to zero from
+    there on (:func:`._training.linear_decay`).
     """
     torch.manual_seed(tc.seed)
     model = build_model(tc, split.n_items)
@@ -183,6 +188,8 @@ def fit(split: CFSplit, tc: TrainConfig, *, track: bool = False) -> dict[str, An
     )
     if tracker is not None:
         tracker.step()  # the initial rates
+    total = tc.epochs * math.ceil(n_train / tc.batch_size)
+    decay = None if decay_from is None else linear_decay(optimizer, total, decay_from)
     update, best, best_epoch, best_state = 0, -math.inf, 0, None
     curve = []
     for epoch in range(1, tc.epochs + 1):
@@ -193,6 +200,8 @@ def fit(split: CFSplit, tc: TrainConfig, *, track: bool = False) -> dict[str, An
         torch.manual_seed(int(np.random.SeedSequence([tc.seed, epoch, 1]).generate_state(1)[0]))
         for b in range(0, n_train, tc.batch_size):
             x = csr_batch(split.train, order[b : b + tc.batch_size])
+            if decay is not None:
+                decay(update)
             loss = model.training_loss(x, beta_at(update, anneal, tc.anneal_cap))
             if not bool(torch.isfinite(loss.detach())):
                 raise FloatingPointError(f"{tc.model}: loss became non-finite at epoch {epoch}")
@@ -289,7 +298,7 @@ def run(cfg: RunConfig) -> Result:
     seeds = cfg.pick(10, 5, 2, medium=5)
     epochs = cfg.pick(150, 15, 2, medium=60)
     hidden, latent = cfg.pick((600, 200), (200, 50), (16, 4), medium=(600, 200))
-    n_extra = cfg.pick(5, 2, 1, medium=3)
+    n_extra = cfg.pick(5, 2, 1, medium=2)
     batch_size = cfg.pick(50, 50, 32)
     grid = RATE_LR_GRID if not cfg.tiny else (1e-3, 1e-1)
     ease_grid = cfg.pick(_EASE_GRID, (200.0, 1000.0), (20.0, 100.0))
@@ -318,7 +327,12 @@ def run(cfg: RunConfig) -> Result:
             selection: dict[str, Any] = {}
             sel_runs: dict[float, dict[str, Any]] = {}
             for lr in progress(grid, cfg, f"{NAME} {key} rate-lr grid"):
-                r = fit(split, replace(base, rate_lr=lr, seed=cfg.seed), track=True)
+                r = fit(
+                    split,
+                    replace(base, rate_lr=lr, seed=cfg.seed),
+                    track=True,
+                    decay_from=cfg.decay_from,
+                )
                 sel_runs[lr] = r
                 selection[str(lr)] = {
                     "val_ndcg@100": r["val_ndcg"],
@@ -341,7 +355,7 @@ def run(cfg: RunConfig) -> Result:
                         seed=cfg.seed + s,
                         rate_lr=chosen if model == "sivae-lbd" else None,
                     )
-                    r = fit(split, tc, track=model == "sivae-lbd")
+                    r = fit(split, tc, track=model == "sivae-lbd", decay_from=cfg.decay_from)
                     if model == "sivae-lbd":
                         sivae_runs.append(r)
                 tests.setdefault(model, []).append(r["test"])

@@ -55,7 +55,7 @@ from bayesdrop.uncertainty import MCRegression, mc_predict
 
 from ..datasets.regression import kfold_indices, load_regression
 from ._framework import SETTLE_FRACTION, Result, RunConfig, cpu_timer, progress, rate_settling
-from ._training import fit, shuffled_epochs
+from ._training import fit, linear_decay, shuffled_epochs
 
 __all__ = [
     "NAME",
@@ -236,6 +236,7 @@ def train_split(
     generator: torch.Generator,
     rate_pass: bool = True,
     tracker: RateTracker | None = None,
+    decay_from: float | None = None,
 ) -> None:
     r"""The alternating (MAP-)EM scheme: per epoch one pass over the data for each of
 
@@ -246,7 +247,9 @@ def train_split(
 
     Every pass minimises the same per-example loss (:func:`bayesdrop.objective` plus the Gamma
     prior on τ divided by ``N``) with respect to its own parameters. A ``tracker`` records the
-    rates before training and after every epoch (step number = epochs done).
+    rates before training and after every epoch (step number = epochs done). ``decay_from`` (a
+    fraction of ``epochs``) decays every pass's learning rate linearly to zero from there on,
+    epoch by epoch (:func:`._training.linear_decay`).
     """
     groups = [model.weight_parameters(), [model.log_tau]]
     lrs = [lr, tau_lr]
@@ -263,7 +266,10 @@ def train_split(
 
     if tracker is not None:
         tracker.record(0)
+    decays = [] if decay_from is None else [linear_decay(o, epochs, decay_from) for o in optimisers]
     for epoch in range(epochs):
+        for decay in decays:
+            decay(epoch)
         for opt, params in zip(optimisers, groups):  # one pass over the data per group
             batches = shuffled_epochs(n, batch_size, 1, generator, x.device)
             fit(model, opt, x, y, batches, loss=loss, params=params)
@@ -323,6 +329,7 @@ def fit_split(
     regularizers: str = "replication",
     device: str = "cpu",
     track: bool = False,
+    decay_from: float | None = None,
 ) -> tuple[RegressionMLP, dict[str, float]]:
     """Standardise one CV split on its training part, train ``family``, score on the test part.
 
@@ -334,6 +341,7 @@ def fit_split(
     ``seed``. With ``track`` (Concrete), the scores also hold ``rate_drift_last_quarter``, the
     largest mean absolute change of a layer's rate over the last quarter of the epochs
     (:meth:`bayesdrop.RateTracker.drift`), and ``rate_trace``, the rates after every epoch.
+    ``decay_from`` is :func:`train_split`'s.
     """
     if regularizers not in ("replication", "rule-of-thumb"):
         raise ValueError(
@@ -368,6 +376,7 @@ def fit_split(
         generator=torch.Generator().manual_seed(seed),
         rate_pass=rate_pass,
         tracker=(tracker := RateTracker(model) if track and family == "concrete" else None),
+        decay_from=decay_from,
     )
     gen = torch.Generator().manual_seed(seed + 1)
     scores: dict = evaluate(model, x_te, y_te, float(y_sd), samples, gen)
@@ -438,6 +447,7 @@ def run(cfg: RunConfig) -> Result:
                         rate_pass=third,
                         regularizers=regs,
                         device=cfg.device,
+                        decay_from=cfg.decay_from,
                         track=family == "concrete" and third,
                         **lrs,
                     )

@@ -25,3 +25,29 @@ def test_fast_dropout_beats_plain_and_is_much_cheaper_than_mc() -> None:
     assert mc["loss_evaluations"] >= fast["loss_evaluations"] > 0
     se = (fast["accuracy_se"] ** 2 + mc["accuracy_se"] ** 2) ** 0.5
     assert abs(fast["accuracy"] - mc["accuracy"]) < 3 * se
+
+
+def test_figure_plots_accuracy_against_time_for_every_method() -> None:
+    """One panel per set; each method's point sits at (its CPU time, its accuracy in %)."""
+    from bayesdrop_reproduce.experiments import fast_dropout
+
+    methods = {
+        m: {"accuracy": 0.5 + 0.05 * k, "accuracy_se": 0.01, "cpu_seconds": 0.1 * (k + 1)}
+        for k, m in enumerate(fast_dropout.METHODS)
+    }
+    fig = fast_dropout._figure({"a": {"methods": methods}, "b": {"methods": methods}})
+    try:
+        assert len(fig.axes) == 2
+        ax = fig.axes[0]
+        assert ax.get_xscale() == "log"
+        points = {}
+        for container in ax.containers:  # one errorbar per method, labelled with it
+            x, y = container.lines[0].get_data()
+            points[container.get_label()] = (float(x[0]), float(y[0]))
+        assert set(points) == set(fast_dropout.METHODS)
+        for m, v in methods.items():
+            assert points[m] == pytest.approx((v["cpu_seconds"], 100 * v["accuracy"]))
+    finally:
+        import matplotlib.pyplot as plt
+
+        plt.close(fig)

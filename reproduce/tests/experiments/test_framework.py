@@ -270,3 +270,93 @@ def test_report_says_whether_the_rates_settled(tmp_path) -> None:
     assert "| quick | yes (drift 0.004) |" in report and "| quick | no (drift 0.03) |" in report
     assert "Learned rates settled: yes: largest drift over the last 25% of training 0.004" in report
     assert "Learned rates settled: no: largest drift over the last 25% of training 0.03" in report
+
+
+def test_earlier_results_stay_in_the_report_and_replacements_are_named(
+    monkeypatch, tmp_path, capsys
+) -> None:
+    """Two runs into one folder: the second keeps the first's other experiment in report.md (with
+    its own budget, commit and date) and says which result it replaced, on stderr and in the
+    report."""
+    names = ("fake-a", "fake-b")
+    for name in names:
+        mod = _module(name, fail=False)
+        monkeypatch.setitem(sys.modules, mod.__name__, mod)
+    monkeypatch.setattr(experiments, "ALL", names)
+    monkeypatch.setattr(cli, "ALL", names)
+    assert cli.main([*names, "--out", str(tmp_path), "--tiny", "--no-progress"]) == 0
+    first_b = json.loads((tmp_path / "fake-b.json").read_text())
+    assert set(first_b["run"]) == {"commit", "date"}
+    capsys.readouterr()
+    # second run: only fake-a, at another budget
+    assert cli.main(["fake-a", "--quick", "--out", str(tmp_path), "--no-progress"]) == 0
+    err = capsys.readouterr().err
+    assert "replacing earlier results" in err and "fake-a (budget tiny" in err
+    assert "keeping in report.md the earlier results of fake-b" in err
+    report = (tmp_path / "report.md").read_text()
+    rows = [line for line in report.splitlines() if line.startswith("| [fake-")]
+    assert len(rows) == 2  # both experiments are in the summary, in registry order
+    assert rows[0].startswith("| [fake-a](#fake-a) | ok | quick |")
+    assert rows[1].startswith("| [fake-b](#fake-b) | ok (earlier run) | tiny |")
+    assert first_b["run"]["date"] in rows[1] and first_b["run"]["commit"] in rows[1]
+    assert "## fake-b" in report and "From an earlier run (budget tiny" in report
+    assert "| error | 1% | 0.012 |" in report.split("## fake-b")[1]  # its table is kept
+    assert "Replaced by this run: fake-a (was budget tiny" in report
+    assert "Replaces the earlier result (budget tiny" in report.split("## fake-a")[1]
+    # the earlier experiment's files are untouched
+    assert json.loads((tmp_path / "fake-b.json").read_text()) == first_b
+
+
+def test_files_that_are_not_results_are_ignored(tmp_path) -> None:
+    from bayesdrop_reproduce.experiments._framework import read_results
+
+    (tmp_path / "notes.json").write_text('{"a": 1}')
+    (tmp_path / "broken.json").write_text("{")
+    (tmp_path / "renamed.json").write_text(
+        json.dumps({"name": "other", "status": "ok", "table": [], "verdict": "", "config": {}})
+    )
+    assert read_results(tmp_path) == {}
+
+
+_INTERRUPTED = """
+import sys, time, types
+import bayesdrop_reproduce.experiments as experiments
+from bayesdrop_reproduce.experiments import cli
+
+mod = types.ModuleType("bayesdrop_reproduce.experiments.fake_slow")
+mod.NAME, mod.TITLE = "fake-slow", "slow"
+
+def run(cfg):
+    print("started", flush=True)
+    time.sleep(60)
+
+mod.run = run
+sys.modules[mod.__name__] = mod
+experiments.ALL = cli.ALL = ("fake-slow",)
+sys.exit(cli.main(["fake-slow", "--out", sys.argv[1], "--tiny", "--no-progress"]))
+"""
+
+
+def test_ctrl_c_exits_130_with_one_line(tmp_path) -> None:
+    """SIGINT during an experiment: exit status 130, one line on stderr, no traceback."""
+    import os
+    import signal
+    import subprocess
+
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _INTERRUPTED, str(tmp_path / "out")],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    assert proc.stdout is not None
+    assert proc.stdout.readline().strip() == "started"
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130
+    lines = err.strip().splitlines()
+    assert lines == [
+        "bayesdrop-reproduce: interrupted (report.md keeps the experiments that finished)"
+    ]

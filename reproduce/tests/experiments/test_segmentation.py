@@ -99,3 +99,19 @@ def test_training_records_every_steps_rates(method: str, tmp_path) -> None:
         assert float(h[0].double().mean()) == pytest.approx(0.2, abs=1e-6)  # initial rate
     for name, d in tracker.drift().items():  # 7 records: the last quarter starts at record 5
         assert d == pytest.approx(float((hist[name][-1] - hist[name][5]).abs().mean()))
+
+
+def test_every_family_normalises_per_ghost_batch() -> None:
+    """The LBD rate gradient behind a normalisation layer is summed per ghost batch: every
+    family's network uses GhostBatchNorm, so the families differ only in their dropout."""
+    from bayesdrop.nn import GhostBatchNorm
+    from bayesdrop_reproduce.experiments.segmentation import GHOST_SIZE, METHODS, SegmentationFCN
+
+    for method in METHODS:
+        norms = [
+            m
+            for m in SegmentationFCN(method).modules()
+            if isinstance(m, nn.modules.batchnorm._BatchNorm)
+        ]
+        assert len(norms) == 5 and all(isinstance(m, GhostBatchNorm) for m in norms)
+        assert all(m.ghost_size == GHOST_SIZE for m in norms)

@@ -11,6 +11,7 @@ from bayesdrop import objective
 from bayesdrop.nn import ConcreteDropout, LearnableBernoulliDropout
 from bayesdrop_reproduce.experiments._training import (
     fit,
+    linear_decay,
     sampled_batches,
     shuffled_epochs,
     training_step,
@@ -182,3 +183,35 @@ def test_fit_needs_a_loss() -> None:
     model = _model()
     with pytest.raises(TypeError, match="loss= or both nll= and n_data="):
         fit(model, torch.optim.SGD(model.parameters(), lr=0.1), x, y, [[torch.arange(3)]])
+
+
+def test_linear_decay_holds_then_falls_to_zero() -> None:
+    """The schedule against its closed form: constant to start*total, then linear to 0."""
+    w = torch.nn.Parameter(torch.zeros(2))
+    opt = torch.optim.Adam([{"params": [w], "lr": 0.2}, {"params": [], "lr": 0.05}])
+    decay = linear_decay(opt, 8.0, 0.5)
+    for t, left in ((0.0, 1.0), (4.0, 1.0), (5.0, 0.75), (6.0, 0.5), (7.0, 0.25), (8.0, 0.0)):
+        decay(t)
+        assert [g["lr"] for g in opt.param_groups] == pytest.approx([0.2 * left, 0.05 * left])
+    decay(9.0)  # past the end: stays at zero
+    assert [g["lr"] for g in opt.param_groups] == [0.0, 0.0]
+
+
+@pytest.mark.parametrize(("total", "start"), [(0.0, 0.5), (4.0, 1.0), (4.0, -0.1)])
+def test_linear_decay_rejects_bad_arguments(total: float, start: float) -> None:
+    opt = torch.optim.Adam([torch.nn.Parameter(torch.zeros(1))], lr=0.1)
+    with pytest.raises(ValueError, match="total|start"):
+        linear_decay(opt, total, start)
+
+
+def test_medium_budget_decays_the_learning_rates() -> None:
+    from pathlib import Path
+
+    from bayesdrop_reproduce.experiments._framework import MEDIUM_DECAY_FROM, RunConfig
+
+    def cfg(**kw: bool) -> RunConfig:
+        return RunConfig(seed=0, device="cpu", out=Path("."), **{"quick": False, **kw})
+
+    assert cfg(medium=True).decay_from == MEDIUM_DECAY_FROM
+    assert cfg(quick=True).decay_from is None
+    assert cfg().decay_from is None  # full: the papers' constant steps

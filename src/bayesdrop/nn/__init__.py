@@ -6,6 +6,7 @@ from .concrete import ConcreteDropout
 from .drop_path import DropPath
 from .fast_dropout import FastDropoutLinear, FastDropoutMLP
 from .gaussian import GaussianDropout
+from .ghost_batch_norm import GhostBatchNorm, to_ghost_batch_norm
 from .learnable_bernoulli import LearnableBernoulliDropout
 from .mc_dropout import MCDropout
 from .sparse_variational import SparseVariationalDropout
@@ -20,6 +21,8 @@ __all__ = [
     "LearnableBernoulliDropout",
     "MCDropout",
     "GaussianDropout",
+    "GhostBatchNorm",
+    "to_ghost_batch_norm",
     "FastDropoutLinear",
     "FastDropoutMLP",
     "VariationalDropout",

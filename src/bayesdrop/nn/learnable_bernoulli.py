@@ -12,6 +12,7 @@ them warns once.
 from __future__ import annotations
 
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -378,14 +379,15 @@ class LearnableBernoulliDropout(DropoutModule):
 
         logit_p.register_hook(hook)
 
-    def rate_surrogate(self, delta: Tensor) -> Tensor:
+    def rate_surrogate(self, delta: Tensor | Sequence[Tensor]) -> Tensor:
         r"""Surrogate whose gradient is the ARM/DisARM estimate for this module's rates.
 
         ``delta`` holds either :math:`f_i(z^{(1)}) - f_i(z^{(2)})` per example (shape
         ``(batch,)``, already divided by the batch size as the objective's mean requires; the
         per-example form) or one number, :math:`\bar f(z^{(1)}) - \bar f(z^{(2)})` of the batch
         means, that multiplies every unit's coefficient (0-dim; the whole-batch form, which treats
-        all masks of the batch as one Bernoulli vector). Returns a 0-dim tensor
+        all masks of the batch as one Bernoulli vector), or a sequence of such tensors, one per
+        recorded draw (each draw with its own form). Returns a 0-dim tensor
         :math:`\sum \phi \cdot \mathrm{sg}(\hat g)` over the recorded draws, with
         :math:`\phi = -\mathrm{logit\_p}` the keep logits. The coefficients are computed in the
         uniforms' dtype (float32 or float64).
@@ -394,11 +396,15 @@ class LearnableBernoulliDropout(DropoutModule):
         coefficient = COEFFICIENTS[self.estimator]
         logit_p = self._logit_p()
         total = logit_p.new_zeros(())
-        for d in self._pair.draws:
+        draws = self._pair.draws
+        deltas = [delta] * len(draws) if isinstance(delta, Tensor) else list(delta)
+        if len(deltas) != len(draws):
+            raise ValueError(f"delta holds {len(deltas)} differences for {len(draws)} draws")
+        for d, diff in zip(draws, deltas):
             keep_logit = self._unit_view(-logit_p, d.u.dim())
             with torch.no_grad():
                 coef = coefficient(d.u, d.z1, d.z2, keep_logit.detach().to(d.u.dtype))
-                dl = delta.detach().to(coef.dtype)
+                dl = diff.detach().to(coef.dtype)
                 if dl.dim() == 0:
                     g = coef * dl
                 else:

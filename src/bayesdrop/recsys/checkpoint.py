@@ -71,7 +71,7 @@ __all__ = [
 
 #: Value of the ``format`` key of every checkpoint this module writes.
 FORMAT = "bayesdrop.recsys.checkpoint"
-#: Layout version of the checkpoint dictionary (2: with the ``sha256`` content hash).
+#: Layout version of the checkpoint dictionary, 2 since it holds the ``sha256`` content hash.
 VERSION = 2
 #: Key of the content hash in a checkpoint dictionary.
 HASH_KEY = "sha256"
