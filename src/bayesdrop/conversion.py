@@ -1032,15 +1032,14 @@ def convert(
             attention-probability dropout that no module applies: every
             ``nn.MultiheadAttention`` with ``dropout > 0`` becomes a
             :class:`~bayesdrop.conversion.DropoutMultiheadAttention` whose ``attn_drop`` is the
-            family; Hugging Face
-            transformers models (found by duck typing; they need ``example_inputs``) and
-            timm-style attention with ``fused_attn`` are switched, on the copy, to an attention
-            path that calls a dropout module on the attention probabilities
-            (:func:`.route_attention_dropout`: the model's own dropout module, or
-            a new ``nn.Dropout`` named ``attn_drop`` where the model passes a float rate; eval
-            outputs of transformers models stay bit for bit the same), which is then converted
-            like any dropout, one rate per layer. ``"fixed"`` (or ``False``) keeps all of it
-            functional, fixed and listed in the report's ``fixed``. ``exclude`` may name
+            family; Hugging Face transformers models (found by duck typing; they need
+            ``example_inputs``) and timm-style attention with ``fused_attn`` are switched, on the
+            copy, to an attention path that calls a dropout module on the attention probabilities
+            (:func:`bayesdrop.adapters.attention.route_attention_dropout`: the model's own
+            dropout module, or a new ``nn.Dropout`` named ``attn_drop`` where the model passes a
+            float rate; eval outputs of transformers models stay bit for bit the same), which is
+            then converted like any dropout, one rate per layer. ``"fixed"`` (or ``False``) keeps
+            all of it functional, fixed and listed in the report's ``fixed``. ``exclude`` may name
             such a layer or its dropout module.
         rnn: also convert the dropout between the layers of every stacked ``nn.LSTM/GRU/RNN``
             with ``dropout > 0``: it becomes a :class:`~bayesdrop.conversion.StackedRNN`

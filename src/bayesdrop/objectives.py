@@ -633,6 +633,9 @@ def objective(
                 )
             with _pair_context(lbd, "concat", batch_dim, batch, model):
                 out = run(tile_batch(inputs, 2, batch_dim, batch))
+                for m in lbd:
+                    assert m._pair is not None
+                    m._pair.check_draws()
                 both = _per_example(nll(out, _concat_targets(targets, batch_dim, batch)), 2 * batch)
                 f1, f2 = both[:batch], both[batch:]
                 dt = uniform_dtype(both.dtype)
@@ -785,6 +788,7 @@ def _nograd_pair(
                 state.restore()
             for m in lbd:
                 assert m._pair is not None
+                m._pair.check_draws()
                 m._pair.mode = "second"
             f2 = _per_example(nll(forward(x), targets), batch)
         finally:

@@ -82,7 +82,7 @@ SETTLE_TOL = 0.01
 #: The closing fraction of training over which :data:`SETTLE_TOL` is checked.
 SETTLE_FRACTION = 0.25
 #: In the ``medium`` budget the experiments that learn rates decay their learning rates linearly
-#: to zero over the last half of training (:func:`._training.linear_decay`): with a constant step
+#: to zero over the last half of training (``_training.linear_decay``): with a constant step
 #: the rates jitter about their optimum by more than :data:`SETTLE_TOL` and never settle.
 MEDIUM_DECAY_FROM = 0.5
 

@@ -7,6 +7,8 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import Tensor
 
+from ..functional.noise import uniform
+
 __all__ = ["antithetic_masks", "evaluate_pair", "as_sample_shape", "draw_uniforms"]
 
 
@@ -27,7 +29,7 @@ def as_sample_shape(sample_shape: int | Sequence[int] | torch.Size) -> torch.Siz
 
 def draw_uniforms(shape: torch.Size, like: Tensor, generator: torch.Generator | None) -> Tensor:
     """Uniform(0, 1) draws of ``shape`` with ``like``'s dtype and device."""
-    return torch.rand(shape, dtype=like.dtype, device=like.device, generator=generator)
+    return uniform(shape, dtype=like.dtype, device=like.device, generator=generator)
 
 
 def antithetic_masks(logits: Tensor, u: Tensor) -> tuple[Tensor, Tensor]:

@@ -33,6 +33,7 @@ from .fast_dropout import (
     sigmoid_moments,
 )
 from .gaussian import alpha_from_p, gaussian_dropout, gaussian_dropout_lrt
+from .ghost_batch_norm import GhostStatistics, ghost_batch_norm, ghost_groups
 from .kl import (
     KINGMA_COEFFICIENTS,
     KL_APPROXIMATIONS,
@@ -104,4 +105,7 @@ __all__ = [
     "clamp_log_alpha",
     "variational_dropout_kl",
     "weight_variance",
+    "GhostStatistics",
+    "ghost_batch_norm",
+    "ghost_groups",
 ]

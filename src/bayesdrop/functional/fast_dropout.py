@@ -42,6 +42,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .._validation import check_choice, check_int
+from .noise import standard_normal, uniform
 
 __all__ = [
     "DesignMatrix",
@@ -399,7 +400,7 @@ def _gaussian_samples(
     """``samples`` reparameterised draws ``(*, S, K)`` from N(mean, diag var) or N(mean, cov)."""
     k = mean.shape[-1]
     shape = (*mean.shape[:-1], samples, k)
-    eps = torch.randn(shape, dtype=mean.dtype, device=mean.device, generator=generator)
+    eps = standard_normal(shape, dtype=mean.dtype, device=mean.device, generator=generator)
     m = mean.unsqueeze(-2)
     if var.shape == mean.shape:
         return m + _safe_sqrt(var).unsqueeze(-2) * eps
@@ -908,7 +909,7 @@ class DesignMatrix:
             return _ScipySparseMatmul.apply(masked, w_t)
         x = self.x
         vals = x.values() if x.layout != torch.strided else x
-        u = torch.rand(vals.shape, dtype=vals.dtype, device=vals.device, generator=generator)
+        u = uniform(vals.shape, dtype=vals.dtype, device=vals.device, generator=generator)
         dropped = vals * ((u >= p).to(vals.dtype) / (1.0 - p))
         return _mm(dropped if x.layout == torch.strided else _sparse_map(x, dropped), w_t)
 

@@ -19,6 +19,7 @@ import torch
 from torch import Tensor
 
 from .lrt import lrt_conv, lrt_linear, sample_gaussian
+from .noise import standard_normal
 
 __all__ = ["alpha_from_p", "gaussian_dropout", "gaussian_dropout_lrt"]
 
@@ -61,7 +62,7 @@ def gaussian_dropout(
     """
     if eps is None:
         shape = tuple(x.shape) if noise_shape is None else noise_shape
-        eps = torch.randn(shape, dtype=x.dtype, device=x.device, generator=generator)
+        eps = standard_normal(shape, dtype=x.dtype, device=x.device, generator=generator)
     std = alpha.sqrt() if isinstance(alpha, Tensor) else alpha**0.5
     return x * (1.0 + std * eps)
 

@@ -16,6 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .noise import standard_normal
+
 __all__ = [
     "VAR_FLOOR",
     "LRT_LAYERS",
@@ -263,7 +265,7 @@ def sample_gaussian(
         [2.0, 2.0]
     """
     if eps is None:
-        eps = torch.randn(
+        eps = standard_normal(
             torch.broadcast_shapes(mean.shape, var.shape),
             dtype=mean.dtype,
             device=mean.device,

@@ -33,6 +33,7 @@ from torch import Tensor, nn
 from .._validation import check_choice, check_positive, check_probability
 from ..functional.bernoulli import LOGIT_BOUND
 from ..functional.concrete import concrete_dropout_from_uniforms, layer_regularizer
+from ..functional.noise import uniform
 from ._base import DropoutModule
 from .wrapped_layers import check_layer, input_weights, mask_shape
 
@@ -168,5 +169,5 @@ class ConcreteDropout(DropoutModule):
         logit_p = self.logit_p.to(x.dtype)
         if self.layer_kind == "conv" and self.granularity == "unit":
             logit_p = logit_p.reshape((-1,) + (1,) * (len(shape) - 2))
-        u = torch.rand(shape, dtype=x.dtype, device=x.device, generator=self.generator)
+        u = uniform(shape, dtype=x.dtype, device=x.device, generator=self.generator)
         return concrete_dropout_from_uniforms(x, logit_p, self.temperature, u, overwrite_u=True)

@@ -28,6 +28,7 @@ from ..functional.bernoulli import (
     gal_bernoulli_kl,
     uniform_dtype,
 )
+from ..functional.noise import seeded_uniform, uniform
 from ._base import DropoutModule
 from .wrapped_layers import batch_dim as layer_batch_dim
 from .wrapped_layers import check_layer, input_weight_sq_norms, mask_shape
@@ -83,6 +84,8 @@ class PairStreams:
                 device = g.device if g is not None else torch.device("cpu")
                 seed = torch.randint(0, 2**62, (1,), generator=g, device=device)
                 self._seeds[key] = int(seed.item())
+        #: the global source's seed as a tensor, for draws inside a compiled graph
+        self.seed_tensor = torch.tensor(self._seeds.get(0, 0))
         self._streams: dict[tuple[int, torch.device], torch.Generator] = {}
 
     def generator(self, source: torch.Generator | None, device: torch.device) -> torch.Generator:
@@ -121,6 +124,13 @@ class AntitheticPair:
     batch_size: int | None = None
     streams: PairStreams | None = None
     clock: list[int] | None = None
+
+    def check_draws(self) -> None:
+        """Check the batch size of the recorded draws (the modules skip the check inside a
+        compiled graph, where comparing the symbolic batch size with an int would specialise the
+        graph to that size; the objective calls this after the pass instead)."""
+        for d in self.draws:
+            LearnableBernoulliDropout._check_batch(tuple(d.u.shape), d.batch_dim, 1, self)
 
 
 class LearnableBernoulliDropout(DropoutModule):
@@ -286,8 +296,15 @@ class LearnableBernoulliDropout(DropoutModule):
         pair = self._pair
         g = self.generator
         if pair is not None and pair.streams is not None:
+            if g is None and torch.compiler.is_compiling():
+                # a graph can neither create nor take a generator: each draw of the step gets a
+                # fresh one, seeded with the step's seed plus the draw's place in the step
+                tick = pair.clock[0] if pair.clock is not None else len(pair.draws)
+                seed = pair.streams.seed_tensor + tick
+                u = seeded_uniform(first, seed, dtype=dtype, device=x.device)
+                return u.movedim(0, bd) if bd else u
             g = pair.streams.generator(self.generator, x.device)
-        u = torch.rand(first, dtype=dtype, device=x.device, generator=g)
+        u = uniform(first, dtype=dtype, device=x.device, generator=g)
         return u.movedim(0, bd) if bd else u
 
     def _drop(self, x: Tensor) -> Tensor:
@@ -309,7 +326,8 @@ class LearnableBernoulliDropout(DropoutModule):
             ):
                 self._warn_on_backward(logit_p)
         elif pair.mode == "concat":
-            self._check_batch(shape, bd, 2, pair)
+            if not torch.compiler.is_compiling():  # (checked by the objective instead)
+                self._check_batch(shape, bd, 2, pair)
             half = list(shape)
             half[bd] //= 2
             u = self._uniforms(tuple(half), bd, dtype, x)
@@ -317,7 +335,8 @@ class LearnableBernoulliDropout(DropoutModule):
             pair.draws.append(_Draw(u, z1, z2, bd, self._tick(pair)))
             keep = torch.cat([z1, z2], dim=bd)
         elif pair.mode == "first":
-            self._check_batch(shape, bd, 1, pair)
+            if not torch.compiler.is_compiling():
+                self._check_batch(shape, bd, 1, pair)
             u = self._uniforms(shape, bd, dtype, x)
             z1, z2 = antithetic_masks(keep_logit, u)
             pair.draws.append(_Draw(u, z1, z2, bd, self._tick(pair)))

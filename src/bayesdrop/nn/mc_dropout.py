@@ -6,6 +6,7 @@ import torch
 from torch import Tensor
 
 from .._validation import check_bool, check_probability
+from ..functional.noise import uniform
 from ._base import DropoutModule
 
 __all__ = ["MCDropout"]
@@ -62,5 +63,5 @@ class MCDropout(DropoutModule):
             shape = tuple(x.shape[:2]) + (1,) * (x.dim() - 2)
         else:
             shape = tuple(x.shape)
-        u = torch.rand(shape, dtype=x.dtype, device=x.device, generator=self.generator)
+        u = uniform(shape, dtype=x.dtype, device=x.device, generator=self.generator)
         return x * ((u >= self._p).to(x.dtype) / (1.0 - self._p))

@@ -5,7 +5,7 @@ A checkpoint written by :func:`~bayesdrop.recsys.trainer.train` (``bayesdrop rec
 answers on its own::
 
     recommend("run/ckpt.pt", users=[196, 186], k=10)
-    # {196: [50, 181, ...], 186: [...]}
+    # {196: ['275', '283', ...], 186: [...]}: MovieLens-100K from RecBole has string item ids
 
 A user's history is every interaction of the split that the model knows: the training row of a
 training user, or the fold-in and held-out items of a validation or test user. The model scores
