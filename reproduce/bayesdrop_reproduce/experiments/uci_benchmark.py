@@ -297,8 +297,8 @@ def _fit_score(
 ) -> dict[str, Any]:
     """Standardise on ``(x_tr, y_tr)``, train, and score ``(x_ev, y_ev)`` in original units."""
     xs_tr, xs_ev, _, _ = _standardise(x_tr, x_ev)
-    ys_tr, _, y_mu, y_sd = _standardise(y_tr, y_ev)
-    y_mu, y_sd = float(y_mu), float(y_sd)
+    ys_tr, _, y_mu_t, y_sd_t = _standardise(y_tr, y_ev)
+    y_mu, y_sd = float(y_mu_t), float(y_sd_t)
     torch.manual_seed(seed)
     model = build(family, x_tr.shape[1], hidden=hidden, p=p)
     tracker = RateTracker(model) if track and family != "mc" else None
