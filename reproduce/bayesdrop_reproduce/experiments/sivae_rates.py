@@ -296,7 +296,7 @@ def _fmt_pm(mean: float, *ses: float) -> str:
 def run(cfg: RunConfig) -> Result:
     """Per data set: rate step chosen on validation users, rates vs popularity, model comparison."""
     seeds = cfg.pick(10, 5, 2, medium=5)
-    epochs = cfg.pick(150, 15, 2, medium=60)
+    epochs = cfg.pick(150, 15, 2, medium=40)
     hidden, latent = cfg.pick((600, 200), (200, 50), (16, 4), medium=(600, 200))
     n_extra = cfg.pick(5, 2, 1, medium=2)
     batch_size = cfg.pick(50, 50, 32)
