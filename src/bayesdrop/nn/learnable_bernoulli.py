@@ -331,14 +331,14 @@ class LearnableBernoulliDropout(DropoutModule):
             half = list(shape)
             half[bd] //= 2
             u = self._uniforms(tuple(half), bd, dtype, x)
-            z1, z2 = antithetic_masks(keep_logit, u)
+            z1, z2 = self._masks(keep_logit, u)
             pair.draws.append(_Draw(u, z1, z2, bd, self._tick(pair)))
             keep = torch.cat([z1, z2], dim=bd)
         elif pair.mode == "first":
             if not torch.compiler.is_compiling():
                 self._check_batch(shape, bd, 1, pair)
             u = self._uniforms(shape, bd, dtype, x)
-            z1, z2 = antithetic_masks(keep_logit, u)
+            z1, z2 = self._masks(keep_logit, u)
             pair.draws.append(_Draw(u, z1, z2, bd, self._tick(pair)))
             keep = z1
         else:
@@ -359,6 +359,16 @@ class LearnableBernoulliDropout(DropoutModule):
             return 0
         pair.clock[0] += 1
         return pair.clock[0]
+
+    @staticmethod
+    def _masks(keep_logit: Tensor, u: Tensor) -> tuple[Tensor, Tensor]:
+        """The antithetic pair; as ``uint8`` inside a compiled graph, whose generated CPU code
+        stores boolean outputs several times slower than bytes (the masks are outputs there:
+        the pair's other evaluation and the surrogate read them)."""
+        z1, z2 = antithetic_masks(keep_logit, u)
+        if torch.compiler.is_compiling():
+            return z1.to(torch.uint8), z2.to(torch.uint8)
+        return z1, z2
 
     @staticmethod
     def _check_batch(shape: tuple[int, ...], bd: int, copies: int, pair: AntitheticPair) -> None:
