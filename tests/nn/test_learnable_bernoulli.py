@@ -409,3 +409,21 @@ def test_fused_column_norms_match_autograd_bit_for_bit():
     m.kl().backward()
     expected = m.layer.weight.detach() * 0.7**2 * (1 + torch.exp(m.logit_p.detach()))
     assert torch.allclose(m.layer.weight.grad, expected, rtol=1e-12)
+
+
+@pytest.mark.parametrize("estimator", ["arm", "disarm"])
+def test_summed_coefficient_equals_the_full_coefficient_summed(estimator):
+    """The surrogate sums each estimator's coefficient over the entries that share a rate from
+    the draws directly; it must equal the full per-entry coefficient tensor summed (float64)."""
+    from bayesdrop.estimators import COEFFICIENTS, antithetic_masks
+    from bayesdrop.nn.learnable_bernoulli import _Draw, _summed_coefficient
+
+    g = torch.Generator().manual_seed(0)
+    u = torch.rand(5, 7, 3, generator=g, dtype=torch.float64)
+    for phi in (torch.tensor([0.3, -1.2, 2.0], dtype=torch.float64), torch.tensor([0.7]).double()):
+        z1, z2 = antithetic_masks(phi, u)
+        d = _Draw(u, z1, z2, 0)
+        for dims in ([1], [0, 1], [1, 2] if phi.numel() == 1 else [1]):
+            full = COEFFICIENTS[estimator](u, z1, z2, phi).sum(dims, keepdim=True)
+            summed = _summed_coefficient(estimator, COEFFICIENTS[estimator], d, phi, dims)
+            torch.testing.assert_close(summed.expand_as(full), full, rtol=1e-12, atol=1e-12)

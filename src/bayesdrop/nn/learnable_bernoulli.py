@@ -331,14 +331,14 @@ class LearnableBernoulliDropout(DropoutModule):
             half = list(shape)
             half[bd] //= 2
             u = self._uniforms(tuple(half), bd, dtype, x)
-            z1, z2 = antithetic_masks(keep_logit, u)
+            z1, z2 = self._masks(keep_logit, u)
             pair.draws.append(_Draw(u, z1, z2, bd, self._tick(pair)))
             keep = torch.cat([z1, z2], dim=bd)
         elif pair.mode == "first":
             if not torch.compiler.is_compiling():
                 self._check_batch(shape, bd, 1, pair)
             u = self._uniforms(shape, bd, dtype, x)
-            z1, z2 = antithetic_masks(keep_logit, u)
+            z1, z2 = self._masks(keep_logit, u)
             pair.draws.append(_Draw(u, z1, z2, bd, self._tick(pair)))
             keep = z1
         else:
@@ -359,6 +359,16 @@ class LearnableBernoulliDropout(DropoutModule):
             return 0
         pair.clock[0] += 1
         return pair.clock[0]
+
+    @staticmethod
+    def _masks(keep_logit: Tensor, u: Tensor) -> tuple[Tensor, Tensor]:
+        """The antithetic pair; as ``uint8`` inside a compiled graph, whose generated CPU code
+        stores boolean outputs several times slower than bytes (the masks are outputs there:
+        the pair's other evaluation and the surrogate read them)."""
+        z1, z2 = antithetic_masks(keep_logit, u)
+        if torch.compiler.is_compiling():
+            return z1.to(torch.uint8), z2.to(torch.uint8)
+        return z1, z2
 
     @staticmethod
     def _check_batch(shape: tuple[int, ...], bd: int, copies: int, pair: AntitheticPair) -> None:
@@ -422,8 +432,16 @@ class LearnableBernoulliDropout(DropoutModule):
         for d, diff in zip(draws, deltas):
             keep_logit = self._unit_view(-logit_p, d.u.dim())
             with torch.no_grad():
-                coef = coefficient(d.u, d.z1, d.z2, keep_logit.detach().to(d.u.dtype))
-                dl = diff.detach().to(coef.dtype)
+                phi = keep_logit.detach().to(d.u.dtype)
+                dl = diff.detach().to(d.u.dtype)
+                # the dimensions whose mask entries share one rate and one loss difference
+                pad = d.u.dim() - phi.dim()
+                shared = [
+                    k
+                    for k in range(d.u.dim())
+                    if (k < pad or phi.shape[k - pad] == 1) and (dl.dim() == 0 or k != d.batch_dim)
+                ]
+                coef = _summed_coefficient(self.estimator, coefficient, d, phi, shared)
                 if dl.dim() == 0:
                     g = coef * dl
                 else:
@@ -433,3 +451,30 @@ class LearnableBernoulliDropout(DropoutModule):
                 g = g.sum_to_size(keep_logit.shape)
             total = total + (keep_logit * g.to(keep_logit.dtype)).sum()
         return total
+
+
+def _summed_coefficient(
+    estimator: str, coefficient: Any, d: _Draw, phi: Tensor, dims: list[int]
+) -> Tensor:
+    r"""The estimator's per-entry coefficient summed over ``dims`` (kept as size 1).
+
+    Entries along ``dims`` share one rate and one loss difference, so only their sum meets the
+    loss difference. It is formed from the draws directly, one pass over the masks instead of the
+    several a full coefficient tensor costs (a mask on attention probabilities has one rate for
+    batch x heads x queries x keys entries): ARM's
+    :math:`\sum (u - \tfrac12)` is :math:`\sum u - n/2`, DisARM's
+    :math:`\sum \tfrac12 (z^{(1)} - z^{(2)})\,\sigma(|\phi|)` is
+    :math:`\tfrac12\,\sigma(|\phi|) (\sum z^{(1)} - \sum z^{(2)})` (integer counts, exact).
+    """
+    if not dims:
+        return coefficient(d.u, d.z1, d.z2, phi)
+    dt = d.u.dtype
+    if estimator == "arm":
+        n = 1
+        for k in dims:
+            n *= d.u.shape[k]
+        return d.u.sum(dims, keepdim=True) - 0.5 * n
+    if estimator == "disarm":
+        ones = d.z1.sum(dims, keepdim=True, dtype=dt) - d.z2.sum(dims, keepdim=True, dtype=dt)
+        return 0.5 * ones * torch.sigmoid(phi.abs())
+    return coefficient(d.u, d.z1, d.z2, phi).sum(dims, keepdim=True)

@@ -505,7 +505,7 @@ class _TiledOutputMismatch(RuntimeError):
 # --------------------------------------------------------------------------- the entry point
 def mc_predict(
     model: nn.Module,
-    x: Tensor | Sequence[Tensor],
+    x: Tensor | Sequence[Tensor] | Mapping[str, Any],
     num_samples: int = 10,
     *,
     task: str = "classification",
