@@ -70,12 +70,12 @@ def _models() -> dict:
         "fast": FastDropoutLogisticRegression(p=P, max_iter=500),
         "fast-iters": FastDropoutLogisticRegression(p=P, **lbfgs_iters),
         "fast-gauss": FastDropoutLogisticRegression(
-            p=P, objective="sample", samples=SAMPLES, random_state=0, **lbfgs_iters
+            p=P, objective="sample", num_samples=SAMPLES, random_state=0, **lbfgs_iters
         ),
-        "mc": MCDropoutLogisticRegression(p=P, samples=SAMPLES, random_state=0, **lbfgs_iters),
+        "mc": MCDropoutLogisticRegression(p=P, num_samples=SAMPLES, random_state=0, **lbfgs_iters),
         "mc-adam": MCDropoutLogisticRegression(
             p=P,
-            samples=1,
+            num_samples=1,
             optimizer="adam",
             max_iter=EPOCHS,
             batch_size=100,
@@ -92,7 +92,7 @@ def _weights(model) -> tuple[torch.Tensor, torch.Tensor]:
 @torch.no_grad()
 def dropout_objective(model, design: DesignMatrix, y: torch.Tensor) -> tuple[float, float]:
     """MC estimate (mean, standard error) of E_z[NLL] under real masks at drop probability P."""
-    probe = MCDropoutLogisticRegression(p=P, samples=1)
+    probe = MCDropoutLogisticRegression(p=P, num_samples=1)
     w, b = _weights(model)
     gen = torch.Generator().manual_seed(123)
     k = len(model.classes_)

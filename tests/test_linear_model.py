@@ -157,7 +157,9 @@ def test_warm_start_resumes_from_the_previous_fit() -> None:
     assert again.n_iter_ == first  # warm_start=False restarts from zeros
     warm.fit(x[:, :4], y)  # other shape: starts from zeros
     assert warm.coef_.shape == (1, 4)
-    mc = MCDropoutLogisticRegression(p=0.5, samples=2, max_iter=5, warm_start=True, random_state=0)
+    mc = MCDropoutLogisticRegression(
+        p=0.5, num_samples=2, max_iter=5, warm_start=True, random_state=0
+    )
     w0 = mc.fit(x, y).coef_.copy()
     assert not np.array_equal(mc.fit(x, y).coef_, w0)  # continued, not restarted
 
@@ -179,7 +181,7 @@ def test_any_label_type_and_numpy_outputs() -> None:
     for labels in (words, np.where(y == 1, 7, -3), y.astype(bool)):
         for est in (
             FastDropoutLogisticRegression(p=0.3),
-            MCDropoutLogisticRegression(p=0.3, samples=2, random_state=0),
+            MCDropoutLogisticRegression(p=0.3, num_samples=2, random_state=0),
         ):
             est.fit(x, labels)
             assert sorted(est.classes_.tolist()) == sorted(set(labels.tolist()))
@@ -325,7 +327,7 @@ def test_multiclass_qmc_probabilities_are_the_functional_on_full_covariances() -
     est = _fitted(FastDropoutLogisticRegression(p=0.5, proba_method="qmc"), 5, 3, 9)
     x = np.random.default_rng(10).normal(size=(7, 5)) * 2
     mean, cov = est.logit_moments(x, covariance="full")
-    want = expected_softmax(torch.tensor(mean), torch.tensor(cov), "qmc", samples=QMC_POINTS)
+    want = expected_softmax(torch.tensor(mean), torch.tensor(cov), "qmc", num_samples=QMC_POINTS)
     np.testing.assert_allclose(est.predict_proba(x), want.numpy(), rtol=1e-12, atol=1e-15)
     np.testing.assert_allclose(est.predict_proba(x[2:4]), est.predict_proba(x)[2:4], rtol=1e-12)
     unscented = est.set_params(proba_method="unscented").predict_proba(x)
@@ -355,7 +357,7 @@ def test_mc_estimator_probabilities_eval_pass_and_sampled_average() -> None:
 
 def test_mc_lr_objective_is_unbiased_for_exact_enumeration() -> None:
     d, p = 3, 0.4
-    est = _fitted(MCDropoutLogisticRegression(p=p, samples=20), d, 2, 8)
+    est = _fitted(MCDropoutLogisticRegression(p=p, num_samples=20), d, 2, 8)
     x = np.array([[1.0, -2.0, 0.5], [0.0, 1.5, 2.0]])
     y = torch.tensor([1, 0])
     w, b = torch.tensor([[0.7, 0.4, -1.1]], dtype=F64), torch.tensor([0.2], dtype=F64)
@@ -421,7 +423,7 @@ def test_fast_objective_tracks_mc_dropout_objective_on_real_text(subjectivity) -
     trained = FastDropoutLogisticRegression(p=0.0, l2=1e-3, dtype="float64").fit(x, y)
     w, b = torch.tensor(trained.coef_), torch.tensor(trained.intercept_)
     fast = FastDropoutLogisticRegression(p=0.5)
-    mc = MCDropoutLogisticRegression(p=0.5, samples=1)
+    mc = MCDropoutLogisticRegression(p=0.5, num_samples=1)
     design = DesignMatrix(x, F64)
     yt = torch.as_tensor(np.searchsorted(trained.classes_, y))
     gen = torch.Generator().manual_seed(0)

@@ -399,7 +399,7 @@ class FastDropoutLogisticRegression(_DropoutLogisticRegression):
       deterministic, so L-BFGS applies;
     * several classes, ``objective="unscented"`` (default): the softmax cross-entropy averaged
       over the :math:`2K` sigma points of the logit covariance (deterministic);
-    * ``objective="sample"``: ``samples`` draws from the Gaussian per example (the paper's
+    * ``objective="sample"``: ``num_samples`` draws from the Gaussian per example (the paper's
       "Gaussian approximation", §2.2.1).
 
     Prediction uses the same Gaussian: :meth:`predict_proba` is
@@ -413,7 +413,7 @@ class FastDropoutLogisticRegression(_DropoutLogisticRegression):
         p: drop probability of the inputs, in ``[0, 1)``.
         objective: ``"closed_form"`` (binary only), ``"unscented"`` or ``"sample"``; ``None``:
             ``"closed_form"`` for 2 classes, ``"unscented"`` otherwise.
-        samples: Gaussian draws per example for ``objective="sample"``.
+        num_samples: Gaussian draws per example for ``objective="sample"``.
         covariance: ``"full"`` or ``"diagonal"`` logit covariance for several classes (training
             and prediction).
         proba_method: how :meth:`predict_proba` averages the softmax over the Gaussian for
@@ -473,7 +473,7 @@ class FastDropoutLogisticRegression(_DropoutLogisticRegression):
         p: float = 0.5,
         *,
         objective: str | None = None,
-        samples: int = 100,
+        num_samples: int = 100,
         covariance: str = "full",
         proba_method: str = "unscented",
         l2: float = 0.0,
@@ -488,7 +488,7 @@ class FastDropoutLogisticRegression(_DropoutLogisticRegression):
     ) -> None:
         self.p = p
         self.objective = objective
-        self.samples = samples
+        self.num_samples = num_samples
         self.covariance = covariance
         self.proba_method = proba_method
         self.l2 = l2
@@ -510,7 +510,7 @@ class FastDropoutLogisticRegression(_DropoutLogisticRegression):
                 "objective='closed_form' exists for binary logistic regression only, but y "
                 f"holds {num_classes} classes; use 'unscented' or 'sample'"
             )
-        _int("samples", self.samples)
+        _int("num_samples", self.num_samples)
         check_choice("covariance", self.covariance, ("full", "diagonal"))
         check_choice("proba_method", self.proba_method, ("unscented", "qmc"))
 
@@ -549,17 +549,17 @@ class FastDropoutLogisticRegression(_DropoutLogisticRegression):
         generator: torch.Generator,
     ) -> Tensor:
         objective = self._resolved_objective(num_classes)
-        samples = _int("samples", self.samples)
+        num_samples = _int("num_samples", self.num_samples)
         p = float(self.p)
         if num_classes == 2:
             mean, var = linear_logit_moments(design, weight, bias, p)
             return expected_logistic_nll(
-                mean[:, 0], var[:, 0], y.to(mean.dtype), method=objective, samples=samples,
+                mean[:, 0], var[:, 0], y.to(mean.dtype), method=objective, num_samples=num_samples,
                 generator=generator,
             )  # fmt: skip
         mean, var = linear_logit_moments(design, weight, bias, p, self.covariance)
         return expected_softmax_cross_entropy(
-            mean, var, y, objective, samples=samples, generator=generator
+            mean, var, y, objective, num_samples=num_samples, generator=generator
         )
 
     def _log_proba(self, design: DesignMatrix) -> Tensor:
@@ -578,7 +578,7 @@ class FastDropoutLogisticRegression(_DropoutLogisticRegression):
         rows = max(1, 2**22 // (QMC_POINTS * mean.shape[-1]))  # bounded memory per block
         return torch.cat(
             [
-                expected_softmax(m, v, "qmc", samples=QMC_POINTS, log=True)
+                expected_softmax(m, v, "qmc", num_samples=QMC_POINTS, log=True)
                 for m, v in zip(mean.split(rows), var.split(rows))
             ]
         )
@@ -662,7 +662,7 @@ class MCDropoutLogisticRegression(_DropoutLogisticRegression):
 
     Args:
         p: drop probability of the inputs, in ``[0, 1)``.
-        samples: masks per example per loss evaluation (:math:`S`).
+        num_samples: masks per example per loss evaluation (:math:`S`).
         l2: L2 penalty :math:`\tfrac{l2}{2}\|W\|^2` added to the mean loss (``>= 0``).
         optimizer: ``"lbfgs"`` (full batch; new masks once per iteration, kept during its line
             search) or ``"adam"`` (``max_iter`` epochs of mini-batches of ``batch_size``).
@@ -686,7 +686,7 @@ class MCDropoutLogisticRegression(_DropoutLogisticRegression):
     Example:
         >>> import numpy as np
         >>> X = np.array([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0], [0.0, 0.0]])
-        >>> model = MCDropoutLogisticRegression(p=0.2, samples=4, random_state=0)
+        >>> model = MCDropoutLogisticRegression(p=0.2, num_samples=4, random_state=0)
         >>> model.fit(X, [3, 7, 3, 7]).classes_.tolist()
         [3, 7]
     """
@@ -695,7 +695,7 @@ class MCDropoutLogisticRegression(_DropoutLogisticRegression):
         self,
         p: float = 0.5,
         *,
-        samples: int = 1,
+        num_samples: int = 1,
         l2: float = 0.0,
         optimizer: str = "lbfgs",
         max_iter: int = 100,
@@ -707,7 +707,7 @@ class MCDropoutLogisticRegression(_DropoutLogisticRegression):
         dtype: str = "float32",
     ) -> None:
         self.p = p
-        self.samples = samples
+        self.num_samples = num_samples
         self.l2 = l2
         self.optimizer = optimizer
         self.max_iter = max_iter
@@ -719,7 +719,7 @@ class MCDropoutLogisticRegression(_DropoutLogisticRegression):
         self.dtype = dtype
 
     def _check_objective(self, num_classes: int) -> None:
-        _int("samples", self.samples)
+        _int("num_samples", self.num_samples)
 
     @property
     def _stochastic(self) -> bool:  # type: ignore[override]
@@ -744,11 +744,11 @@ class MCDropoutLogisticRegression(_DropoutLogisticRegression):
         num_classes: int,
         generator: torch.Generator,
     ) -> Tensor:
-        """Per-example NLL ``(N,)`` averaged over ``samples`` fresh masks."""
+        """Per-example NLL ``(N,)`` averaged over ``num_samples`` fresh masks."""
         p = float(self.p)
-        samples = _int("samples", self.samples)
+        num_samples = _int("num_samples", self.num_samples)
         total: Tensor | None = None
-        for _ in range(samples):
+        for _ in range(num_samples):
             logits = design.mm_masked(weight.t(), p, generator) + bias
             if num_classes == 2:
                 loss = F.binary_cross_entropy_with_logits(
@@ -758,7 +758,7 @@ class MCDropoutLogisticRegression(_DropoutLogisticRegression):
                 loss = F.cross_entropy(logits, y, reduction="none")
             total = loss if total is None else total + loss
         assert total is not None
-        return total / samples
+        return total / num_samples
 
     def _log_proba(self, design: DesignMatrix) -> Tensor:
         weight, bias = self._class_logit_weights()

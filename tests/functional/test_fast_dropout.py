@@ -261,7 +261,7 @@ def test_logistic_nll_unscented_and_sample_against_quadrature() -> None:
     gen = torch.Generator().manual_seed(0)
     est = torch.stack(
         [
-            expected_logistic_nll(mu, s * s, y, method="sample", samples=50, generator=gen)
+            expected_logistic_nll(mu, s * s, y, method="sample", num_samples=50, generator=gen)
             for _ in range(200)
         ]
     )
@@ -330,7 +330,9 @@ def test_expected_softmax_two_classes_against_quadrature() -> None:
     gen = torch.Generator().manual_seed(5)
     est = torch.stack(
         [
-            expected_softmax_cross_entropy(mean, var, target, "sample", samples=50, generator=gen)
+            expected_softmax_cross_entropy(
+                mean, var, target, "sample", num_samples=50, generator=gen
+            )
             for _ in range(200)
         ]
     )
@@ -586,11 +588,11 @@ def test_expected_softmax_qmc_is_within_monte_carlo_error_and_unscented_is_not()
     y = mean[:, None, :] + eps @ torch.linalg.cholesky(cov).transpose(-1, -2)
     sm = torch.softmax(y, -1)
     ref, se = sm.mean(1), sm.std(1) / math.sqrt(draws)
-    qmc = expected_softmax(mean, cov, "qmc", samples=1024)
+    qmc = expected_softmax(mean, cov, "qmc", num_samples=1024)
     assert bool(((qmc - ref).abs() < 4.5 * se).all()), (qmc - ref).abs() / se
     torch.testing.assert_close(qmc.sum(-1), torch.ones(2, dtype=F64))
     torch.testing.assert_close(  # the same points for every example: rows are independent
-        expected_softmax(mean[1:], cov[1:], "qmc", samples=1024), qmc[1:]
+        expected_softmax(mean[1:], cov[1:], "qmc", num_samples=1024), qmc[1:]
     )
     unscented = expected_softmax(mean, cov)
     assert float(((unscented - ref).abs() / se).max()) > 20

@@ -23,7 +23,7 @@ unigram+bigram features), we train side by side with drop probability 0.5:
 * ``fast-iters`` — the same stopped after the stochastic methods' iteration budget (the dropout
   objective of separable text keeps falling as the weights grow, so "converged" differs);
 * ``fast-gauss`` — the paper's Gaussian approximation (draws of :math:`Y`), fixed iterations;
-* ``mc`` — MC dropout with real Bernoulli masks on the non-zero features, ``samples`` masks per
+* ``mc`` — MC dropout with real Bernoulli masks on the non-zero features, ``num_samples`` masks per
   example per iteration, the same fixed iterations (the paper's batch set-up);
 * ``mc-adam`` — MC dropout trained the common way: Adam on mini-batches, one mask per example.
 
@@ -61,7 +61,7 @@ PAPER: dict[str, dict[str, tuple[float, float]]] = {
 _PAPER_NAMES = {"rt-polarity": "RT-s", "rt-subjectivity": "subj", "tweets": "—"}
 
 
-def _model(method: str, samples: int, iters: int, epochs: int, seed: int):  # type: ignore[no-untyped-def]
+def _model(method: str, num_samples: int, iters: int, epochs: int, seed: int):  # type: ignore[no-untyped-def]
     """The estimator of ``method`` (training options in the constructor)."""
     if method == "plain":
         return FastDropoutLogisticRegression(p=0.0, max_iter=500, random_state=0)
@@ -71,12 +71,14 @@ def _model(method: str, samples: int, iters: int, epochs: int, seed: int):  # ty
         return FastDropoutLogisticRegression(p=P, max_iter=iters, random_state=0)
     if method == "fast-gauss":
         return FastDropoutLogisticRegression(
-            p=P, objective="sample", samples=samples, max_iter=iters, random_state=seed
+            p=P, objective="sample", num_samples=num_samples, max_iter=iters, random_state=seed
         )
     if method == "mc":
-        return MCDropoutLogisticRegression(p=P, samples=samples, max_iter=iters, random_state=seed)
+        return MCDropoutLogisticRegression(
+            p=P, num_samples=num_samples, max_iter=iters, random_state=seed
+        )
     return MCDropoutLogisticRegression(
-        p=P, samples=1, optimizer="adam", max_iter=epochs, batch_size=100, lr=0.01,
+        p=P, num_samples=1, optimizer="adam", max_iter=epochs, batch_size=100, lr=0.01,
         random_state=seed,
     )  # fmt: skip
 
@@ -88,7 +90,7 @@ def compare(
     y_test: Any,
     num_classes: int,
     *,
-    samples: int = 100,
+    num_samples: int = 100,
     iters: int = 100,
     epochs: int = 10,
     seed: int = 0,
@@ -99,7 +101,7 @@ def compare(
     out: dict[str, dict[str, float]] = {}
     with torch_threads(1):
         for method in methods:
-            model = _model(method, samples, iters, epochs, seed)
+            model = _model(method, num_samples, iters, epochs, seed)
             start = time.process_time()
             model.fit(x_train, y_train)
             cpu = time.process_time() - start
@@ -121,7 +123,7 @@ def run(cfg: RunConfig) -> Result:
         ("rt-subjectivity", "rt-polarity"),
         ("rt-subjectivity",),
     )
-    samples = cfg.pick(100, 10, 5)
+    num_samples = cfg.pick(100, 10, 5)
     iters = cfg.pick(100, 40, 5)
     epochs = cfg.pick(10, 5, 1)
     n_train_cap = cfg.pick(None, None, 300)
@@ -133,7 +135,7 @@ def run(cfg: RunConfig) -> Result:
             x_tr, y_tr, x_te, y_te = x_tr[:n_train_cap], y_tr[:n_train_cap], x_te[:200], y_te[:200]
         res = compare(
             x_tr, y_tr, x_te, y_te, len(data.classes),
-            samples=samples, iters=iters, epochs=epochs, seed=cfg.seed,
+            num_samples=num_samples, iters=iters, epochs=epochs, seed=cfg.seed,
         )  # fmt: skip
         f, mc, plain = res["fast"], res["mc"], res["plain"]
         se = math.sqrt(f["accuracy_se"] ** 2 + mc["accuracy_se"] ** 2)
@@ -183,7 +185,7 @@ def run(cfg: RunConfig) -> Result:
         for name, r in per_set.items()
     }
     verdict = " ".join(
-        f"{name}: MC({samples} masks)/fast time {r['mc_over_fast_time']:.1f}×, fast − MC "
+        f"{name}: MC({num_samples} masks)/fast time {r['mc_over_fast_time']:.1f}×, fast − MC "
         f"accuracy {r['fast_minus_mc_accuracy_in_se']:+.1f} SE, fast − plain "
         f"{100 * r['fast_minus_plain_accuracy']:+.1f} points; MC with Adam mini-batches costs "
         f"{r['mc_adam_over_fast_time']:.2f}× fast."
@@ -193,8 +195,8 @@ def run(cfg: RunConfig) -> Result:
         "sets": list(sets),
         "p": P,
         "features": "binary unigrams + bigrams, vocabulary from the training split",
-        "mc_masks_per_example_per_iteration": samples,
-        "fast_gauss_draws": samples,
+        "mc_masks_per_example_per_iteration": num_samples,
+        "fast_gauss_draws": num_samples,
         "stochastic_lbfgs_iterations": iters,
         "mc_adam": f"{epochs} epochs, batch 100, lr 0.01, one mask per example",
         "deterministic_lbfgs": "max 500 iterations, tolerance 1e-6",

@@ -17,7 +17,7 @@ def test_fast_dropout_beats_plain_and_is_much_cheaper_than_mc() -> None:
     f = load_text_features("rt-subjectivity", ngram=1)
     res = compare(
         f.x_train, f.y_train, f.x_test, f.y_test, 2,
-        samples=20, iters=20, methods=("plain", "fast-iters", "mc"),
+        num_samples=20, iters=20, methods=("plain", "fast-iters", "mc"),
     )  # fmt: skip
     plain, fast, mc = res["plain"], res["fast-iters"], res["mc"]
     assert fast["accuracy"] > plain["accuracy"]

@@ -395,11 +395,11 @@ def _sigma_points(mean: Tensor, var: Tensor, kappa: float) -> tuple[Tensor, Tens
 
 
 def _gaussian_samples(
-    mean: Tensor, var: Tensor, samples: int, generator: torch.Generator | None
+    mean: Tensor, var: Tensor, num_samples: int, generator: torch.Generator | None
 ) -> Tensor:
-    """``samples`` reparameterised draws ``(*, S, K)`` from N(mean, diag var) or N(mean, cov)."""
+    """``num_samples`` reparameterised draws ``(*, S, K)`` from N(mean, diag var) or N(mean, cov)."""
     k = mean.shape[-1]
-    shape = (*mean.shape[:-1], samples, k)
+    shape = (*mean.shape[:-1], num_samples, k)
     eps = standard_normal(shape, dtype=mean.dtype, device=mean.device, generator=generator)
     m = mean.unsqueeze(-2)
     if var.shape == mean.shape:
@@ -408,14 +408,14 @@ def _gaussian_samples(
 
 
 @functools.lru_cache(maxsize=16)
-def _qmc_normal_points(samples: int, k: int) -> np.ndarray:
-    """``samples`` scrambled Sobol points mapped to standard normals, ``(S, K)`` (fixed seed)."""
+def _qmc_normal_points(num_samples: int, k: int) -> np.ndarray:
+    """``num_samples`` scrambled Sobol points mapped to standard normals, ``(S, K)`` (fixed seed)."""
     from scipy.special import ndtri
     from scipy.stats import qmc
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # balance needs a power of 2; not required
-        u = qmc.Sobol(d=k, scramble=True, seed=0).random(samples)
+        u = qmc.Sobol(d=k, scramble=True, seed=0).random(num_samples)
     return ndtri(np.clip(u, 1e-12, 1.0 - 1e-12))
 
 
@@ -466,7 +466,7 @@ def expected_logistic_nll(
     target: Tensor,
     *,
     method: str = "closed_form",
-    samples: int = 100,
+    num_samples: int = 100,
     generator: torch.Generator | None = None,
 ) -> Tensor:
     r"""Expected negative log-likelihood of a logistic unit whose logit is :math:`\mathcal N(\mu, s^2)`.
@@ -492,7 +492,7 @@ def expected_logistic_nll(
     below :math:`0.0355\,s`, the large-:math:`s` limit
     :math:`(\sqrt{\pi/8}\log 2 - 1/\sqrt{2\pi})\,s = 0.03542\,s` being the worst case; it is
     at most 0.0012 at :math:`s = 0.25`, 0.0046 at :math:`s = 0.5`, 0.016 at :math:`s=1`, 0.049
-    at :math:`s=2` and 0.086 at :math:`s=3`. ``"sample"`` averages ``samples`` reparameterised
+    at :math:`s=2` and 0.086 at :math:`s=3`. ``"sample"`` averages ``num_samples`` reparameterised
     draws of :math:`Y` (unbiased, differentiable); ``"unscented"`` uses the three sigma points
     :math:`\mu, \mu\pm\sqrt3 s` with weights 2/3, 1/6, 1/6.
 
@@ -501,7 +501,7 @@ def expected_logistic_nll(
         var: logit variances :math:`s^2 \ge 0`, same shape.
         target: labels in ``[0, 1]`` (0/1 or soft), same shape.
         method: ``"closed_form"``, ``"sample"`` or ``"unscented"``.
-        samples: number of draws for ``"sample"``.
+        num_samples: number of draws for ``"sample"``.
         generator: random source for ``"sample"``.
 
     Returns:
@@ -523,8 +523,8 @@ def expected_logistic_nll(
         z = mean / kappa
         return kappa * (target * F.softplus(-z) + (1.0 - target) * F.softplus(z))
     if method == "sample":
-        check_int("samples", samples)
-        y = _gaussian_samples(mean.unsqueeze(-1), var.unsqueeze(-1), samples, generator)[..., 0]
+        check_int("num_samples", num_samples)
+        y = _gaussian_samples(mean.unsqueeze(-1), var.unsqueeze(-1), num_samples, generator)[..., 0]
     else:
         s = _safe_sqrt(3.0 * var).unsqueeze(-1)
         y = torch.cat([mean.unsqueeze(-1), mean.unsqueeze(-1) + s, mean.unsqueeze(-1) - s], -1)
@@ -541,7 +541,7 @@ def expected_softmax(
     var: Tensor,
     method: str = "unscented",
     *,
-    samples: int = 100,
+    num_samples: int = 100,
     generator: torch.Generator | None = None,
     kappa: float = 0.0,
     log: bool = False,
@@ -554,10 +554,10 @@ def expected_softmax(
     :math:`\kappa/(K+\kappa)` and :math:`1/(2(K+\kappa))`. The default :math:`\kappa = 0` gives
     the :math:`2K` equally weighted points :math:`\mu\pm\sqrt{K v_k}e_k` that
     :func:`bayesdrop.mc_predict` uses for the entropy terms; the weights stay non-negative, so the
-    result is a probability vector. ``"sample"`` averages ``samples`` draws (differentiable).
-    ``"qmc"`` is deterministic quasi-Monte Carlo: the average over ``samples`` scrambled Sobol
+    result is a probability vector. ``"sample"`` averages ``num_samples`` draws (differentiable).
+    ``"qmc"`` is deterministic quasi-Monte Carlo: the average over ``num_samples`` scrambled Sobol
     points mapped to the Gaussian (the same points for every example, so each example's answer
-    depends on its own moments only); its error falls roughly like ``1/samples``.
+    depends on its own moments only); its error falls roughly like ``1/num_samples``.
     ``"quadrature"`` (two classes only) is exact to :math:`10^{-9}`: the softmax of two logits is
     :math:`\sigma(Y_2 - Y_1)`, and the difference is Gaussian with mean :math:`\mu_2-\mu_1` and
     variance :math:`\Sigma_{11}+\Sigma_{22}-2\Sigma_{12}`, so :func:`.expected_sigmoid` applies.
@@ -572,7 +572,7 @@ def expected_softmax(
         var: logit variances ``(*, K)`` (independent logits, the paper's assumption) or
             covariances ``(*, K, K)``.
         method: ``"unscented"``, ``"sample"``, ``"qmc"`` or ``"quadrature"`` (``K = 2``).
-        samples: number of draws for ``"sample"``, of points for ``"qmc"``.
+        num_samples: number of draws for ``"sample"``, of points for ``"qmc"``.
         generator: random source for ``"sample"``.
         kappa: unscented spread parameter :math:`\kappa \ge 0`.
         log: return the logarithms of the probabilities, accurate where they underflow.
@@ -601,20 +601,20 @@ def expected_softmax(
             [expected_sigmoid(-diff, dvar, log=log), expected_sigmoid(diff, dvar, log=log)], -1
         )
     if method in ("sample", "qmc"):
-        check_int("samples", samples)
+        check_int("num_samples", num_samples)
         if method == "sample":
-            y = _gaussian_samples(mean, var, samples, generator)
+            y = _gaussian_samples(mean, var, num_samples, generator)
         else:
             k = mean.shape[-1]
             eps = torch.as_tensor(
-                _qmc_normal_points(samples, k), dtype=mean.dtype, device=mean.device
+                _qmc_normal_points(num_samples, k), dtype=mean.dtype, device=mean.device
             )
             if var.shape == mean.shape:
                 y = mean.unsqueeze(-2) + _safe_sqrt(var).unsqueeze(-2) * eps
             else:
                 y = mean.unsqueeze(-2) + eps @ _cholesky(var).transpose(-1, -2)
         if log:
-            return torch.logsumexp(torch.log_softmax(y, -1), -2) - math.log(samples)
+            return torch.logsumexp(torch.log_softmax(y, -1), -2) - math.log(num_samples)
         return torch.softmax(y, -1).mean(-2)
     kappa = _check_kappa(kappa)
     points, weights = _sigma_points(mean, var, kappa)
@@ -629,7 +629,7 @@ def expected_softmax_cross_entropy(
     target: Tensor,
     method: str = "unscented",
     *,
-    samples: int = 100,
+    num_samples: int = 100,
     generator: torch.Generator | None = None,
     kappa: float = 0.0,
 ) -> Tensor:
@@ -643,7 +643,7 @@ def expected_softmax_cross_entropy(
         var: logit variances ``(*, K)`` or covariances ``(*, K, K)``.
         target: class indices, ``(*)`` (long).
         method: ``"unscented"`` or ``"sample"``.
-        samples: number of draws for ``"sample"``.
+        num_samples: number of draws for ``"sample"``.
         generator: random source for ``"sample"``.
         kappa: unscented spread parameter :math:`\kappa \ge 0`.
 
@@ -669,8 +669,8 @@ def expected_softmax_cross_entropy(
     if bool(((target < 0) | (target >= k)).any()):
         raise ValueError(f"target must be class indices in [0, {k}), but has values outside it")
     if method == "sample":
-        check_int("samples", samples)
-        y = _gaussian_samples(mean, var, samples, generator)
+        check_int("num_samples", num_samples)
+        y = _gaussian_samples(mean, var, num_samples, generator)
         weights = None
     else:
         y, weights = _sigma_points(mean, var, _check_kappa(kappa))

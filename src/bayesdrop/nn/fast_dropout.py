@@ -165,7 +165,7 @@ class FastDropoutMLP(DropoutModule):
         loss: default of :meth:`expected_nll`: ``"cross_entropy"`` (softmax),
             ``"logistic"`` (one-vs-rest logistic units, eq. 10–11) or ``"squared"`` (exact).
         method: ``"unscented"`` or ``"sample"`` for the softmax cross-entropy.
-        samples: draws for ``method="sample"``.
+        num_samples: draws for ``method="sample"``.
         generator: random source for ``method="sample"``.
 
     Shape:
@@ -191,14 +191,14 @@ class FastDropoutMLP(DropoutModule):
         *,
         loss: str = "cross_entropy",
         method: str = "unscented",
-        samples: int = 100,
+        num_samples: int = 100,
         generator: torch.Generator | None = None,
     ) -> None:
         super().__init__(generator)
         self.activation = check_choice("activation", activation, tuple(_ACTIVATIONS))
         self.loss = check_choice("loss", loss, _MLP_LOSSES)
         self.method = check_choice("method", method, ("unscented", "sample"))
-        self.samples = check_int("samples", samples)
+        self.num_samples = check_int("num_samples", num_samples)
         self._p = float(check_drop_probability(float(p)))
         self._input_p = float(check_drop_probability(float(input_p), "input_p"))
         sizes = [check_int("in_features", in_features)]
@@ -249,7 +249,12 @@ class FastDropoutMLP(DropoutModule):
         mean, var = self.output_moments(x)
         if loss == "cross_entropy":
             return expected_softmax_cross_entropy(
-                mean, var, target, self.method, samples=self.samples, generator=self.generator
+                mean,
+                var,
+                target,
+                self.method,
+                num_samples=self.num_samples,
+                generator=self.generator,
             )
         if loss == "logistic":
             return expected_logistic_nll(mean, var, target.reshape(mean.shape)).sum(-1)
