@@ -243,7 +243,21 @@ def resolve_family(family: str | type) -> type:
 
 
 # --------------------------------------------------------------------------------- adapters
-class ChannelDropout(nn.Module):
+class _BareView(nn.Module):
+    """A bare family module seen through a reshaping of its input; model code that reads a
+    dropout's ``p`` reads the inner module's."""
+
+    def __init__(self, dropout: DropoutModule) -> None:
+        super().__init__()
+        self.dropout = dropout
+
+    @property
+    def p(self) -> Tensor:
+        """The inner module's drop probabilities."""
+        return self.dropout.p
+
+
+class ChannelDropout(_BareView):
     r"""Whole-channel dropout from a bare family module: ``x * noise[:, :, None, ...]``.
 
     The noise is the family's bare form applied to ones of shape ``(N, C)``, one value per example
@@ -255,15 +269,6 @@ class ChannelDropout(nn.Module):
         dropout: a bare bayesdrop dropout module over ``C`` features.
     """
 
-    def __init__(self, dropout: DropoutModule) -> None:
-        super().__init__()
-        self.dropout = dropout
-
-    @property
-    def p(self) -> Tensor:
-        """The inner module's drop probabilities (model code may read a dropout's ``p``)."""
-        return self.dropout.p
-
     def forward(self, x: Tensor) -> Tensor:
         if x.dim() < 2:
             raise ValueError(f"channel dropout needs an (N, C, *) input, but got {tuple(x.shape)}")
@@ -271,7 +276,7 @@ class ChannelDropout(nn.Module):
         return x * noise.reshape(tuple(x.shape[:2]) + (1,) * (x.dim() - 2))
 
 
-class SingleRateDropout(nn.Module):
+class SingleRateDropout(_BareView):
     """Elementwise dropout with one rate from a bare family module over a single feature.
 
     ``x`` of any shape is seen as ``x[..., None]``, i.e. every element is one instance of the
@@ -281,20 +286,11 @@ class SingleRateDropout(nn.Module):
         dropout: a bare bayesdrop dropout module with ``num_features=1``.
     """
 
-    def __init__(self, dropout: DropoutModule) -> None:
-        super().__init__()
-        self.dropout = dropout
-
-    @property
-    def p(self) -> Tensor:
-        """The inner module's drop probability (model code may read a dropout's ``p``)."""
-        return self.dropout.p
-
     def forward(self, x: Tensor) -> Tensor:
         return self.dropout(x.unsqueeze(-1)).squeeze(-1)
 
 
-class ChannelRateDropout(nn.Module):
+class ChannelRateDropout(_BareView):
     """Elementwise dropout on an ``(N, C, *)`` feature map with one rate per channel.
 
     ``x`` is seen with its channels last, ``x.movedim(1, -1)``, by a bare family module over
@@ -304,15 +300,6 @@ class ChannelRateDropout(nn.Module):
     Args:
         dropout: a bare bayesdrop dropout module with ``num_features=C``.
     """
-
-    def __init__(self, dropout: DropoutModule) -> None:
-        super().__init__()
-        self.dropout = dropout
-
-    @property
-    def p(self) -> Tensor:
-        """The inner module's drop probabilities (model code may read a dropout's ``p``)."""
-        return self.dropout.p
 
     def forward(self, x: Tensor) -> Tensor:
         if x.dim() < 3:

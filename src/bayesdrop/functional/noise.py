@@ -21,6 +21,7 @@ that matter under ``torch.compile``:
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -66,6 +67,23 @@ def _device(device: torch.device | str | None) -> torch.device:
     return torch.get_default_device() if device is None else torch.device(device)
 
 
+def _draw(
+    eager: Any,
+    traced: Any,
+    shape: Sequence[int],
+    dtype: torch.dtype,
+    device: torch.device | str | None,
+    generator: torch.Generator | None,
+) -> Tensor:
+    """``eager(shape, ...)`` with ``generator`` passed only when given; inside a compiled graph
+    (no generator) the tagged operator ``traced`` instead."""
+    if generator is not None:
+        return eager(shape, dtype=dtype, device=device, generator=generator)
+    if torch.compiler.is_compiling():
+        return traced(list(shape), dtype, _device(device))
+    return eager(shape, dtype=dtype, device=device)
+
+
 def uniform(
     shape: Sequence[int],
     *,
@@ -81,11 +99,7 @@ def uniform(
         >>> torch.equal(u, torch.rand(2, 3, generator=torch.Generator().manual_seed(0)))
         True
     """
-    if generator is not None:
-        return torch.rand(shape, dtype=dtype, device=device, generator=generator)
-    if torch.compiler.is_compiling():
-        return _uniform_op(list(shape), dtype, _device(device))
-    return torch.rand(shape, dtype=dtype, device=device)
+    return _draw(torch.rand, _uniform_op, shape, dtype, device, generator)
 
 
 def standard_normal(
@@ -106,11 +120,7 @@ def standard_normal(
         >>> torch.equal(e, torch.randn(4, dtype=torch.float64))
         True
     """
-    if generator is not None:
-        return torch.randn(shape, dtype=dtype, device=device, generator=generator)
-    if torch.compiler.is_compiling():
-        return _standard_normal_op(list(shape), dtype, _device(device))
-    return torch.randn(shape, dtype=dtype, device=device)
+    return _draw(torch.randn, _standard_normal_op, shape, dtype, device, generator)
 
 
 def seeded_uniform(
